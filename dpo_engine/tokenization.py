@@ -1,0 +1,109 @@
+"""Turn a preference pair into token ids, and a list of pairs into one left-padded batch.
+
+Tokenization follows TRL's rule for conversational data (so log-probs match ``DPOTrainer``): the prompt is the chat
+template of the prompt messages with the generation prompt; a response is what the template renders for
+``prompt + [assistant response]`` after the longest prefix shared with the prompt. Tokenizers without a chat template
+get plain text, with EOS appended to each response.
+
+Truncation is explicit: the prompt keeps its last ``max_prompt_length`` tokens (the end of a conversation is what
+the response answers), then each response keeps its first ``max_length - len(prompt)`` tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from dpo_engine.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class EncodedPair:
+    prompt_ids: list[int]
+    chosen_ids: list[int]
+    rejected_ids: list[int]
+
+
+def template_ids(tokenizer, messages: list[dict], add_generation_prompt: bool = False) -> list[int]:
+    """Token ids of the chat template applied to ``messages``."""
+    encoded = tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=True)
+    return list(encoded["input_ids"] if hasattr(encoded, "keys") else encoded)
+
+
+def prompt_ids(tokenizer, prompt_messages: list[dict]) -> list[int]:
+    """The ids a model is conditioned on before it answers (generation uses this too)."""
+    if tokenizer.chat_template:
+        return template_ids(tokenizer, prompt_messages, add_generation_prompt=True)
+    return tokenizer(_plain_prompt(prompt_messages), add_special_tokens=False)["input_ids"]
+
+
+def encode_pair(
+    tokenizer,
+    prompt_messages: list[dict],
+    chosen: str,
+    rejected: str,
+    max_length: int = 1024,
+    max_prompt_length: int = 512,
+) -> EncodedPair:
+    """Token ids of one pair: prompt, chosen response and rejected response (prompt excluded from both)."""
+    if max_prompt_length >= max_length:
+        raise ConfigError("max_prompt_length", f"must be below max_length ({max_prompt_length} >= {max_length})")
+    if tokenizer.chat_template:
+        prompt = template_ids(tokenizer, prompt_messages, add_generation_prompt=True)
+        with_chosen = template_ids(tokenizer, prompt_messages + [{"role": "assistant", "content": chosen}])
+        with_rejected = template_ids(tokenizer, prompt_messages + [{"role": "assistant", "content": rejected}])
+    else:
+        text = _plain_prompt(prompt_messages)
+        prompt = tokenizer(text, add_special_tokens=False)["input_ids"]
+        with_chosen = tokenizer(text + chosen + tokenizer.eos_token, add_special_tokens=False)["input_ids"]
+        with_rejected = tokenizer(text + rejected + tokenizer.eos_token, add_special_tokens=False)["input_ids"]
+    # Tokens can merge across the prompt/response boundary: the response starts where the sequences diverge.
+    prompt_length = min(_common_prefix_length(prompt, with_chosen), _common_prefix_length(prompt, with_rejected))
+    prompt = prompt[:prompt_length][-max_prompt_length:]
+    response_budget = max_length - len(prompt)
+    return EncodedPair(
+        prompt_ids=prompt,
+        chosen_ids=with_chosen[prompt_length:][:response_budget],
+        rejected_ids=with_rejected[prompt_length:][:response_budget],
+    )
+
+
+def collate(pairs: list[EncodedPair], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """Left-padded batch of ``2B`` sequences: the ``B`` prompt+chosen rows, then the ``B`` prompt+rejected rows.
+
+    Left padding makes every response end in the last column, so a model needs logits only for the last
+    ``max response length + 1`` positions. Returns ``input_ids``, ``attention_mask``, ``position_ids`` (positions
+    count real tokens only, as with right padding) and ``response_mask`` (1 on response tokens), all ``(2B, L)``.
+    """
+    sequences = [p.prompt_ids + p.chosen_ids for p in pairs] + [p.prompt_ids + p.rejected_ids for p in pairs]
+    response_lengths = [len(p.chosen_ids) for p in pairs] + [len(p.rejected_ids) for p in pairs]
+    width = max(len(sequence) for sequence in sequences)
+    input_ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    response_mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, (sequence, response_length) in enumerate(zip(sequences, response_lengths)):
+        input_ids[row, width - len(sequence) :] = torch.tensor(sequence, dtype=torch.long)
+        attention_mask[row, width - len(sequence) :] = 1
+        response_mask[row, width - response_length :] = 1
+    position_ids = (attention_mask.cumsum(dim=-1) - 1).clamp(min=0)
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "position_ids": position_ids,
+        "response_mask": response_mask,
+    }
+
+
+def _plain_prompt(prompt_messages: list[dict]) -> str:
+    """A prompt for tokenizers without a chat template: the messages' text, one per paragraph."""
+    return "\n\n".join(message["content"] for message in prompt_messages) + "\n\n"
+
+
+def _common_prefix_length(a: list[int], b: list[int]) -> int:
+    length = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        length += 1
+    return length

@@ -1,0 +1,32 @@
+"""Shared test fixtures.
+
+Every test gets its own workspace (``MARGIN_LAB_HOME``), so runs, selections and registries never leak between
+tests. Models are cached in the normal model cache (``DPO_ENGINE_CACHE``): building the tiny model or converting
+the default one is deterministic, so sharing it across tests is safe and saves minutes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(autouse=True)
+def workspace(tmp_path, monkeypatch) -> Path:
+    """A fresh ``MARGIN_LAB_HOME`` for each test."""
+    home = tmp_path / "margin_lab_home"
+    monkeypatch.setenv("MARGIN_LAB_HOME", str(home))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return home
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir() -> Path:
+    """The tiny random Llama (byte-level tokenizer, ChatML template), built once."""
+    from dpo_engine.models import ensure_tiny_model
+
+    return ensure_tiny_model()
