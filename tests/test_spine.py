@@ -1,0 +1,140 @@
+"""Models, tokenization and response log-probs: the computation every margin and loss is built on."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import pytest
+import torch
+
+from dpo_engine.errors import ConfigError, ModelError
+from dpo_engine.logps import policy_logps, sequence_logps
+from dpo_engine.models import TINY_MODEL, detect_device, load_model, load_tokenizer, resolve_model
+from dpo_engine.tokenization import collate, encode_pair, prompt_ids
+
+USER = [{"role": "user", "content": "What is 2+2?"}]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return load_model(TINY_MODEL)
+
+
+def test_tiny_model_resolves_and_loads(tiny_model_dir):
+    assert resolve_model(TINY_MODEL) == tiny_model_dir
+    model, tokenizer = load_model(TINY_MODEL)
+    assert sum(p.numel() for p in model.parameters()) < 1_000_000
+    assert tokenizer.pad_token == "<|im_end|>" and tokenizer.chat_template
+    assert detect_device() == "cpu"  # no accelerator on CI machines
+
+
+def test_missing_model_path_is_a_clear_error(tmp_path):
+    with pytest.raises(ModelError, match="not found"):
+        resolve_model(str(tmp_path / "nope"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelError, match="no config.json"):
+        resolve_model(str(tmp_path / "empty"))
+
+
+def test_hub_id_fails_fast_without_network(monkeypatch):
+    import huggingface_hub.constants as hub_constants
+
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)
+    started = time.monotonic()
+    with pytest.raises(ModelError, match="Hub"):
+        resolve_model("some-org/some-model-that-is-not-cached")
+    assert time.monotonic() - started < 10
+
+
+def test_offline_hub_id_names_the_setting():
+    with pytest.raises(ModelError, match="HF_HUB_OFFLINE"):
+        resolve_model("some-org/some-model-that-is-not-cached")
+
+
+def test_encode_pair_follows_the_chat_template(tiny):
+    _, tokenizer = tiny
+    pair = encode_pair(tokenizer, USER, "4", "five")
+    assert tokenizer.decode(pair.prompt_ids) == "<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n"
+    assert pair.prompt_ids == prompt_ids(tokenizer, USER)
+    # The response is what the template adds after the prompt: the text, then end-of-turn.
+    assert tokenizer.decode(pair.chosen_ids) == "4<|im_end|>\n"
+    assert tokenizer.decode(pair.rejected_ids) == "five<|im_end|>\n"
+
+
+def test_truncation_keeps_prompt_end_and_response_start(tiny):
+    _, tokenizer = tiny
+    long_prompt = [{"role": "user", "content": "x" * 100 + "END"}]
+    pair = encode_pair(tokenizer, long_prompt, "abcdefghij" * 10, "no", max_length=60, max_prompt_length=20)
+    assert len(pair.prompt_ids) == 20
+    assert tokenizer.decode(pair.prompt_ids).endswith("END<|im_end|>\n<|im_start|>assistant\n")
+    assert len(pair.prompt_ids) + len(pair.chosen_ids) == 60
+    assert tokenizer.decode(pair.chosen_ids).startswith("abcdefghij")
+    with pytest.raises(ConfigError, match="max_prompt_length"):
+        encode_pair(tokenizer, USER, "a", "b", max_length=10, max_prompt_length=10)
+
+
+def test_plain_tokenizer_without_template_appends_eos(tiny):
+    _, tokenizer = tiny
+    plain = load_tokenizer(TINY_MODEL)
+    plain.chat_template = None
+    pair = encode_pair(plain, USER, "4", "five")
+    assert plain.decode(pair.prompt_ids) == "What is 2+2?\n\n"
+    assert plain.decode(pair.chosen_ids) == "4<|im_end|>"
+
+
+def test_collate_left_pads_and_masks_responses(tiny):
+    _, tokenizer = tiny
+    pairs = [encode_pair(tokenizer, USER, "4", "five"), encode_pair(tokenizer, [{"role": "user", "content": "Hi"}], "hello there", "x")]
+    batch = collate(pairs, tokenizer.pad_token_id)
+    lengths = [len(p.prompt_ids) + len(p.chosen_ids) for p in pairs] + [len(p.prompt_ids) + len(p.rejected_ids) for p in pairs]
+    assert batch["input_ids"].shape == (4, max(lengths))
+    assert batch["attention_mask"].sum(dim=1).tolist() == lengths
+    assert batch["response_mask"].sum(dim=1).tolist() == [len(pairs[0].chosen_ids), len(pairs[1].chosen_ids), len(pairs[0].rejected_ids), len(pairs[1].rejected_ids)]
+    # Real tokens are numbered from 0 whatever the padding, as with right padding.
+    row = 1
+    first_real = int((batch["attention_mask"][row] == 1).nonzero()[0])
+    assert batch["position_ids"][row, first_real] == 0
+    assert batch["position_ids"][row, -1] == lengths[row] - 1
+
+
+def test_sequence_logps_matches_hand_computation():
+    # One sequence of 3 tokens over a vocabulary of 2; logits[t] predicts token t+1.
+    logits = torch.tensor([[[0.0, 0.0], [math.log(3.0), 0.0], [5.0, 5.0]]])
+    labels = torch.tensor([[0, 1, 0]])
+    mask = torch.tensor([[0, 1, 1]])
+    # p(token1=1 | .) = 0.5 ; p(token2=0 | .) = 3/4
+    expected = math.log(0.5) + math.log(0.75)
+    assert sequence_logps(logits, labels, mask).item() == pytest.approx(expected, rel=1e-6)
+    assert sequence_logps(logits, labels, mask, average=True).item() == pytest.approx(expected / 2, rel=1e-6)
+    only_last = torch.tensor([[0, 0, 1]])
+    assert sequence_logps(logits, labels, only_last).item() == pytest.approx(math.log(0.75), rel=1e-6)
+
+
+def test_policy_logps_equals_a_naive_per_sequence_loop(tiny):
+    model, tokenizer = tiny
+    pairs = [
+        encode_pair(tokenizer, USER, "4", "five, I think"),
+        encode_pair(tokenizer, [{"role": "user", "content": "Say hi to me please"}], "hi there, friend", "no"),
+    ]
+    with torch.no_grad():
+        out = policy_logps(model, collate(pairs, tokenizer.pad_token_id))
+
+    def naive(prompt, response):
+        ids = torch.tensor([prompt + response])
+        with torch.no_grad():
+            logp = model(ids).logits[0].log_softmax(-1)
+        return sum(logp[t - 1, ids[0, t]].item() for t in range(len(prompt), ids.shape[1]))
+
+    for i, pair in enumerate(pairs):
+        assert out["chosen_logps"][i].item() == pytest.approx(naive(pair.prompt_ids, pair.chosen_ids), rel=1e-4)
+        assert out["rejected_logps"][i].item() == pytest.approx(naive(pair.prompt_ids, pair.rejected_ids), rel=1e-4)
+        assert out["chosen_tokens"][i] == len(pair.chosen_ids)
+
+
+def test_policy_logps_carries_gradients(tiny):
+    model, tokenizer = tiny
+    out = policy_logps(model, collate([encode_pair(tokenizer, USER, "4", "5")], tokenizer.pad_token_id))
+    (out["chosen_logps"] - out["rejected_logps"]).sum().backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+    model.zero_grad()
