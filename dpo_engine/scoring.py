@@ -241,7 +241,7 @@ def save_margins_table(table: pd.DataFrame, path: str | Path, meta: dict) -> Pat
 def load_margins_table(path: str | Path) -> tuple[pd.DataFrame, dict]:
     """Read a margins table and its sidecar (empty dict when there is none)."""
     path = Path(path)
-    table = pd.read_csv(path) if path.suffix == ".csv" else pd.read_parquet(path)
+    table = pd.read_csv(path, dtype={"pair_id": str}) if path.suffix == ".csv" else pd.read_parquet(path)
     sidecar = meta_path(path)
     return table, (json.loads(sidecar.read_text()) if sidecar.exists() else {})
 

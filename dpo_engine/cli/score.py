@@ -61,7 +61,7 @@ def run(args) -> int:
 
     reporter = _Progress(args.progress_file)
     pairs = load_pairs(args.pairs).pairs
-    meta = {"pairs": str(Path(args.pairs).resolve()), "dataset_fingerprint": fingerprint(pairs)}
+    meta = {"pairs": str(args.pairs), "dataset_fingerprint": fingerprint(pairs)}
 
     external_source = args.external
     if external_source == "auto":

@@ -1,0 +1,132 @@
+"""``dpo-engine select``: pick pairs from a margins table with one rule and save the Selection as JSON.
+
+    dpo-engine select margins.parquet --rule top_k --score dm_mul --k 2000 --name dm-mul-2k
+    dpo-engine select margins.parquet --rule top_k --frac 0.1 --where external_margin:0: --where implicit_margin:0: --name bees-pos
+    dpo-engine select margins.csv --rule partition --score external_margin --part mid --k 500 --tau 1.0 --name ex-mid
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from dpo_engine.errors import UserError
+from dpo_engine.io import read_json
+from dpo_engine.selection import DEFAULT_SCORE, PARTS, Selection, save_selection, select_pairs
+
+CLI_RULES = ("top_k", "bottom_k", "random", "partition", "threshold")
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "select",
+        help="select pairs from a margins table and save the selection",
+        description="Apply one selection rule to a margins table (parquet or csv with a pair_id column) and save "
+        "the chosen pair ids as a named selection.",
+    )
+    parser.add_argument("margins_table", type=Path, metavar="MARGINS_TABLE", help="parquet or csv, one row per pair")
+    parser.add_argument("--rule", required=True, choices=CLI_RULES)
+    parser.add_argument("--score", default=DEFAULT_SCORE, help=f"score column for top_k, bottom_k, partition (default {DEFAULT_SCORE})")
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--k", type=int, help="number of pairs")
+    size.add_argument("--frac", type=float, help="share of the whole table, in (0, 1]")
+    parser.add_argument("--part", choices=PARTS, default="top", help="partition: top, mid (random from [-tau, tau]) or bot")
+    parser.add_argument("--tau", type=float, default=1.0, help="partition mid band half-width (default 1.0)")
+    parser.add_argument("--seed", type=int, default=42, help="random and partition mid (default 42)")
+    parser.add_argument(
+        "--where", action="append", default=[], metavar="COLUMN:LOW:HIGH",
+        help="keep rows with LOW <= COLUMN <= HIGH before the rule; an empty or infinite bound is open; repeatable",
+    )
+    parser.add_argument("--name", required=True, help="selection name (also its file name)")
+    parser.add_argument("--out", type=Path, help="write the selection to this .json file instead of the workspace")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    table = read_margins_table(args.margins_table)
+    params = rule_params(args)
+    pair_ids = select_pairs(table, args.rule, params)
+    selection = Selection(
+        name=args.name,
+        rule=args.rule,
+        params=params,
+        dataset_fingerprint=dataset_fingerprint(args.margins_table),
+        pair_ids=pair_ids,
+    )
+    path = save_selection(selection, path=args.out)
+    share = len(pair_ids) / len(table) if len(table) else 0.0
+    print(f"selected {len(pair_ids)} of {len(table)} pairs ({share:.1%}) -> {path}")
+    return 0
+
+
+def rule_params(args: argparse.Namespace) -> dict:
+    """The ``select_pairs`` params of the chosen rule, only those it takes (they are stored with the selection)."""
+    params: dict = {}
+    if args.rule in ("top_k", "bottom_k", "partition"):
+        params["score"] = args.score
+    if args.rule == "partition":
+        params.update(part=args.part, tau=args.tau)
+    if args.rule != "threshold":
+        if args.k is not None:
+            params["k"] = args.k
+        if args.frac is not None:
+            params["frac"] = args.frac
+    if args.rule in ("random", "partition"):
+        params["seed"] = args.seed
+    if args.where:
+        params["where"] = dict(parse_where(text) for text in args.where)
+    return params
+
+
+def parse_where(text: str) -> tuple[str, list[float | None]]:
+    """``"external_margin:0:inf"`` -> ``("external_margin", [0.0, None])``; empty or infinite bounds are open."""
+    parts = text.rsplit(":", 2)
+    if len(parts) != 3 or not parts[0]:
+        raise UserError(f"--where {text!r}: expected COLUMN:LOW:HIGH, e.g. external_margin:0:inf")
+    column, *raw_bounds = parts
+    bounds: list[float | None] = []
+    for raw in raw_bounds:
+        try:
+            value = float(raw) if raw.strip() else math.inf
+        except ValueError:
+            raise UserError(f"--where {text!r}: bound {raw!r} is not a number") from None
+        bounds.append(None if math.isinf(value) else value)
+    return column, bounds
+
+
+def read_margins_table(path: Path) -> pd.DataFrame:
+    """A margins table from parquet or csv, with ``pair_id`` as strings.
+
+    Read here rather than through `dpo_engine.scoring`, which would import torch and the model stack.
+    """
+    if not path.is_file():
+        raise UserError(f"margins table {path} does not exist")
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        table = pd.read_parquet(path)
+    elif suffix == ".csv":
+        # Ids like "001" must stay strings.
+        table = pd.read_csv(path, dtype={"pair_id": str})
+    else:
+        raise UserError(f"margins table {path}: expected a .parquet or .csv file")
+    if "pair_id" not in table.columns:
+        raise UserError(f"margins table {path} has no 'pair_id' column")
+    table["pair_id"] = table["pair_id"].astype(str)
+    return table
+
+
+def dataset_fingerprint(table_path: Path) -> str | None:
+    """``dataset_fingerprint`` from the table's ``<file>.meta.json`` sidecar (the name `dpo_engine.scoring`
+    writes, e.g. margins.parquet.meta.json); None when there is no sidecar or no such key."""
+    sidecar = Path(f"{table_path}.meta.json")
+    try:
+        meta = read_json(sidecar)
+    except json.JSONDecodeError as error:
+        raise UserError(f"sidecar {sidecar} is not valid JSON: {error}") from None
+    if isinstance(meta, dict) and meta.get("dataset_fingerprint"):
+        return str(meta["dataset_fingerprint"])
+    return None

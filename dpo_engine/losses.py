@@ -1,0 +1,323 @@
+"""Preference losses: eight variants behind `make_loss(name, **hparams)`.
+
+Formulas follow ../shared/docs/methods.md §2 (α-DPO, as in its code), §3 (SimPO), §4 (DPOP) and §5 (DPO, cDPO,
+robust DPO, IPO and hinge, as in TRL). Every loss has the same call signature:
+
+    loss_fn(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
+            chosen_lengths, rejected_lengths) -> LossOutput
+
+Log-probs are summed over response tokens, shape (B,); lengths are response token counts, shape (B,). Losses that
+work on per-token averages (ipo, simpo, alpha_dpo) divide by the lengths themselves (clamped at 1, as TRL does).
+Reference log-probs are constants: they are detached, so no gradient reaches them. SimPO ignores them, and the
+caller may pass None (see `uses_reference`).
+
+The returned loss is per pair, shape (B,); the caller takes `.mean()`. Only α-DPO keeps state (an EMA of the gap
+statistics): `is_stateful(loss_fn)` says when `loss_fn.state_dict()` has to be saved with checkpoints.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Callable, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from dpo_engine.errors import ConfigError
+
+LOSS_NAMES = ("dpo", "ipo", "cdpo", "robust", "hinge", "simpo", "dpop", "alpha_dpo")
+
+# Paper defaults, shown in the dashboard. Sources are in methods.md.
+LOSS_DEFAULTS: dict[str, dict[str, float]] = {
+    # Rafailov et al. 2023; TRL's default beta.
+    "dpo": {"beta": 0.1},
+    # Azar et al. 2023; beta plays the role of tau. TRL's default beta.
+    "ipo": {"beta": 0.1},
+    # Mitchell 2023 (conservative DPO); TRL <= 0.28 `sigmoid` with label_smoothing > 0.
+    "cdpo": {"beta": 0.1, "label_smoothing": 0.1},
+    # Chowdhury et al. 2024; label_smoothing is the assumed label-flip rate.
+    "robust": {"beta": 0.1, "label_smoothing": 0.1},
+    # SLiC-style hinge, as TRL's `hinge`; the margin is 1/beta in log-ratio units.
+    "hinge": {"beta": 0.1},
+    # Meng et al. 2024: README recommends gamma_beta_ratio 0.5 (SimPOConfig's own default is 0.25).
+    "simpo": {"beta": 2.0, "gamma_beta_ratio": 0.5},
+    # Pal et al. 2024 (Smaug): lambda 50, beta 0.3; lambda reported robust over {5, 50, 500}.
+    "dpop": {"beta": 0.3, "dpop_lambda": 50.0},
+    # Wu et al. 2025, released Llama-3-8B-Instruct setting (beta 2.5, alpha 0.2) with gamma_beta_ratio 0.5
+    # (released: 0.6; config class defaults: beta 2.0, gamma_beta_ratio 0.25, alpha 0.0); EMA momentum 0.9 as coded.
+    "alpha_dpo": {"beta": 2.5, "gamma_beta_ratio": 0.5, "alpha": 0.2, "momentum": 0.9},
+}
+
+# One line per loss: source and formula. h = [log π(y_w) − log π_ref(y_w)] − [log π(y_l) − log π_ref(y_l)].
+LOSS_DOCS: dict[str, str] = {
+    "dpo": "DPO (Rafailov et al. 2023): −log σ(β·h), summed log-probs",
+    "ipo": "IPO (Azar et al. 2023, as in TRL): (h̄ − 1/(2β))², h̄ from per-token-averaged log-probs",
+    "cdpo": "cDPO (Mitchell 2023): −(1−ε)·log σ(β·h) − ε·log σ(−β·h), ε = label_smoothing",
+    "robust": "Robust DPO (Chowdhury et al. 2024): [−(1−ε)·log σ(β·h) + ε·log σ(−β·h)] / (1−2ε), ε = label_smoothing",
+    "hinge": "Hinge (SLiC-style, as in TRL): max(0, 1 − β·h)",
+    "simpo": "SimPO (Meng et al. 2024): −log σ(β·(avg log π(y_w) − avg log π(y_l)) − β·gamma_beta_ratio), no reference",
+    "dpop": "DPOP (Pal et al. 2024): −log σ(β·(h − λ·max(0, log π_ref(y_w) − log π(y_w)))), λ = dpop_lambda",
+    "alpha_dpo": "α-DPO (Wu et al. 2025, as coded): −log σ(β·(u − sg[α·z + gamma_beta_ratio])), "
+    "u = avg log π(y_w) − avg log π(y_l), z = EMA-standardised policy-vs-reference gap",
+}
+
+
+class LossOutput(NamedTuple):
+    """Per-pair loss (B,) and the detached per-pair rewards (B,) to log."""
+
+    loss: Tensor
+    chosen_rewards: Tensor
+    rejected_rewards: Tensor
+
+
+def _per_token(logps: Tensor, lengths: Tensor) -> Tensor:
+    """Summed log-probs -> per-token averages; an empty response counts as one token, as in TRL."""
+    return logps / lengths.clamp(min=1)
+
+
+def _log_ratio_rewards(beta, policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps):
+    """Implicit DPO rewards β·(log π − log π_ref) for chosen and rejected, detached, for logging."""
+    chosen_rewards = beta * (policy_chosen_logps - ref_chosen_logps).detach()
+    rejected_rewards = beta * (policy_rejected_logps - ref_rejected_logps).detach()
+    return chosen_rewards, rejected_rewards
+
+
+def _log_ratio_gap(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps) -> Tensor:
+    """h = [log π(y_w) − log π_ref(y_w)] − [log π(y_l) − log π_ref(y_l)], with the reference held constant."""
+    return (policy_chosen_logps - ref_chosen_logps.detach()) - (policy_rejected_logps - ref_rejected_logps.detach())
+
+
+def dpo_loss(
+    policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
+    chosen_lengths, rejected_lengths, *, beta,
+) -> LossOutput:
+    """DPO: −log σ(β·h) on summed log-probs; lengths are unused."""
+    h = _log_ratio_gap(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps)
+    loss = -F.logsigmoid(beta * h)
+    return LossOutput(loss, *_log_ratio_rewards(
+        beta, policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps))
+
+
+def ipo_loss(
+    policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
+    chosen_lengths, rejected_lengths, *, beta,
+) -> LossOutput:
+    """IPO: (h̄ − 1/(2β))², where h̄ uses per-token-averaged log-probs (TRL's choice, confirmed with the authors).
+
+    Logged rewards are β·(summed) log-ratios, as TRL logs them.
+    """
+    h_avg = (
+        _per_token(policy_chosen_logps - ref_chosen_logps.detach(), chosen_lengths)
+        - _per_token(policy_rejected_logps - ref_rejected_logps.detach(), rejected_lengths)
+    )
+    loss = (h_avg - 1 / (2 * beta)) ** 2
+    return LossOutput(loss, *_log_ratio_rewards(
+        beta, policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps))
+
+
+def cdpo_loss(
+    policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
+    chosen_lengths, rejected_lengths, *, beta, label_smoothing,
+) -> LossOutput:
+    """Conservative DPO: −(1−ε)·log σ(β·h) − ε·log σ(−β·h), ε = label_smoothing; summed log-probs."""
+    h = _log_ratio_gap(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps)
+    loss = -(1 - label_smoothing) * F.logsigmoid(beta * h) - label_smoothing * F.logsigmoid(-beta * h)
+    return LossOutput(loss, *_log_ratio_rewards(
+        beta, policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps))
+
+
+def robust_loss(
+    policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
+    chosen_lengths, rejected_lengths, *, beta, label_smoothing,
+) -> LossOutput:
+    """Robust DPO: [−(1−ε)·log σ(β·h) + ε·log σ(−β·h)] / (1−2ε), unbiased under label-flip rate ε < 0.5."""
+    h = _log_ratio_gap(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps)
+    loss = (
+        -(1 - label_smoothing) * F.logsigmoid(beta * h) + label_smoothing * F.logsigmoid(-beta * h)
+    ) / (1 - 2 * label_smoothing)
+    return LossOutput(loss, *_log_ratio_rewards(
+        beta, policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps))
+
+
+def hinge_loss(
+    policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
+    chosen_lengths, rejected_lengths, *, beta,
+) -> LossOutput:
+    """Hinge: max(0, 1 − β·h) on summed log-probs; zero once h ≥ 1/β."""
+    h = _log_ratio_gap(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps)
+    loss = torch.relu(1 - beta * h)
+    return LossOutput(loss, *_log_ratio_rewards(
+        beta, policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps))
+
+
+def simpo_loss(
+    policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
+    chosen_lengths, rejected_lengths, *, beta, gamma_beta_ratio,
+) -> LossOutput:
+    """SimPO: −log σ(β·((avg log π(y_w) − avg log π(y_l)) − gamma_beta_ratio)).
+
+    Reference-free: the reference log-probs are ignored (may be None). Rewards are β·(average log-prob).
+    """
+    chosen_avg = _per_token(policy_chosen_logps, chosen_lengths)
+    rejected_avg = _per_token(policy_rejected_logps, rejected_lengths)
+    loss = -F.logsigmoid(beta * ((chosen_avg - rejected_avg) - gamma_beta_ratio))
+    return LossOutput(loss, beta * chosen_avg.detach(), beta * rejected_avg.detach())
+
+
+def dpop_loss(
+    policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
+    chosen_lengths, rejected_lengths, *, beta, dpop_lambda,
+) -> LossOutput:
+    """DPOP: −log σ(β·(h − λ·max(0, log π_ref(y_w) − log π(y_w)))), summed log-probs.
+
+    The penalty sits inside the sigmoid and is scaled by β (subtracting it outside is the known sign trap).
+    It is zero while the policy keeps log π(y_w) ≥ log π_ref(y_w), so DPOP then equals DPO.
+    """
+    h = _log_ratio_gap(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps)
+    chosen_drop = torch.relu(ref_chosen_logps.detach() - policy_chosen_logps)
+    loss = -F.logsigmoid(beta * (h - dpop_lambda * chosen_drop))
+    return LossOutput(loss, *_log_ratio_rewards(
+        beta, policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps))
+
+
+class AlphaDPOLoss:
+    """α-DPO, exactly as `junkangwu/alpha-DPO` codes it (methods §2), on per-token-averaged log-probs.
+
+        u   = avg log π(y_w) − avg log π(y_l)                 (policy)
+        g   = u − [avg log π_ref(y_w) − avg log π_ref(y_l)]   (policy-vs-reference gap, no grad)
+        μ  ← m·μ + (1−m)·mean(g);   s ← m·s + (1−m)·std(g)    (EMA, updated BEFORE use; μ₀ = s₀ = 0)
+        z   = (g − μ) / s
+        loss = −log σ(β·(u − sg[α·z + gamma_beta_ratio]))
+
+    Rewards logged as in the original: β·(avg log π(y) − α·(avg log π(y) − avg log π_ref(y))).
+
+    Like the original, the statistics are updated on every call, evaluation included. Differences, all for
+    degenerate batches the original turns into NaN:
+    - std(g) is `Tensor.std()` (unbiased), which is NaN for a single pair; a batch of one pair updates μ only and
+      leaves s as it was. So with one pair per batch, s stays 0 and α-DPO reduces to SimPO (see next point).
+    - While s is 0 (no spread seen yet: the first batch of one pair, or g identical across the batch, as at step 0
+      when the policy still equals the reference), z is taken as 0, so the margin is just gamma_beta_ratio.
+    Statistics are per process (the original all-gathers g across data-parallel ranks).
+    As in the original, s₀ = 0 makes the first step's s = (1−m)·std(g), which inflates z about 10×.
+    """
+
+    def __init__(self, *, beta: float, gamma_beta_ratio: float, alpha: float, momentum: float):
+        self.beta = beta
+        self.gamma_beta_ratio = gamma_beta_ratio
+        self.alpha = alpha
+        self.momentum = momentum
+        self.gap_mean = 0.0
+        self.gap_std = 0.0
+
+    def __call__(
+        self, policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
+        chosen_lengths, rejected_lengths,
+    ) -> LossOutput:
+        policy_chosen_avg = _per_token(policy_chosen_logps, chosen_lengths)
+        policy_rejected_avg = _per_token(policy_rejected_logps, rejected_lengths)
+        ref_chosen_avg = _per_token(ref_chosen_logps.detach(), chosen_lengths)
+        ref_rejected_avg = _per_token(ref_rejected_logps.detach(), rejected_lengths)
+
+        policy_gap = policy_chosen_avg - policy_rejected_avg
+        gap = (policy_gap - (ref_chosen_avg - ref_rejected_avg)).detach()
+        self._update_gap_stats(gap)
+        if self.gap_std > 0:
+            z = (gap - self.gap_mean) / self.gap_std
+        else:
+            z = torch.zeros_like(gap)
+        margin = (self.alpha * z + self.gamma_beta_ratio).detach()
+        loss = -F.logsigmoid(self.beta * (policy_gap - margin))
+
+        chosen_rewards = self.beta * (policy_chosen_avg - self.alpha * (policy_chosen_avg - ref_chosen_avg)).detach()
+        rejected_rewards = self.beta * (
+            policy_rejected_avg - self.alpha * (policy_rejected_avg - ref_rejected_avg)
+        ).detach()
+        return LossOutput(loss, chosen_rewards, rejected_rewards)
+
+    @torch.no_grad()
+    def _update_gap_stats(self, gap: Tensor) -> None:
+        keep = self.momentum
+        self.gap_mean = keep * self.gap_mean + (1 - keep) * gap.mean().item()
+        if gap.numel() > 1:  # the unbiased std of one value is NaN: keep the previous spread
+            self.gap_std = keep * self.gap_std + (1 - keep) * gap.std().item()
+
+    def state_dict(self) -> dict[str, float]:
+        """The EMA statistics, to save with a checkpoint (plain floats, JSON-safe)."""
+        return {"gap_mean": self.gap_mean, "gap_std": self.gap_std}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        """Restore the EMA statistics saved by `state_dict()` (on resume)."""
+        self.gap_mean = float(state["gap_mean"])
+        self.gap_std = float(state["gap_std"])
+
+
+_LOSS_FUNCTIONS: dict[str, Callable[..., LossOutput]] = {
+    "dpo": dpo_loss,
+    "ipo": ipo_loss,
+    "cdpo": cdpo_loss,
+    "robust": robust_loss,
+    "hinge": hinge_loss,
+    "simpo": simpo_loss,
+    "dpop": dpop_loss,
+    "alpha_dpo": AlphaDPOLoss,
+}
+
+
+def make_loss(name: str, **hparams: float) -> Callable[..., LossOutput]:
+    """The loss `name` with `hparams` over LOSS_DEFAULTS[name]; raises ConfigError naming a bad field.
+
+    Returns a fresh AlphaDPOLoss for "alpha_dpo" (stateful) and a functools.partial otherwise.
+    """
+    _check_name(name)
+    unknown = sorted(set(hparams) - set(LOSS_DEFAULTS[name]))
+    if unknown:
+        raise ConfigError(
+            unknown[0], f"not a hyperparameter of loss '{name}' (it takes {', '.join(LOSS_DEFAULTS[name])})"
+        )
+    resolved = {**LOSS_DEFAULTS[name], **hparams}
+    _check_hparams(name, resolved)
+    if name == "alpha_dpo":
+        return AlphaDPOLoss(**resolved)
+    return functools.partial(_LOSS_FUNCTIONS[name], **resolved)
+
+
+def uses_reference(name: str) -> bool:
+    """Whether the loss needs reference log-probs; SimPO does not, so the trainer can skip computing them."""
+    _check_name(name)
+    return name != "simpo"
+
+
+def is_stateful(loss_fn: Callable[..., LossOutput]) -> bool:
+    """Whether `loss_fn` carries state to save (`loss_fn.state_dict()`) and restore on resume."""
+    return isinstance(loss_fn, AlphaDPOLoss)
+
+
+def _check_name(name: str) -> None:
+    if name not in LOSS_NAMES:
+        raise ConfigError("loss", f"unknown loss {name!r}; choose one of {', '.join(LOSS_NAMES)}")
+
+
+def _check_hparams(name: str, hparams: dict[str, float]) -> None:
+    for field, value in hparams.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ConfigError(field, f"must be a finite number, got {value!r}")
+
+    def require(ok: bool, field: str, rule: str) -> None:
+        if not ok:
+            raise ConfigError(field, f"must be {rule} for loss '{name}', got {hparams[field]!r}")
+
+    require(hparams["beta"] > 0, "beta", "> 0")
+    if name == "cdpo":
+        require(0 <= hparams["label_smoothing"] <= 1, "label_smoothing", "in [0, 1]")
+    if name == "robust":
+        require(0 <= hparams["label_smoothing"] < 0.5, "label_smoothing", "in [0, 0.5)")
+    if "gamma_beta_ratio" in hparams:
+        require(hparams["gamma_beta_ratio"] >= 0, "gamma_beta_ratio", ">= 0")
+    if "dpop_lambda" in hparams:
+        require(hparams["dpop_lambda"] >= 0, "dpop_lambda", ">= 0")
+    if "alpha" in hparams:
+        require(hparams["alpha"] >= 0, "alpha", ">= 0")
+    if "momentum" in hparams:
+        require(0 <= hparams["momentum"] < 1, "momentum", "in [0, 1)")

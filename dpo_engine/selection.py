@@ -1,0 +1,368 @@
+"""Choosing which pairs to train on, and the Selection record that remembers the choice.
+
+Index rules (pure, ``(n_pairs,)`` arrays in, int64 indices out, the input's kind as in `dpo_engine.margins`):
+`select_top_k`, `select_bottom_k`, `select_random`, `select_partition`. `select_threshold` gives a boolean mask
+over a table. `select_pairs` runs one named rule over a margins table and returns pair ids: the CLI, the dashboard
+and the stored `Selection` all go through it, so a saved ``(rule, params)`` reproduces its ``pair_ids``.
+
+Rules follow ../shared/docs/methods.md §1.6 (top-k of the fused score) and §1.7 (random, TOP/MID/BOT partitions).
+NaN scores are never selected.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from dpo_engine.errors import UserError
+from dpo_engine.io import atomic_write_json
+from dpo_engine.margins import _as_array, _like, fused_scores
+from dpo_engine.paths import workspace_subdir
+
+RULES = ("top_k", "bottom_k", "random", "partition", "threshold", "manual")
+PARTS = ("top", "mid", "bot")
+DEFAULT_SCORE = "dm_mul"
+# Parameters each rule accepts in `select_pairs`; anything else is a typo worth reporting.
+RULE_PARAMS: dict[str, frozenset[str]] = {
+    "top_k": frozenset({"score", "k", "frac", "where"}),
+    "bottom_k": frozenset({"score", "k", "frac", "where"}),
+    "random": frozenset({"k", "frac", "seed", "where"}),
+    "partition": frozenset({"score", "part", "k", "frac", "tau", "seed", "where"}),
+    "threshold": frozenset({"where"}),
+    "manual": frozenset({"pair_ids"}),
+}
+_FUSED_COLUMNS = ("dm_add", "dm_mul", "bees")
+_SCORED_RULES = ("top_k", "bottom_k", "partition")
+# Numeric columns `selection_summary` compares between the selection and the whole table, when present.
+SUMMARY_COLUMNS = (
+    "external_margin", "implicit_margin", "dm_add", "dm_mul", "bees",
+    "chosen_tokens", "rejected_tokens", "chosen_chars", "rejected_chars",
+)
+
+
+# ---- index rules ------------------------------------------------------------------------------------------------
+
+
+def _resolve_k(n: int, k: int | None, frac: float | None) -> int:
+    """How many pairs to take out of ``n``: exactly one of ``k`` (a count) or ``frac`` (a share of ``n``).
+
+    ``frac`` rounds down, as ``int(select_ratio * len(ds))`` in Huang et al.'s code.
+    """
+    if (k is None) == (frac is None):
+        raise UserError("give exactly one of k (a number of pairs) or frac (a share of the data)")
+    if k is not None:
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
+            raise UserError(f"k must be a whole number >= 0, got {k!r}")
+        return int(k)
+    if not 0.0 < frac <= 1.0:
+        raise UserError(f"frac must be in (0, 1], got {frac!r}")
+    return math.floor(frac * n)
+
+
+def select_top_k(score, k: int | None = None, frac: float | None = None):
+    """Indices of the ``k`` highest scores (or the top ``frac`` share), best first, shape ``(<= k,)`` int64.
+
+    Stable: equal scores keep their original order. NaN is never selected, so fewer than ``k`` come back when
+    fewer than ``k`` scores are not NaN.
+    """
+    values = _as_array(score)
+    count = _resolve_k(values.size, k, frac)
+    order = np.argsort(-values, kind="stable")  # NaN sorts last
+    ranked = order[~np.isnan(values[order])]
+    return _like(ranked[:count], score)
+
+
+def select_bottom_k(score, k: int | None = None, frac: float | None = None):
+    """Indices of the ``k`` lowest scores (or the bottom ``frac`` share), lowest first; stable, NaN never selected."""
+    values = _as_array(score)
+    count = _resolve_k(values.size, k, frac)
+    order = np.argsort(values, kind="stable")  # NaN sorts last
+    ranked = order[~np.isnan(values[order])]
+    return _like(ranked[:count], score)
+
+
+def select_random(n: int, k: int, seed: int = 42) -> np.ndarray:
+    """``k`` distinct indices out of ``range(n)``, int64 numpy, in draw order (all ``n`` when ``k >= n``).
+
+    The same draw as the official baseline ``ds.shuffle(seed=42).select(range(k))``: HF datasets shuffles with
+    ``np.random.default_rng(seed).permutation(n)``.
+    """
+    count = _resolve_k(n, k, None)
+    return np.random.default_rng(seed).permutation(n)[:count].astype(np.int64)
+
+
+def select_partition(margin, part: str, k: int, tau: float = 1.0, seed: int = 42):
+    """The TOP / MID / BOT baselines of methods.md §1.7 on one margin, int64 indices of shape ``(<= k,)``.
+
+    - ``top``: `select_top_k`; ``bot``: `select_bottom_k` (both in rank order).
+    - ``mid``: ``k`` pairs drawn at random (``seed``) from the band ``-tau <= margin <= tau``, returned in index
+      order. When the band holds fewer than ``k`` pairs, all of them come back: **fewer than k**, as in the
+      official code. tau = 1.0 for external/implicit margins, 0.1 for IFD.
+    """
+    if part == "top":
+        return select_top_k(margin, k=k)
+    if part == "bot":
+        return select_bottom_k(margin, k=k)
+    if part != "mid":
+        raise UserError(f"partition part must be one of {', '.join(PARTS)}, got {part!r}")
+    if not tau >= 0:
+        raise UserError(f"tau must be >= 0, got {tau!r}")
+    values = _as_array(margin)
+    count = _resolve_k(values.size, k, None)
+    band = np.flatnonzero((values >= -tau) & (values <= tau))
+    if band.size > count:
+        band = np.sort(np.random.default_rng(seed).choice(band, size=count, replace=False))
+    return _like(band.astype(np.int64), margin)
+
+
+def select_threshold(table: pd.DataFrame, rules: dict[str, Sequence[float | None]]) -> np.ndarray:
+    """Boolean mask, shape ``(len(table),)``: rows whose every ruled column lies in its ``[low, high]``.
+
+    Bounds are inclusive; ``None`` leaves that side open. A NaN never passes a rule, even a fully open one, so
+    ``{"implicit_margin": (None, None)}`` means "has an implicit margin".
+    """
+    mask = np.ones(len(table), dtype=bool)
+    for column, bounds in rules.items():
+        if column not in table.columns:
+            raise UserError(f"threshold on column '{column}': no such column (have: {', '.join(map(str, table.columns))})")
+        if not pd.api.types.is_numeric_dtype(table[column]):
+            raise UserError(f"threshold on column '{column}': the column is not numeric")
+        if len(bounds) != 2:
+            raise UserError(f"threshold on column '{column}': expected (low, high), got {bounds!r}")
+        low, high = bounds
+        if low is not None and high is not None and low > high:
+            raise UserError(f"threshold on column '{column}': low ({low}) is above high ({high})")
+        values = table[column].to_numpy(dtype=np.float64)
+        keep = ~np.isnan(values)
+        if low is not None:
+            keep &= values >= low
+        if high is not None:
+            keep &= values <= high
+        mask &= keep
+    return mask
+
+
+# ---- named rules over a margins table ---------------------------------------------------------------------------
+
+
+def _check_score_column(table: pd.DataFrame, name: str) -> None:
+    """Fail with a message that says what to do when a score column is missing, not numeric or empty."""
+    if name not in table.columns:
+        raise UserError(f"score column '{name}' is not in the margins table (have: {', '.join(map(str, table.columns))})")
+    if not pd.api.types.is_numeric_dtype(table[name]):
+        raise UserError(f"score column '{name}' is not numeric")
+    if table[name].isna().all():
+        raise UserError(f"score column '{name}' has no values: score that margin source first")
+
+
+def select_pairs(table: pd.DataFrame, rule: str, params: dict) -> list[str]:
+    """Run one named rule over a margins table (one row per pair, a ``pair_id`` column) and return pair ids.
+
+    Rules and their ``params`` (defaults in brackets):
+
+    - ``top_k`` / ``bottom_k``: ``score`` [dm_mul], and ``k`` or ``frac``; ids in rank order.
+    - ``random``: ``k`` or ``frac``, ``seed`` [42]; ids in draw order.
+    - ``partition``: ``score`` [dm_mul], ``part`` [top] (top, mid or bot), ``k`` or ``frac``, ``tau`` [1.0],
+      ``seed`` [42]; see `select_partition`.
+    - ``threshold``: ``where``; ids in table order.
+    - ``manual``: ``pair_ids``, an explicit list; every id must be in the table; ids in the given order.
+
+    Every rule but ``manual`` takes an optional ``where`` ({column: [low, high]}, see `select_threshold`) that
+    restricts the candidates first, e.g. BeeS' "both margins > 0". ``frac`` is always a share of the whole table,
+    so ``frac=0.1`` asks for 10 % of the data however many pairs pass ``where``. A fused score column (dm_add,
+    dm_mul, bees) missing from the table is computed on the fly with `dpo_engine.margins.fused_scores`.
+    """
+    if rule not in RULES:
+        raise UserError(f"unknown selection rule '{rule}' (choose from {', '.join(RULES)})")
+    unknown = set(params) - RULE_PARAMS[rule]
+    if unknown:
+        raise UserError(f"rule '{rule}' does not take {', '.join(sorted(unknown))} (it takes {', '.join(sorted(RULE_PARAMS[rule]))})")
+    if "pair_id" not in table.columns:
+        raise UserError("the margins table has no 'pair_id' column")
+    if rule == "manual":
+        return _manual_ids(table, params.get("pair_ids"))
+    if rule == "threshold" and not params.get("where"):
+        raise UserError("rule 'threshold' needs where: {column: [low, high]}")
+
+    score_name = params.get("score", DEFAULT_SCORE)
+    if rule in _SCORED_RULES:
+        if score_name in _FUSED_COLUMNS and score_name not in table.columns:
+            table = fused_scores(table)
+        _check_score_column(table, score_name)
+    n_total = len(table)
+    if params.get("where"):
+        table = table[select_threshold(table, params["where"])]
+    pair_ids = table["pair_id"].astype(str).to_numpy()
+
+    if rule == "threshold":
+        return pair_ids.tolist()
+    count = _resolve_k(n_total, params.get("k"), params.get("frac"))
+    if rule == "random":
+        return pair_ids[select_random(len(table), count, params.get("seed", 42))].tolist()
+    score = table[score_name].to_numpy(dtype=np.float64)
+    if rule == "top_k":
+        indices = select_top_k(score, k=count)
+    elif rule == "bottom_k":
+        indices = select_bottom_k(score, k=count)
+    else:
+        indices = select_partition(score, params.get("part", "top"), count, params.get("tau", 1.0), params.get("seed", 42))
+    return pair_ids[indices].tolist()
+
+
+def _manual_ids(table: pd.DataFrame, pair_ids) -> list[str]:
+    """The ``manual`` rule: the given ids, checked against the table."""
+    if not pair_ids:
+        raise UserError("rule 'manual' needs pair_ids: a non-empty list of pair ids")
+    pair_ids = list(dict.fromkeys(str(pair_id) for pair_id in pair_ids))  # drop repeats, keep order
+    unknown = set(pair_ids) - set(table["pair_id"].astype(str))
+    if unknown:
+        raise UserError(f"{len(unknown)} pair ids are not in the margins table, e.g. '{sorted(unknown)[0]}'")
+    return pair_ids
+
+
+def filter_by_ids(df: pd.DataFrame, pair_ids: Sequence[str]) -> pd.DataFrame:
+    """The rows of ``df`` (any table with ``pair_id``) whose id is in ``pair_ids``, in ``df``'s order and index."""
+    if "pair_id" not in df.columns:
+        raise UserError("the table has no 'pair_id' column")
+    return df[df["pair_id"].astype(str).isin({str(pair_id) for pair_id in pair_ids})]
+
+
+def _finite_or_none(value) -> float | None:
+    """A float for display and JSON, None instead of NaN."""
+    return float(value) if pd.notna(value) else None
+
+
+def selection_summary(table: pd.DataFrame, pair_ids: Sequence[str]) -> dict:
+    """How a selection compares with the whole table.
+
+    Returns ``{"size", "n_total", "share", "missing", "columns"}``: ``size`` is the number of selected pairs
+    found in ``table``, ``share = size / n_total``, ``missing`` counts selected ids that are not in ``table`` (a
+    selection made on another dataset), and ``columns`` maps each `SUMMARY_COLUMNS` entry that has values to
+    ``{"selected_mean", "selected_median", "all_mean", "all_median"}`` (None where there is nothing to average).
+    """
+    selected = filter_by_ids(table, pair_ids)
+    known_ids = set(table["pair_id"].astype(str))
+    columns = {}
+    for column in SUMMARY_COLUMNS:
+        if column not in table.columns or not pd.api.types.is_numeric_dtype(table[column]) or table[column].isna().all():
+            continue
+        columns[column] = {
+            "selected_mean": _finite_or_none(selected[column].mean()),
+            "selected_median": _finite_or_none(selected[column].median()),
+            "all_mean": _finite_or_none(table[column].mean()),
+            "all_median": _finite_or_none(table[column].median()),
+        }
+    return {
+        "size": len(selected),
+        "n_total": len(table),
+        "share": len(selected) / len(table) if len(table) else 0.0,
+        "missing": len({str(pair_id) for pair_id in pair_ids} - known_ids),
+        "columns": columns,
+    }
+
+
+# ---- the Selection record ---------------------------------------------------------------------------------------
+
+
+def _now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass
+class Selection:
+    """A named subset of a dataset and how it was chosen: ``select_pairs(table, rule, params)`` gave ``pair_ids``.
+
+    ``dataset_fingerprint`` is `dpo_engine.data.fingerprint` of the pairs the margins were computed on (None when
+    unknown); ``created`` is an ISO-8601 UTC time.
+    """
+
+    name: str
+    rule: str
+    params: dict
+    dataset_fingerprint: str | None
+    pair_ids: list[str]
+    created: str = field(default_factory=_now_iso)
+
+
+def _file_stem(name: str) -> str:
+    """A selection name as a safe file name: runs of anything but letters, digits, '.', '_' and '-' become '_'."""
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._-")
+    if not stem:
+        raise UserError(f"selection name {name!r} has no usable characters (use letters, digits, '.', '_' or '-')")
+    return stem
+
+
+def save_selection(selection: Selection, directory: str | Path | None = None, *, path: str | Path | None = None) -> Path:
+    """Write ``selection`` as JSON and return the file's path, replacing a selection of the same name.
+
+    The file is ``<directory>/<sanitised name>.json`` (``directory`` defaults to the workspace's ``selections/``),
+    or exactly ``path`` when given. The write is atomic: a reader sees the old file or the new one.
+    """
+    if path is None:
+        directory = Path(directory) if directory is not None else workspace_subdir("selections")
+        path = directory / f"{_file_stem(selection.name)}.json"
+    path = Path(path)
+    atomic_write_json(path, asdict(selection))
+    return path
+
+
+def load_selection(path_or_name: str | Path) -> Selection:
+    """Read a selection from a JSON file path, or by name from the workspace's ``selections/``."""
+    candidate = Path(path_or_name)
+    if candidate.suffix == ".json" or candidate.is_file():
+        path = candidate
+    else:
+        path = workspace_subdir("selections") / f"{_file_stem(str(path_or_name))}.json"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"no selection file {path}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise UserError(f"selection file {path} is not valid JSON: {error}") from None
+    names = [f.name for f in fields(Selection)]
+    if not isinstance(data, dict) or set(names) - set(data):
+        raise UserError(f"selection file {path} does not hold a selection (needs fields {', '.join(names)})")
+    return Selection(**{name: data[name] for name in names})
+
+
+def list_selections(directory: str | Path | None = None) -> list[Selection]:
+    """Every readable selection in ``directory`` (default: the workspace's ``selections/``), newest first.
+
+    Files that are not selections are skipped, so one bad file does not hide the others.
+    """
+    directory = Path(directory) if directory is not None else workspace_subdir("selections")
+    selections = []
+    for path in sorted(directory.glob("*.json")):
+        try:
+            selections.append(load_selection(path))
+        except UserError:
+            continue
+    return sorted(selections, key=lambda selection: selection.created, reverse=True)
+
+
+def export_selection(selection: Selection, pairs_df: pd.DataFrame, path: str | Path) -> Path:
+    """Write the selected rows of a pairs DataFrame (`dpo_engine.data`) to jsonl/parquet for training.
+
+    Rows keep the dataset's order. Every selected id must be in ``pairs_df``; otherwise the selection was made on
+    another dataset and a UserError says so.
+    """
+    from dpo_engine.data import save_pairs  # data pulls in heavier loaders; only exporting needs it
+
+    subset = filter_by_ids(pairs_df, selection.pair_ids)
+    missing = sorted(set(map(str, selection.pair_ids)) - set(subset["pair_id"].astype(str)))
+    if missing:
+        raise UserError(
+            f"selection '{selection.name}': {len(missing)} of its {len(selection.pair_ids)} pair ids are not in this "
+            f"dataset (e.g. '{missing[0]}'); was it made on another dataset?"
+        )
+    path = Path(path)
+    save_pairs(subset, path)
+    return path

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Regenerate the precomputed margins the demo opens with (assets/margins/), using the engine's own CLI.
+#
+# Implicit margins follow DM (methods §1.4): a LoRA proxy of the default model, DPO-trained for 2 epochs on a
+# random 10 % seed subset, scored against its reference (adapters disabled). External margins: the data's GPT-4
+# scores for UltraFeedback; the built-in stand-in reward head (cross-fitted) for HH-RLHF, which has no scores.
+# CPU settings (bf16, 256-token pairs) keep this to well under an hour on 2 cores; on a GPU raise --max-length.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ENGINE=${ENGINE:-.venv/bin/dpo-engine}
+COMMON=(--model smollm2-135m-instruct --dtype bf16 --max-length 256 --max-prompt-length 128 --batch-size 8
+        --warmup-epochs 2 --seed 42)
+
+"$ENGINE" score assets/data/ultrafeedback_binarized_scored_1200.jsonl --external dataset \
+  --out assets/margins/ultrafeedback.parquet --warmup-dir "${MARGIN_LAB_HOME:-.margin_lab}/warmup/ultrafeedback" "${COMMON[@]}"
+"$ENGINE" score assets/data/hh_rlhf_helpful_base_test_1000.jsonl --external builtin \
+  --out assets/margins/hh_rlhf.parquet --warmup-dir "${MARGIN_LAB_HOME:-.margin_lab}/warmup/hh_rlhf" "${COMMON[@]}"
