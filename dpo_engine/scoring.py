@@ -328,7 +328,7 @@ def warmup_proxy(
     out_dir = Path(out_dir)
     n_seed = seed_size or max(2, min(2000, round(0.1 * len(pairs))))
     seed_pairs = pairs.iloc[select_random(len(pairs), n_seed, seed)]
-    subset_path = save_pairs(seed_pairs, out_dir / "seed_subset.jsonl") or out_dir / "seed_subset.jsonl"
+    subset_path = save_pairs(seed_pairs, out_dir / "seed_subset.jsonl")
     config = TrainConfig.from_dict(
         {"model": base_model, "subset": str(subset_path), "loss": "dpo", "num_epochs": 2, "seed": seed, **train_overrides}
     )

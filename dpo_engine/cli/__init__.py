@@ -12,7 +12,7 @@ import sys
 
 from dpo_engine.errors import UserError
 
-COMMAND_MODULES: list[str] = ["select", "score"]
+COMMAND_MODULES: list[str] = ["data", "select", "score"]
 
 
 def build_parser() -> argparse.ArgumentParser:
