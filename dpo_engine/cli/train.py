@@ -1,0 +1,41 @@
+"""``dpo-engine train CONFIG.yaml``: train in this terminal with a progress bar.
+
+The run is registered like a background one (``dpo-engine runs list`` shows it, ``runs stop`` stops it). For a run
+that must outlive the terminal, use ``dpo-engine runs launch`` instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from dpo_engine import runs
+
+
+def add_parser(subparsers) -> None:
+    """Register ``train``."""
+    parser = subparsers.add_parser(
+        "train",
+        help="train a run in the foreground with a progress bar",
+        description="Validate CONFIG.yaml (TrainConfig fields: model, subset, loss, loss_params, max_steps, ...), "
+        "create a run and train it in this process. Ctrl-C stops after the current step with a checkpoint (a second "
+        "Ctrl-C aborts); `dpo-engine runs resume RUN_ID` continues it in the background.",
+        epilog="Exit status: 0 when training completed or was stopped, 1 when it failed, 2 for a bad config.",
+    )
+    parser.add_argument("config", type=Path, metavar="CONFIG.yaml", help="training configuration")
+    parser.add_argument(
+        "--run-dir", type=Path, metavar="DIR",
+        help="write the run here instead of $MARGIN_LAB_HOME/runs/<run_id> (must not exist, or be empty)",
+    )
+    parser.add_argument("--name", help="readable name; replaces the loss at the front of the run id")
+    parser.set_defaults(func=run_train)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    run_id = runs.create_run(args.config, name=args.name, run_dir=args.run_dir)
+    run = runs.get_run(run_id)
+    print(f"run {run_id}: {run.run_dir}")
+    final = runs.run_foreground(run_id)  # prints "[margin-lab] <state>: <message>" when it ends
+    if final["state"] in ("stopped", "failed"):
+        print(f"continue it in the background with: dpo-engine runs resume {run_id}")
+    return 1 if final["state"] == "failed" else 0
