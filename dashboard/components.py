@@ -1,0 +1,86 @@
+"""Small Streamlit building blocks used on several pages."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from dpo_engine.data import ValidationReport
+
+PAIR_TABLE_COLUMNS = {
+    "pair_id": st.column_config.TextColumn("pair id", width="medium"),
+    "prompt": st.column_config.TextColumn("prompt", width="large"),
+    "score_chosen": st.column_config.NumberColumn("score chosen", format="%.2f", width="small"),
+    "score_rejected": st.column_config.NumberColumn("score rejected", format="%.2f", width="small"),
+    "external_margin": st.column_config.NumberColumn("external", format="%.3g", width="small"),
+    "implicit_margin": st.column_config.NumberColumn("implicit", format="%.3g", width="small"),
+    "dm_mul": st.column_config.NumberColumn("DM-MUL", format="%.3f", width="small"),
+    "warnings": st.column_config.TextColumn("warnings", width="small"),
+}
+
+
+def pair_browser(pairs: pd.DataFrame, columns: list[str], *, key: str) -> None:
+    """A table of pairs; the row the user clicks is shown in full below it."""
+    if pairs.empty:
+        st.info("No pairs to show.")
+        return
+    event = st.dataframe(
+        pairs[columns],
+        key=key,
+        hide_index=True,
+        on_select="rerun",
+        selection_mode="single-row",
+        column_config={name: PAIR_TABLE_COLUMNS[name] for name in columns if name in PAIR_TABLE_COLUMNS},
+        height=320,
+    )
+    rows = event.selection.rows
+    position = rows[0] if rows else 0
+    if not rows:
+        st.caption("Click a row to read that pair in full. Showing the first one.")
+    pair_viewer(pairs.iloc[position])
+
+
+def pair_viewer(pair: pd.Series) -> None:
+    """Full text of one pair: the prompt conversation, then chosen and rejected side by side."""
+    with st.container(border=True):
+        st.markdown(f"**Pair `{pair['pair_id']}`** · source row {pair['row']}")
+        if pair.get("warnings"):
+            st.warning(f"Warnings: {pair['warnings'].replace(';', ', ')}")
+        for message in pair["prompt_messages"]:
+            st.markdown(f"**{message['role'].capitalize()}**")
+            st.text(message["content"])
+        chosen, rejected = st.columns(2)
+        for column, name in ((chosen, "chosen"), (rejected, "rejected")):
+            with column:
+                score = pair.get(f"score_{name}")
+                label = f"**{name.capitalize()}**" + (f" · score {score:g}" if pd.notna(score) else "")
+                st.markdown(label)
+                st.text(pair[name] or "(empty response)")
+
+
+def validation_report(report: ValidationReport) -> bool:
+    """Show a validation report; True when the data is usable (no errors)."""
+    if report.errors:
+        st.error(
+            "This data cannot be used:\n\n"
+            + "\n".join(f"- {issue.message}" + _where(issue) for issue in report.errors)
+        )
+        return False
+    counts = report.warning_counts()
+    if not counts:
+        st.success(f"{report.n_pairs:,} pairs, no problems found.")
+        return True
+    summary = ", ".join(f"{count} {code.replace('_', ' ')}" for code, count in counts.items())
+    st.warning(f"{report.n_pairs:,} pairs loaded; {len(report.warnings)} warnings ({summary}). Rows are kept; review them below.")
+    with st.expander(f"Warnings by row ({len(report.warnings)})"):
+        st.dataframe(
+            pd.DataFrame([issue.to_dict() for issue in report.warnings])[["row", "column", "code", "message"]],
+            hide_index=True,
+        )
+    return True
+
+
+def _where(issue) -> str:
+    parts = [f"row {issue.row}" if issue.row is not None else "", f"column `{issue.column}`" if issue.column else ""]
+    where = ", ".join(part for part in parts if part)
+    return f" ({where})" if where else ""

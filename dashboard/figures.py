@@ -1,0 +1,155 @@
+"""Plotly figure builders for the dashboard pages. Pure: tables in, ``go.Figure`` out, no Streamlit."""
+
+from __future__ import annotations
+
+import html
+import textwrap
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+SELECTED = "#3b5bdb"
+UNSELECTED = "#b8bfcc"
+GRID = "#e6e9ef"
+PALETTE = ("#3b5bdb", "#e8590c", "#2b8a3e", "#c2255c", "#5f3dc4", "#0b7285", "#e67700", "#495057")
+
+
+def _snippet(text: str, width: int = 70, max_chars: int = 140) -> str:
+    """Text for a hover label: truncated, HTML-escaped, wrapped with <br>."""
+    text = " ".join(str(text).split())
+    if len(text) > max_chars:
+        text = text[: max_chars - 1].rstrip() + "…"
+    return "<br>".join(html.escape(line) for line in textwrap.wrap(text, width)) or "<i>(empty)</i>"
+
+
+def hover_texts(pairs: pd.DataFrame) -> list[str]:
+    """One hover label per pair (in ``pairs`` order): id, prompt, chosen and rejected, each truncated."""
+    return [
+        f"<b>{html.escape(str(pair_id))}</b><br><b>Prompt</b> {_snippet(prompt)}"
+        f"<br><b>Chosen</b> {_snippet(chosen)}<br><b>Rejected</b> {_snippet(rejected)}"
+        for pair_id, prompt, chosen, rejected in zip(pairs.pair_id, pairs.prompt, pairs.chosen, pairs.rejected)
+    ]
+
+
+def margin_scatter(
+    table: pd.DataFrame,
+    hover: list[str],
+    *,
+    selected: np.ndarray,
+    color: np.ndarray | None = None,
+    color_label: str = "",
+    thresholds: dict[str, tuple[float | None, float | None]] | None = None,
+) -> go.Figure:
+    """External vs implicit margin, one ``go.Scattergl`` trace (``data[0]``) with pair ids in ``customdata``.
+
+    ``selected`` is a boolean mask over ``table``. With ``color`` (numeric, one value per pair) points are
+    coloured on a scale and unselected points are dimmed; without it, selected points are blue and the rest grey.
+    Marginal histograms (all pairs, and the selected ones) sit above and to the right. ``thresholds`` draws the
+    bounds of a threshold rule as dashed lines.
+    """
+    fig = make_subplots(
+        rows=2,
+        cols=2,
+        specs=[[{"type": "xy"}, None], [{"type": "xy"}, {"type": "xy"}]],
+        column_widths=[0.84, 0.16],
+        row_heights=[0.16, 0.84],
+        shared_xaxes=True,
+        shared_yaxes=True,
+        horizontal_spacing=0.012,
+        vertical_spacing=0.012,
+    )
+    x = table["external_margin"].to_numpy(dtype=float)
+    y = table["implicit_margin"].to_numpy(dtype=float)
+    if color is None:
+        marker = dict(color=np.where(selected, SELECTED, UNSELECTED).tolist(), size=6, opacity=0.85)
+        dimming = {}
+    else:
+        marker = dict(
+            color=color,
+            colorscale="Viridis",
+            size=6,
+            colorbar=dict(title=dict(text=color_label, side="right"), thickness=12, len=0.7, y=0.42, x=1.01),
+        )
+        dimming = dict(
+            selectedpoints=np.flatnonzero(selected).tolist(),
+            selected=dict(marker=dict(opacity=0.9)),
+            unselected=dict(marker=dict(opacity=0.12)),
+        )
+    fig.add_trace(
+        go.Scattergl(
+            x=x,
+            y=y,
+            mode="markers",
+            marker=marker,
+            customdata=table["pair_id"].astype(str).to_numpy(),
+            text=hover,
+            hovertemplate="%{text}<br>external %{x:.3g} · implicit %{y:.3g}<extra></extra>",
+            name="pairs",
+            showlegend=False,
+            **dimming,
+        ),
+        row=2,
+        col=1,
+    )
+    for values, row, col, orientation in ((x, 1, 1, "v"), (y, 2, 2, "h")):
+        for subset, tint, name in ((values, UNSELECTED, "all pairs"), (values[selected], SELECTED, "selected")):
+            axis = {"x": subset} if orientation == "v" else {"y": subset}
+            fig.add_trace(
+                go.Histogram(**axis, marker_color=tint, name=name, showlegend=False, hoverinfo="skip", nbinsx=40, nbinsy=40),
+                row=row,
+                col=col,
+            )
+    for column, (low, high) in (thresholds or {}).items():
+        add_line = fig.add_vline if column == "external_margin" else fig.add_hline
+        for bound in (low, high):
+            if bound is not None:
+                add_line(bound, line_dash="dash", line_color="#e8590c", line_width=1.5, row=2, col=1)
+    fig.update_layout(
+        barmode="overlay",
+        height=620,
+        margin=dict(l=10, r=10, t=10, b=10),
+        plot_bgcolor="white",
+        hoverlabel=dict(align="left", bgcolor="white", font_size=12),
+        uirevision="margins",
+    )
+    fig.update_xaxes(gridcolor=GRID, zerolinecolor="#c9ced8")
+    fig.update_yaxes(gridcolor=GRID, zerolinecolor="#c9ced8")
+    fig.update_xaxes(title_text="external margin (reward model / data scores)", row=2, col=1)
+    fig.update_yaxes(title_text="implicit margin (policy vs reference log-ratio)", row=2, col=1)
+    fig.update_xaxes(showticklabels=False, row=1, col=1)
+    fig.update_yaxes(showticklabels=False, row=2, col=2)
+    fig.update_xaxes(showticklabels=False, row=2, col=2)
+    fig.update_yaxes(showticklabels=False, row=1, col=1)
+    return fig
+
+
+CURVES = (("loss", "loss"), ("rewards/margins", "reward margin"), ("rewards/accuracies", "reward accuracy"))
+
+
+def training_curves(metrics: dict[str, pd.DataFrame]) -> go.Figure:
+    """Loss, reward margin and reward accuracy against step, one colour per run (``{label: metrics.jsonl rows}``)."""
+    fig = make_subplots(rows=1, cols=len(CURVES), subplot_titles=[title for _, title in CURVES], horizontal_spacing=0.06)
+    for number, (label, frame) in enumerate(metrics.items()):
+        color = PALETTE[number % len(PALETTE)]
+        for col, (key, _) in enumerate(CURVES, start=1):
+            if key not in frame or frame[key].isna().all():
+                continue
+            points = frame[["step", key]].dropna()
+            fig.add_trace(
+                go.Scatter(
+                    x=points["step"], y=points[key], mode="lines+markers" if len(points) < 30 else "lines",
+                    name=label, legendgroup=label, showlegend=col == 1, line=dict(color=color, width=2),
+                    marker=dict(size=5), hovertemplate=f"{label}<br>step %{{x}}: %{{y:.4g}}<extra></extra>",
+                ),
+                row=1,
+                col=col,
+            )
+    fig.update_xaxes(title_text="step", gridcolor=GRID)
+    fig.update_yaxes(gridcolor=GRID)
+    fig.update_layout(
+        height=360, margin=dict(l=10, r=10, t=60, b=10), plot_bgcolor="white",
+        legend=dict(orientation="h", y=-0.25, x=0), uirevision="curves",
+    )
+    return fig

@@ -1,0 +1,132 @@
+"""What every page shares: the current dataset, its pairs and its margins table.
+
+The dataset choice lives in ``st.session_state``; loaded pairs and margins are cached per source and file
+modification time, so a page switch does not reload them. Everything here only calls the engine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from dpo_engine.data import LoadedPairs, ValidationReport, bundled_datasets, fingerprint, load_pairs, save_pairs
+from dpo_engine.errors import DataError
+from dpo_engine.io import read_json
+from dpo_engine.paths import ASSETS_DIR, workspace_subdir
+
+DEFAULT_DATASET = "ultrafeedback"
+SOURCE_KEY = "data_source"
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """Where the current pairs come from: a path or Hub name, an optional column mapping, a display label."""
+
+    source: str
+    label: str
+    columns: tuple[tuple[str, str], ...] = ()
+    bundled: str | None = None  # the bundled dataset's name, when it is one
+
+    @property
+    def column_map(self) -> dict[str, str]:
+        return dict(self.columns)
+
+
+def bundled_source(name: str) -> DataSource:
+    return DataSource(source=str(bundled_datasets()[name]), label=f"{name} (bundled demo)", bundled=name)
+
+
+def current_source() -> DataSource:
+    if SOURCE_KEY not in st.session_state:
+        st.session_state[SOURCE_KEY] = bundled_source(DEFAULT_DATASET)
+    return st.session_state[SOURCE_KEY]
+
+
+def set_source(source: DataSource) -> None:
+    st.session_state[SOURCE_KEY] = source
+
+
+def _mtime(path: str) -> float:
+    try:
+        return Path(path).stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+@st.cache_resource(show_spinner="Loading pairs…", max_entries=8)
+def _load(source: str, columns: tuple[tuple[str, str], ...], mtime: float) -> tuple[LoadedPairs | None, ValidationReport]:
+    """Load once per (source, mapping, file version); a failed load becomes a report with one error.
+
+    ``cache_resource``: the pairs are shared read-only across reruns and sessions, not copied on every call.
+    """
+    try:
+        loaded = load_pairs(source, columns=dict(columns) or None)
+    except DataError as error:
+        return None, ValidationReport.from_error(error)
+    return loaded, loaded.report
+
+
+def load(source: DataSource) -> tuple[LoadedPairs | None, ValidationReport]:
+    """The loaded pairs (None when loading failed) and the validation report."""
+    return _load(source.source, source.columns, _mtime(source.source))
+
+
+@st.cache_resource(max_entries=8)
+def _fingerprint(source: str, columns: tuple[tuple[str, str], ...], mtime: float) -> str:
+    loaded, _ = _load(source, columns, mtime)
+    return fingerprint(loaded.pairs)
+
+
+def dataset_fingerprint(source: DataSource) -> str:
+    return _fingerprint(source.source, source.columns, _mtime(source.source))
+
+
+def pairs_file(source: DataSource, loaded: LoadedPairs, dataset_fp: str) -> str:
+    """A file the engine's commands can read these pairs from: the source, or a normalised copy if columns were mapped."""
+    if not source.columns:
+        return source.source
+    path = workspace_subdir("datasets") / f"{dataset_fp}.jsonl"
+    if not path.exists():
+        save_pairs(loaded.pairs, path)
+    return str(path)
+
+
+# ---- margins tables ----------------------------------------------------------------------------------------------
+
+
+def computed_margins_path(dataset_fp: str) -> Path:
+    """Where a margins job started from the dashboard writes the table for a dataset."""
+    return workspace_subdir("margins") / f"{dataset_fp}.parquet"
+
+
+def shipped_margins_path(source: DataSource) -> Path | None:
+    """The precomputed table shipped for a bundled dataset (``assets/margins/<name>.parquet``), if any."""
+    if source.bundled is None:
+        return None
+    path = ASSETS_DIR / "margins" / f"{source.bundled}.parquet"
+    return path if path.exists() else None
+
+
+def margins_path(source: DataSource, dataset_fp: str) -> Path | None:
+    """The margins table to show: one computed here for these exact pairs, else the shipped one."""
+    computed = computed_margins_path(dataset_fp)
+    if computed.exists():
+        return computed
+    return shipped_margins_path(source)
+
+
+@st.cache_resource(show_spinner="Loading margins…", max_entries=8)
+def _load_margins(path: str, mtime: float) -> tuple[pd.DataFrame, dict]:
+    # The documented file format (docs/architecture.md, "Margins table"), read here rather than through
+    # dpo_engine.scoring.load_margins_table, which would import torch and transformers into the UI process.
+    path = Path(path)
+    table = pd.read_csv(path) if path.suffix == ".csv" else pd.read_parquet(path)
+    return table, read_json(path.with_name(path.name + ".meta.json"), {}) or {}
+
+
+def load_margins(path: Path) -> tuple[pd.DataFrame, dict]:
+    """The margins table and its ``.meta.json`` description (read-only, shared)."""
+    return _load_margins(str(path), _mtime(str(path)))

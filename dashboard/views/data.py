@@ -1,0 +1,110 @@
+"""Data: choose the preference pairs, map their columns, check them, read them."""
+
+from pathlib import Path
+
+import streamlit as st
+
+from dashboard.components import pair_browser, validation_report
+from dashboard.state import DataSource, bundled_source, current_source, load, set_source
+from dpo_engine.data import FIELDS, bundled_datasets
+from dpo_engine.paths import workspace_subdir
+
+BUNDLED_NOTES = {
+    "ultrafeedback": "1,200 UltraFeedback pairs with GPT-4 scores (H4 ultrafeedback_binarized), MIT.",
+    "hh_rlhf": "1,000 Anthropic HH-RLHF helpful-base test pairs, no scores, MIT. May contain offensive text.",
+}
+
+st.title("Data")
+st.caption("Preference pairs: a prompt, a chosen response and a rejected one. Every other page works on the dataset chosen here.")
+
+source = current_source()
+uploads = workspace_subdir("uploads")
+kinds = ["Bundled demo", "Upload a file", "Path or Hub dataset"]
+if source.bundled:
+    current_kind = 0
+elif Path(source.source).parent == uploads:
+    current_kind = 1
+else:
+    current_kind = 2
+kind = st.radio("Source", kinds, index=current_kind, horizontal=True)
+
+if kind == "Bundled demo":
+    names = list(bundled_datasets())
+    name = st.selectbox(
+        "Demo dataset",
+        names,
+        index=names.index(source.bundled) if source.bundled in names else 0,
+        format_func=lambda name: f"{name}: {BUNDLED_NOTES.get(name, '')}",
+    )
+    candidate = bundled_source(name)
+elif kind == "Upload a file":
+    upload = st.file_uploader("Preference data (.jsonl, .json, .csv or .parquet)", type=["jsonl", "json", "csv", "parquet"])
+    if upload is not None:
+        path = uploads / Path(upload.name).name
+        if not path.exists() or path.read_bytes() != upload.getvalue():  # rewriting would defeat the load cache
+            path.write_bytes(upload.getvalue())
+        candidate = DataSource(source=str(path), label=upload.name)
+    elif current_kind == 1:
+        candidate = source
+    else:
+        st.stop()
+else:
+    text = st.text_input(
+        "Path or Hub dataset name",
+        value=source.source if current_kind == 2 else "",
+        placeholder="/data/prefs.jsonl, a save_to_disk directory, or org/dataset",
+    )
+    if not text.strip():
+        st.stop()
+    candidate = DataSource(source=text.strip(), label=Path(text.strip()).name or text.strip())
+
+# Keep the mapping the user gave for this same source.
+if candidate.source == source.source:
+    candidate = source
+loaded, report = load(candidate)
+
+with st.expander("Map columns", expanded=bool(report.errors)):
+    st.caption(
+        "Which source column holds each field. Left empty, a field is detected by name "
+        "(prompt/instruction/question, chosen, rejected, score_chosen, score_rejected, id). "
+        "Only chosen and rejected are required; without a prompt column they must be conversations that include it."
+    )
+    detected = loaded.columns if loaded is not None else {}
+    with st.form("columns"):
+        fields = st.columns(len(FIELDS))
+        mapping = {
+            field: column.text_input(field, value=candidate.column_map.get(field, detected.get(field, "")))
+            for field, column in zip(FIELDS, fields)
+        }
+        if st.form_submit_button("Apply mapping"):
+            explicit = tuple((field, name.strip()) for field, name in mapping.items() if name.strip() and name.strip() != detected.get(field))
+            candidate = DataSource(source=candidate.source, label=candidate.label, columns=explicit,
+                                   bundled=candidate.bundled if not explicit else None)
+            loaded, report = load(candidate)
+
+st.subheader("Validation")
+if not validation_report(report):
+    st.stop()
+
+if candidate != source:
+    set_source(candidate)
+    st.rerun()  # the sidebar and other pages follow the new dataset
+st.caption(f"Current dataset: **{candidate.label}** · `{candidate.source}`")
+
+st.subheader("Browse pairs")
+pairs = loaded.pairs
+search, flagged = st.columns([3, 1], vertical_alignment="bottom")
+query = search.text_input("Search prompt and responses", placeholder="a word or phrase")
+only_flagged = flagged.toggle("Only rows with warnings")
+shown = pairs
+if query:
+    needle = query.lower()
+    hit = shown.prompt.str.lower().str.contains(needle, regex=False) | shown.chosen.str.lower().str.contains(
+        needle, regex=False
+    ) | shown.rejected.str.lower().str.contains(needle, regex=False)
+    shown = shown[hit]
+if only_flagged:
+    shown = shown[shown.warnings != ""]
+st.caption(f"{len(shown):,} of {len(pairs):,} pairs")
+columns = ["pair_id", "prompt"] + (["score_chosen", "score_rejected"] if pairs.score_chosen.notna().any() else []) + ["warnings"]
+pair_browser(shown, columns, key="data_pairs")

@@ -1,0 +1,395 @@
+"""Margins & Select: external vs implicit margin per pair, and the subset to train on."""
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from dashboard.components import pair_browser
+from dashboard.figures import hover_texts, margin_scatter
+from dashboard.state import (
+    computed_margins_path,
+    current_source,
+    dataset_fingerprint,
+    load,
+    load_margins,
+    margins_path,
+    pairs_file,
+)
+from dpo_engine import jobs
+from dpo_engine.errors import UserError
+from dpo_engine.margins import alignment_potential
+from dpo_engine.selection import (
+    Selection,
+    export_selection,
+    list_selections,
+    save_selection,
+    select_pairs,
+    selection_summary,
+)
+
+CHART_KEY = "margin_scatter"
+MIRROR_KEY = "scatter_selection"  # {"fingerprint": ..., "ids": [...]}: the box/lasso selection, kept by us
+RULE_LABELS = {
+    "threshold": "Thresholds",
+    "top_k": "Top-k %",
+    "manual": "Box / lasso",
+    "random": "Random",
+    "partition": "Partition",
+}
+SCORE_LABELS = {
+    "dm_mul": "DM-MUL",
+    "dm_add": "DM-ADD",
+    "bees": "BeeS",
+    "alignment_potential": "Alignment potential",
+    "external_margin": "external margin",
+    "implicit_margin": "implicit margin",
+}
+COLOR_OPTIONS = {
+    "Selection": None,
+    "DM-MUL": "dm_mul",
+    "DM-ADD": "dm_add",
+    "BeeS": "bees",
+    "Alignment potential": "alignment_potential",
+    "Length gap (chosen − rejected tokens)": "length_gap",
+    "Chosen length (tokens)": "chosen_tokens",
+}
+SUMMARY_LABELS = {
+    "external_margin": "external margin",
+    "implicit_margin": "implicit margin",
+    "dm_add": "DM-ADD",
+    "dm_mul": "DM-MUL",
+    "bees": "BeeS",
+    "chosen_tokens": "chosen tokens",
+    "rejected_tokens": "rejected tokens",
+    "chosen_chars": "chosen characters",
+    "rejected_chars": "rejected characters",
+}
+
+
+# ---- computing margins as a background job ---------------------------------------------------------------------
+
+
+def score_job_for(out_path: Path) -> dict | None:
+    """The newest `dpo-engine score` job writing ``out_path``, as `jobs.status` describes it."""
+    for job_dir in jobs.list_jobs("score"):
+        info = jobs.status(job_dir)
+        argv = info.get("argv", [])
+        if "--out" in argv and argv[argv.index("--out") + 1] == str(out_path):
+            return info
+    return None
+
+
+def compute_form(source, loaded, dataset_fp: str, has_scores: bool) -> None:
+    """Settings for `dpo-engine score`, and the button that starts it."""
+    with st.form("score"):
+        left, right = st.columns(2)
+        external = left.selectbox(
+            "External margin",
+            ["dataset", "builtin", "none"] if has_scores else ["builtin", "none"],
+            format_func={
+                "dataset": "the data's scores (score_chosen − score_rejected)",
+                "builtin": "built-in stand-in reward head (MiniLM embeddings, cross-fitted)",
+                "none": "none",
+            }.get,
+        )
+        implicit = right.selectbox(
+            "Implicit margin",
+            ["warmup", "none"],
+            format_func={"warmup": "train a warm-up proxy on a random seed subset (DM step 1)", "none": "none"}.get,
+        )
+        model = left.text_input("Base model", value="smollm2-135m-instruct", help="name, local directory or Hub id")
+        seed_size = right.number_input("Warm-up seed subset (pairs, 0 = min(2000, 10 %))", min_value=0, value=0, step=50)
+        dtype = left.selectbox("Precision", ["bf16", "fp32"], help="bf16 is about twice as fast on CPUs with bf16 support")
+        device = right.selectbox("Device", ["auto", "cuda", "cpu", "mps"])
+        max_length = left.number_input("Max tokens (prompt + response)", min_value=64, value=512, step=64)
+        batch_size = right.number_input("Pairs per scoring batch", min_value=1, value=8)
+        if st.form_submit_button("Compute margins", type="primary"):
+            argv = [
+                "score", pairs_file(source, loaded, dataset_fp), "--out", str(computed_margins_path(dataset_fp)),
+                "--external", external, "--implicit", implicit, "--model", model, "--dtype", dtype,
+                "--device", device, "--max-length", str(max_length), "--batch-size", str(batch_size),
+            ]
+            if seed_size:
+                argv += ["--seed-size", str(seed_size)]
+            jobs.start("score", argv)
+            st.rerun()
+
+
+@st.fragment(run_every=2)
+def job_progress(out_path: Path) -> None:
+    """Live progress of a running score job; reruns the whole page when it ends."""
+    info = score_job_for(out_path)
+    if info["state"] != "running":
+        st.rerun(scope="app")
+    progress = info["progress"]
+    done, total = progress.get("done", 0), progress.get("total", 0)
+    st.progress(done / total if total else 0.0, text=f"Computing margins: {progress.get('stage') or 'starting'} ({done:,} / {total:,})")
+    if st.button("Stop", key="stop_score"):
+        jobs.stop(info["dir"])
+    with st.expander("Job log"):
+        st.code(jobs.tail(info["dir"]) or "(no output yet)", language=None)
+
+
+def score_job_panel(source, loaded, dataset_fp: str, has_scores: bool) -> None:
+    """The running job's progress, the last job's failure, or the form that starts a new job."""
+    out_path = computed_margins_path(dataset_fp)
+    info = score_job_for(out_path)
+    if info is not None and info["state"] == "running":
+        job_progress(out_path)
+        return
+    if info is not None and info["state"] in ("failed", "stopped"):
+        st.error(f"The last margin job {info['state']}: {info['message']}")
+        with st.expander("Job log"):
+            st.code(jobs.tail(info["dir"]) or "(no output)", language=None)
+    compute_form(source, loaded, dataset_fp, has_scores)
+
+
+# ---- the table the page works on -----------------------------------------------------------------------------------
+
+
+@st.cache_data(max_entries=4, show_spinner=False)
+def joined_table(_table: pd.DataFrame, _pairs: pd.DataFrame, key: tuple) -> pd.DataFrame:
+    """Margins joined with the pairs' text, plus the derived colour columns. Cached per (margins file, dataset)."""
+    text = _pairs[["pair_id", "row", "prompt", "prompt_messages", "chosen", "rejected", "score_chosen", "score_rejected", "warnings"]]
+    table = _table.merge(text, on="pair_id", how="inner")
+    tokens = table[["chosen_tokens", "rejected_tokens"]]
+    if tokens.notna().all(axis=None):
+        table["length_gap"] = table.chosen_tokens - table.rejected_tokens
+    else:
+        table["length_gap"] = table.chosen_chars - table.rejected_chars
+    if table[["ref_chosen_logps", "ref_rejected_logps"]].notna().all(axis=None):
+        # Huang et al. use the per-token log-probs of the model about to be trained: the reference (SFT) model.
+        table["alignment_potential"] = alignment_potential(
+            table.external_margin.to_numpy(float),
+            (table.ref_chosen_logps / table.chosen_tokens).to_numpy(float),
+            (table.ref_rejected_logps / table.rejected_tokens).to_numpy(float),
+        )
+    else:
+        table["alignment_potential"] = np.nan
+    return table
+
+
+@st.cache_data(max_entries=4, show_spinner=False)
+def cached_hover(_table: pd.DataFrame, key: tuple) -> list[str]:
+    return hover_texts(_table)
+
+
+def provenance(meta: dict, path: Path) -> str:
+    """How the margins were computed, from the table's .meta.json."""
+    lines = [f"File: `{path}`" + (f", created {meta['created']}" if meta.get("created") else "")]
+    for name in ("external", "implicit"):
+        part = meta.get(name)
+        if isinstance(part, dict):
+            details = ", ".join(f"{key}: {value}" for key, value in part.items() if key not in ("description", "source"))
+            lines.append(
+                f"**{name.capitalize()} margin**: {part.get('source', '?')}. {part.get('description', '')}"
+                + (f" ({details})" if details else "")
+            )
+        else:
+            lines.append(f"**{name.capitalize()} margin**: not computed.")
+    return "\n\n".join(lines)
+
+
+# ---- selection -----------------------------------------------------------------------------------------------------
+
+
+def mirror_chart_selection(dataset_fp: str) -> None:
+    """on_select callback: copy the box/lasso pair ids into our own session key.
+
+    The chart's own state is read-only and resets whenever the figure changes (Streamlit's plotly widget
+    identity follows the figure), so the page reads the selection from this mirror, never from the chart.
+    """
+    points = st.session_state[CHART_KEY].selection.points
+    ids = [point["customdata"] for point in points if point.get("curve_number", 0) == 0]
+    st.session_state[MIRROR_KEY] = {"fingerprint": dataset_fp, "ids": ids}
+
+
+def mirrored_ids(dataset_fp: str) -> list[str]:
+    mirror = st.session_state.get(MIRROR_KEY)
+    return list(mirror["ids"]) if mirror and mirror["fingerprint"] == dataset_fp else []
+
+
+def range_slider(label: str, values: pd.Series, key: str) -> tuple[float, float, bool]:
+    """A range slider over a margin; returns (low, high, narrowed)."""
+    finite = values[np.isfinite(values)]
+    low, high = float(np.floor(finite.min() * 10) / 10), float(np.ceil(finite.max() * 10) / 10)
+    step = max(round((high - low) / 200, 3), 0.001)
+    chosen = st.slider(label, min_value=low, max_value=high, value=(low, high), step=step, key=key)
+    return chosen[0], chosen[1], chosen != (low, high)
+
+
+def rule_controls(rule: str, table: pd.DataFrame, dataset_fp: str) -> tuple[dict, dict]:
+    """The parameters of a rule: (params for select_pairs, threshold lines to draw)."""
+    scores = [name for name in SCORE_LABELS if table[name].notna().any()]
+    left, middle, right = st.columns(3)
+    if rule == "threshold":
+        with left:
+            ex_low, ex_high, ex_narrowed = range_slider("External margin between", table.external_margin, f"ex-{dataset_fp}")
+        with middle:
+            im_low, im_high, im_narrowed = range_slider("Implicit margin between", table.implicit_margin, f"im-{dataset_fp}")
+        where = {"external_margin": [ex_low if ex_narrowed else None, ex_high if ex_narrowed else None],
+                 "implicit_margin": [im_low if im_narrowed else None, im_high if im_narrowed else None]}
+        lines = {column: tuple(bounds) for column, bounds in where.items() if bounds != [None, None]}
+        with right:
+            st.caption("Pairs whose margins both lie in the ranges. Pairs without a margin are never selected.")
+        return {"where": where}, lines
+    if rule == "manual":
+        left.caption("Drag a box or a lasso on the chart; double-click clears it.")
+        return {"pair_ids": mirrored_ids(dataset_fp)}, {}
+    percent = right.slider("Share of all pairs (%)", 1, 100, 10, key=f"pct-{rule}-{dataset_fp}")
+    params = {"frac": percent / 100}
+    if rule == "top_k":
+        params["score"] = left.selectbox("Score", scores, format_func=SCORE_LABELS.get, key=f"score-{dataset_fp}")
+        if middle.checkbox("Only pairs with both margins ≥ 0 (BeeS filter)", key=f"pos-{dataset_fp}"):
+            params["where"] = {"external_margin": [0.0, None], "implicit_margin": [0.0, None]}
+    elif rule == "random":
+        params["seed"] = int(left.number_input("Seed", value=42, step=1, key=f"seed-{dataset_fp}"))
+    else:
+        params["score"] = left.selectbox("Margin", scores, format_func=SCORE_LABELS.get, key=f"pscore-{dataset_fp}")
+        params["part"] = middle.radio("Part", ["top", "mid", "bot"], horizontal=True, key=f"part-{dataset_fp}",
+                                      help="mid: a random sample from the band −τ ≤ margin ≤ τ")
+        if params["part"] == "mid":
+            params["tau"] = float(middle.number_input("τ", value=1.0, min_value=0.0, step=0.1, key=f"tau-{dataset_fp}"))
+    return params, {}
+
+
+def summary_frame(summary: dict) -> pd.DataFrame:
+    rows = {
+        SUMMARY_LABELS.get(column, column): [stats["selected_mean"], stats["all_mean"], stats["selected_median"], stats["all_median"]]
+        for column, stats in summary["columns"].items()
+    }
+    return pd.DataFrame.from_dict(rows, orient="index", columns=["selected mean", "all mean", "selected median", "all median"])
+
+
+def export_bytes(selection: Selection, pairs: pd.DataFrame, suffix: str):
+    """A download callable: the selected pairs as .jsonl or .parquet, written by the engine."""
+
+    def build() -> bytes:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = export_selection(selection, pairs, Path(tmp) / f"selection{suffix}")
+            return path.read_bytes()
+
+    return build
+
+
+@st.fragment
+def select_section(table: pd.DataFrame, pairs: pd.DataFrame, dataset_fp: str, cache_key: tuple) -> None:
+    """Rule, chart, summary, selected pairs, save and export. A fragment: interactions rerun only this part."""
+    rule_column, color_column = st.columns([3, 1], vertical_alignment="bottom")
+    rule = rule_column.segmented_control(
+        "Selection rule", list(RULE_LABELS), format_func=RULE_LABELS.get, default="threshold", required=True,
+        key=f"rule-{dataset_fp}", persist_state="session",
+    )
+    color_label = color_column.selectbox(
+        "Colour by",
+        [label for label, column in COLOR_OPTIONS.items() if column is None or table[column].notna().any()],
+        index=1,
+        key="color_by",
+        persist_state="session",
+    )
+    params, lines = rule_controls(rule, table, dataset_fp)
+    try:
+        ids = select_pairs(table, rule, params) if rule != "manual" or params["pair_ids"] else []
+    except UserError as error:
+        st.error(str(error))
+        ids = []
+    selected = table.pair_id.isin(set(ids)).to_numpy()
+
+    color_column = COLOR_OPTIONS[color_label]
+    figure = margin_scatter(
+        table,
+        cached_hover(table, cache_key),
+        selected=selected,
+        color=None if color_column is None else table[color_column].to_numpy(float),
+        color_label=color_label.split(" (")[0],
+        thresholds=lines,
+    )
+    if rule == "manual":
+        st.plotly_chart(
+            figure, key=CHART_KEY, on_select=lambda: mirror_chart_selection(dataset_fp), selection_mode=("box", "lasso")
+        )
+    else:
+        st.plotly_chart(figure)
+
+    size, share, pearson, spearman = st.columns(4)
+    summary = selection_summary(table, ids)
+    size.metric("Selected pairs", f"{summary['size']:,}")
+    share.metric("Share of dataset", f"{summary['share']:.1%}")
+    both = table[["external_margin", "implicit_margin"]].dropna()
+    pearson.metric("Pearson r (external, implicit)", f"{both.external_margin.corr(both.implicit_margin):.3f}")
+    spearman.metric("Spearman ρ", f"{both.external_margin.corr(both.implicit_margin, method='spearman'):.3f}")
+
+    if not ids:
+        st.info("Nothing selected yet." if rule == "manual" else "No pair passes this rule.")
+        return
+    st.dataframe(summary_frame(summary).style.format("{:.3g}", na_rep="–"))
+
+    st.subheader("Selected pairs")
+    chosen = table[selected]
+    pair_browser(chosen, ["pair_id", "prompt", "external_margin", "implicit_margin", "dm_mul"], key="selected_pairs")
+
+    st.subheader("Save or export")
+    selection = Selection(name="", rule=rule, params=params, dataset_fingerprint=dataset_fp, pair_ids=ids)
+    name_column, save_column = st.columns([3, 1], vertical_alignment="bottom")
+    name = name_column.text_input("Selection name", value=f"{rule}-{len(ids)}", key="selection_name")
+    if save_column.button("Save selection", type="primary"):
+        selection.name = name
+        try:
+            path = save_selection(selection)
+        except UserError as error:
+            st.error(str(error))
+        else:
+            st.success(f"Saved {len(ids):,} pairs as **{name}** (`{path}`). Train on it from the Runs page.")
+    selection.name = name or "selection"
+    jsonl, parquet, _ = st.columns([1, 1, 2])
+    jsonl.download_button("Download .jsonl", export_bytes(selection, pairs, ".jsonl"), file_name=f"{selection.name}.jsonl",
+                          mime="application/jsonl", icon=":material/download:")
+    parquet.download_button("Download .parquet", export_bytes(selection, pairs, ".parquet"), file_name=f"{selection.name}.parquet",
+                            mime="application/octet-stream", icon=":material/download:")
+    saved = list_selections()
+    if saved:
+        st.caption("Saved selections: " + ", ".join(f"**{item.name}** ({len(item.pair_ids):,})" for item in saved[:12]))
+
+
+# ---- page ----------------------------------------------------------------------------------------------------------
+
+st.title("Margins & Select")
+source = current_source()
+loaded, report = load(source)
+if loaded is None:
+    st.error("The current dataset cannot be loaded. Fix it on the Data page.")
+    st.page_link("views/data.py", label="Go to Data", icon=":material/table_view:")
+    st.stop()
+pairs = loaded.pairs
+dataset_fp = dataset_fingerprint(source)
+out_path = computed_margins_path(dataset_fp)
+path = margins_path(source, dataset_fp)
+has_scores = bool(pairs.score_chosen.notna().any())
+
+if path is None:
+    st.info(
+        f"No margins yet for **{source.label}** ({len(pairs):,} pairs). Compute them below: the job runs in the "
+        "background (closing the browser does not stop it) and this page shows its progress. From a terminal:\n\n"
+        f"`dpo-engine score {source.source} --out {out_path}`"
+    )
+    score_job_panel(source, loaded, dataset_fp, has_scores)
+    st.stop()
+
+table, meta = load_margins(path)
+st.caption(f"**{source.label}**: {len(table):,} pairs with margins")
+with st.expander("How these margins were computed"):
+    st.markdown(provenance(meta, path))
+    if meta.get("dataset_fingerprint") not in (None, dataset_fp):
+        st.warning("These margins were computed on a different version of the data; pairs missing from it are left out.")
+    st.markdown("**Recompute** (writes a new table for this dataset in the workspace):")
+    score_job_panel(source, loaded, dataset_fp, has_scores)
+
+if table[["external_margin", "implicit_margin"]].isna().all().any():
+    st.warning("This table lacks the external or the implicit margin. Recompute with both sources to plot and select.")
+    st.stop()
+
+cache_key = (str(path), path.stat().st_mtime, dataset_fp)
+select_section(joined_table(table, pairs, cache_key), pairs, dataset_fp, cache_key)

@@ -1,0 +1,216 @@
+"""Results: evaluate trained runs with a judge (a background job), then compare their win rates."""
+
+import pandas as pd
+import streamlit as st
+
+from dpo_engine import jobs, runs
+
+JUDGES = {
+    "builtin": "built-in offline judge (embedding reward head trained on GPT-4-scored UltraFeedback)",
+    "reward-model": "a local reward model (AutoModelForSequenceClassification directory)",
+    "openai": "an OpenAI-compatible chat endpoint",
+}
+TABLE_COLUMNS = {
+    "variant": st.column_config.TextColumn("variant"),
+    "win_rate": st.column_config.NumberColumn("win rate %", format="%.1f"),
+    "ci_low": st.column_config.NumberColumn("CI low", format="%.1f"),
+    "ci_high": st.column_config.NumberColumn("CI high", format="%.1f"),
+    "lc_win_rate": st.column_config.NumberColumn("LC win rate %", format="%.1f"),
+    "mean_length": st.column_config.NumberColumn("mean length (chars)", format="%.0f"),
+    "baseline_mean_length": st.column_config.NumberColumn("baseline length", format="%.0f"),
+    "paired_difference": st.column_config.NumberColumn("paired diff (points)", format="%+.1f"),
+    "paired_p_value": st.column_config.NumberColumn("p", format="%.3f"),
+    "n": st.column_config.NumberColumn("n"),
+    "n_failed": st.column_config.NumberColumn("failed"),
+}
+
+
+@st.cache_resource(show_spinner="Loading the evaluation tools…")
+def report_module():
+    """dpo_engine.evaluation.report (it imports torch through generation: loaded once, when needed)."""
+    from dpo_engine.evaluation import report
+
+    return report
+
+
+# ---- evaluating as a job -------------------------------------------------------------------------------------------
+
+
+def eval_form(completed: list) -> None:
+    ids = [run.run_id for run in completed]
+    picked = st.multiselect("Runs to evaluate", ids, default=ids[:4], help="Completed runs (they have a trained adapter).")
+    judge = st.selectbox("Judge", list(JUDGES), format_func=JUDGES.get)
+    with st.form("evaluate"):
+        spec = "builtin"
+        if judge == "reward-model":
+            spec = "reward-model:" + st.text_input("Reward model directory")
+        elif judge == "openai":
+            url, model = st.columns(2)
+            spec = f"openai:{url.text_input('Base URL', 'http://localhost:8000/v1')}:{model.text_input('Model name')}"
+        left, middle, right = st.columns(3)
+        baseline = left.selectbox(
+            "Baseline", ["base", "reference"],
+            format_func={"base": "each run's base model (same settings)", "reference": "GPT-4 Turbo reference answers"}.get,
+        )
+        n_prompts = middle.number_input("Prompts (of the 805 AlpacaEval ones; 0 = all)", min_value=0, value=32, step=8)
+        max_new_tokens = right.number_input("Max new tokens per answer", min_value=16, value=128, step=16)
+        compare_to = left.selectbox("Paired differences against", picked or ids)
+        dtype = middle.selectbox("Precision", ["fp32", "bf16"])
+        device = right.selectbox("Device", ["auto", "cpu", "cuda", "mps"])
+        name = st.text_input("Evaluation name (optional)")
+        if not st.form_submit_button("Evaluate", type="primary"):
+            return
+    if not picked:
+        st.error("Pick at least one run.")
+        return
+    argv = ["eval", *picked, "--judge", spec, "--baseline", baseline, "--max-new-tokens", str(max_new_tokens),
+            "--dtype", dtype, "--device", device, "--compare-to", compare_to if compare_to in picked else picked[0]]
+    argv += ["--n", str(n_prompts)] if n_prompts else []
+    argv += ["--name", name.strip()] if name.strip() else []
+    jobs.start("eval", argv)
+    st.rerun()
+
+
+@st.fragment(run_every=2)
+def eval_progress(job_dir) -> None:
+    info = jobs.status(job_dir)
+    if info["state"] != "running":
+        st.rerun(scope="app")
+    progress = info["progress"]
+    done, total = progress.get("done", 0), progress.get("total", 0)
+    st.progress(done / total if total else 0.0, text=f"Evaluating: {progress.get('stage') or 'starting'} ({done} / {total})")
+    if st.button("Stop evaluation"):
+        jobs.stop(job_dir)
+    with st.expander("Job log"):
+        st.code(jobs.tail(job_dir) or "(no output yet)", language=None)
+
+
+def eval_jobs() -> bool:
+    """Progress of a running evaluation, or the error of the last one; True while one runs."""
+    recent = jobs.list_jobs("eval")[:1]
+    if not recent:
+        return False
+    info = jobs.status(recent[0])
+    if info["state"] == "running":
+        eval_progress(recent[0])
+        return True
+    if info["state"] in ("failed", "stopped") and not (recent[0] / "dismissed").exists():
+        st.error(f"The last evaluation {info['state']}: {info['message']}")
+        with st.expander("Job log"):
+            st.code(jobs.tail(recent[0]) or "(no output)", language=None)
+        if st.button("Dismiss"):
+            (recent[0] / "dismissed").touch()
+            st.rerun()
+    return False
+
+
+# ---- one evaluation ------------------------------------------------------------------------------------------------
+
+
+@st.cache_data(max_entries=16, show_spinner="Pairing runs…")
+def repaired(eval_id: str, compare_to: str) -> pd.DataFrame:
+    """The evaluation's results with paired differences against ``compare_to`` (the engine's results_table)."""
+    report = report_module()
+    result = report.load_eval(eval_id)
+    meta = result.meta
+    if compare_to == meta.get("compare_to"):
+        return result.results
+    table, _ = report.results_table(result.per_prompt, meta["run_details"], compare_to, meta["baseline"], meta["judge"])
+    return table
+
+
+def show_eval(eval_id: str) -> None:
+    report = report_module()
+    result = report.load_eval(eval_id)
+    meta = result.meta
+    run_ids = list(result.results.run_id)
+    st.caption(
+        f"{len(meta['prompt_set']['prompt_ids'])} prompts · baseline: {meta['baseline_description']} · "
+        f"judge: {meta['judge']['description']}"
+    )
+    with st.expander("How these numbers were computed"):
+        for key, note in meta.get("notes", {}).items():
+            if isinstance(note, str):
+                st.markdown(f"**{key}**: {note}")
+        st.json(meta.get("settings", {}), expanded=False)
+
+    compare_to = st.selectbox(
+        "Paired differences against",
+        run_ids,
+        index=run_ids.index(meta["compare_to"]) if meta.get("compare_to") in run_ids else 0,
+        key="pair_against",
+    )
+    results = repaired(eval_id, compare_to)
+    chart, paired = st.columns([3, 2])
+    chart.plotly_chart(report.win_rate_figure(results), key="win_rates", config={"toImageButtonOptions": {"filename": f"{eval_id}-win-rates"}})
+    if len(results) > 1:
+        against = results.set_index("run_id").variant.get(compare_to) or compare_to
+        paired.plotly_chart(
+            report.paired_figure(results, title=f"Difference vs {against} (points, same prompts)"),
+            key="paired",
+            config={"toImageButtonOptions": {"filename": f"{eval_id}-paired"}},
+        )
+    else:
+        paired.caption("Paired differences need at least two runs in the evaluation.")
+    st.dataframe(results[["run_id", *TABLE_COLUMNS]], hide_index=True, column_config=TABLE_COLUMNS)
+
+    csv, html, _ = st.columns([1, 1, 3])
+    csv.download_button("Table (.csv)", results.to_csv(index=False), file_name=f"{eval_id}-results.csv", mime="text/csv",
+                        icon=":material/download:")
+    html.download_button("Chart (.html)", lambda: report.win_rate_figure(results).to_html(include_plotlyjs="cdn"),
+                         file_name=f"{eval_id}-win-rates.html", mime="text/html", icon=":material/download:")
+    st.caption("PNG: use the camera icon in each chart's toolbar.")
+
+    st.subheader("Per prompt")
+    per_prompt = result.per_prompt
+    left, right = st.columns([2, 1], vertical_alignment="bottom")
+    run_id = left.selectbox("Run", run_ids)
+    outcome = right.segmented_control("Show", ["all", "wins", "losses", "ties"], default="all", required=True)
+    rows = per_prompt[per_prompt.run_id == run_id].reset_index(drop=True)
+    if outcome != "all":
+        value = {"wins": rows.preference > 0.5, "losses": rows.preference < 0.5, "ties": rows.preference == 0.5}[outcome]
+        rows = rows[value].reset_index(drop=True)
+    if rows.empty:
+        st.info("No prompts with this outcome.")
+        return
+    number = st.slider("Prompt", 1, len(rows), 1) if len(rows) > 1 else 1
+    row = rows.iloc[number - 1]
+    with st.container(border=True):
+        st.markdown(f"**{row.prompt_id}** ({row.dataset}) · preference for the run: **{row.preference:.2f}**")
+        st.text(row.instruction)
+        mine, base = st.columns(2)
+        mine.markdown(f"**{run_id}**")
+        mine.text(row.output or "(empty answer)")
+        base.markdown("**Baseline**")
+        base.text(row.baseline_output or "(empty answer)")
+
+
+# ---- page ----------------------------------------------------------------------------------------------------------
+
+st.title("Results")
+completed = [run for run in runs.list_runs() if run.state == "completed"]
+evaluating = eval_jobs()
+report = report_module()
+evals = report.list_evals()
+
+if not evaluating:
+    if completed:
+        with st.expander("New evaluation", expanded=evals.empty, icon=":material/add:"):
+            eval_form(completed)
+    elif evals.empty:
+        st.info(
+            "No completed runs yet. Train one on the Runs page; then evaluate it here against its base model with "
+            "the built-in judge (or `dpo-engine eval RUN_ID --n 32`)."
+        )
+        st.stop()
+
+if evals.empty:
+    st.info("No evaluations yet: start one above. It runs in the background and this page shows its progress.")
+    st.stop()
+
+labels = {
+    row.eval_id: f"{row.name or row.eval_id} · {row.runs} · {row.created[:16].replace('T', ' ')}"
+    for row in evals.itertuples()
+}
+eval_id = st.selectbox("Evaluation", list(labels), format_func=labels.get)
+show_eval(eval_id)

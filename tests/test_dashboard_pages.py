@@ -1,0 +1,265 @@
+"""Dashboard page flows with Streamlit's AppTest (no browser), and the pure helpers the pages use.
+
+AppTest cannot drive plotly selections, so box/lasso is tested through the page's own session key, the mirror the
+chart's on_select callback writes (see dashboard/views/margins.py); the real drag is in tests/browser/.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from dashboard.figures import hover_texts, margin_scatter, training_curves
+from dpo_engine import jobs
+from dpo_engine.data import bundled_datasets, fingerprint, load_pairs
+from dpo_engine.selection import list_selections
+
+APP = str(Path(__file__).resolve().parent.parent / "dashboard" / "app.py")
+SHIPPED = Path(__file__).resolve().parent.parent / "assets" / "margins" / "ultrafeedback.parquet"
+TIMEOUT = 180  # the first run imports pandas/plotly; pages that read training settings import torch
+
+
+def write_test_margins(home: Path) -> str:
+    """A margins table for the UltraFeedback demo in the workspace ``home``, for tests only; returns the fingerprint.
+
+    External margins come from the data's scores; the implicit margin and log-probs are random numbers.
+    """
+    from dpo_engine.scoring import external_margins, margins_table, save_margins_table
+
+    pairs = load_pairs(bundled_datasets()["ultrafeedback"]).pairs
+    dataset_fp = fingerprint(pairs)
+    external, meta = external_margins(pairs, "dataset")
+    rng = np.random.default_rng(0)
+    n = len(pairs)
+    implicit = pd.DataFrame({"pair_id": pairs.pair_id, "implicit_margin": rng.normal(0.0, 2.0, n)})
+    for column in ("policy_chosen_logps", "policy_rejected_logps", "ref_chosen_logps", "ref_rejected_logps"):
+        implicit[column] = rng.normal(-300.0, 50.0, n)
+    implicit["chosen_tokens"] = rng.integers(20, 500, n)
+    implicit["rejected_tokens"] = rng.integers(20, 500, n)
+    save_margins_table(
+        margins_table(pairs, external, implicit),
+        Path(home) / "margins" / f"{dataset_fp}.parquet",
+        {"dataset_fingerprint": dataset_fp, "external": meta,
+         "implicit": {"source": "test fixture", "description": "random numbers for the dashboard tests only"}},
+    )
+    return dataset_fp
+
+
+@pytest.fixture(scope="module")
+def demo_pairs() -> pd.DataFrame:
+    return load_pairs(bundled_datasets()["ultrafeedback"]).pairs
+
+
+@pytest.fixture
+def with_margins(workspace) -> str:
+    """The demo's fingerprint, with margins available (shipped, or written for the test)."""
+    if SHIPPED.exists():
+        return fingerprint(load_pairs(bundled_datasets()["ultrafeedback"]).pairs)
+    return write_test_margins(workspace)
+
+
+def app(page: str | None = None) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.run()
+    if page:
+        at.switch_page(page)
+        at.run()
+    assert not at.exception, [error.message for error in at.exception]
+    return at
+
+
+def metric(at: AppTest, label: str) -> str:
+    return next(item.value for item in at.metric if item.label == label)
+
+
+def scatter_spec(at: AppTest) -> dict:
+    return json.loads(at.get("plotly_chart")[0].proto.spec)
+
+
+# ---- Margins & Select ----------------------------------------------------------------------------------------------
+
+
+def test_margins_page_plots_every_pair_in_one_webgl_trace(with_margins, demo_pairs):
+    at = app()
+    trace = scatter_spec(at)["data"][0]
+    assert trace["type"] == "scattergl"
+    assert len(trace["customdata"]) == len(demo_pairs)
+    assert set(trace["customdata"]) == set(demo_pairs.pair_id)
+    assert metric(at, "Selected pairs") == f"{len(demo_pairs):,}"  # thresholds start wide open
+    assert "How these margins were computed" in [expander.label for expander in at.expander]
+
+
+def test_top_k_share_selects_that_share(with_margins, demo_pairs):
+    at = app()
+    at.button_group[0].set_value("top_k").run()
+    at.slider(key=f"pct-top_k-{with_margins}").set_value(10).run()
+    assert metric(at, "Selected pairs") == f"{len(demo_pairs) // 10:,}"
+    assert metric(at, "Share of dataset") == "10.0%"
+
+
+def test_random_baseline_selects_that_share(with_margins, demo_pairs):
+    at = app()
+    at.button_group[0].set_value("random").run()
+    at.slider(key=f"pct-random-{with_margins}").set_value(25).run()
+    assert metric(at, "Selected pairs") == f"{len(demo_pairs) // 4:,}"
+
+
+def test_box_selection_mirror_drives_the_table_and_saving(with_margins, demo_pairs):
+    at = app()
+    at.button_group[0].set_value("manual").run()
+    assert metric(at, "Selected pairs") == "0"
+    assert any("Nothing selected yet" in item.value for item in at.info)
+
+    ids = list(demo_pairs.pair_id[:7])
+    at.session_state["scatter_selection"] = {"fingerprint": with_margins, "ids": ids}
+    at.run()
+    assert metric(at, "Selected pairs") == "7"
+    selected_table = at.dataframe[-1].value
+    assert sorted(selected_table.pair_id) == sorted(ids)
+    # The figure marks the selection: dimming keeps the 7 as plotly's selectedpoints.
+    assert len(scatter_spec(at)["data"][0]["selectedpoints"]) == 7
+
+    at.text_input(key="selection_name").set_value("seven").run()
+    next(button for button in at.button if button.label == "Save selection").click().run()
+    saved = {item.name: item for item in list_selections()}
+    assert saved["seven"].rule == "manual" and sorted(saved["seven"].pair_ids) == sorted(ids)
+    assert saved["seven"].dataset_fingerprint == with_margins
+
+
+def test_a_mirror_from_another_dataset_is_ignored(with_margins):
+    at = app()
+    at.button_group[0].set_value("manual").run()
+    at.session_state["scatter_selection"] = {"fingerprint": "another-dataset", "ids": ["x"]}
+    at.run()
+    assert metric(at, "Selected pairs") == "0"
+
+
+def test_without_margins_the_page_says_how_to_compute_them(workspace):
+    at = app("views/data.py")
+    at.selectbox[0].set_value("hh_rlhf").run()
+    at.switch_page("views/margins.py")
+    at.run()
+    assert not at.get("plotly_chart")
+    assert any("dpo-engine score" in item.value for item in at.info)
+    assert "Compute margins" in [button.label for button in at.get("form_submit_button")]
+
+
+def test_a_failed_margin_job_is_reported_with_its_error(workspace):
+    from dashboard.state import computed_margins_path
+
+    hh = load_pairs(bundled_datasets()["hh_rlhf"]).pairs
+    job = jobs.start("score", ["score", "/no/such/pairs.jsonl", "--out", str(computed_margins_path(fingerprint(hh)))])
+    for _ in range(600):
+        if jobs.status(job)["state"] != "running":
+            break
+        time.sleep(0.1)
+    at = app("views/data.py")
+    at.selectbox[0].set_value("hh_rlhf").run()
+    at.switch_page("views/margins.py")
+    at.run()
+    assert any("The last margin job failed" in item.value and "pairs.jsonl" in item.value for item in at.error)
+    assert "Compute margins" in [button.label for button in at.get("form_submit_button")]
+
+
+# ---- Data ------------------------------------------------------------------------------------------------------------
+
+
+def test_data_page_reports_warnings_and_switches_dataset(workspace):
+    at = app("views/data.py")
+    assert any("1,200 pairs loaded" in item.value and "empty response" in item.value for item in at.warning)
+    at.selectbox[0].set_value("hh_rlhf").run()
+    assert "hh_rlhf" in at.session_state["data_source"].label
+    assert any("hh_rlhf" in item.value for item in at.sidebar.caption)
+
+
+def test_data_page_blocks_on_errors(workspace, tmp_path):
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"prompt": "p", "chosen": "a"}\n')
+    at = app("views/data.py")
+    at.radio[0].set_value("Path or Hub dataset").run()
+    at.text_input[0].set_value(str(broken)).run()
+    assert at.error and "rejected" in at.error[0].value
+    assert not at.dataframe  # nothing to browse
+    assert at.session_state["data_source"].bundled == "ultrafeedback"  # the current dataset is unchanged
+
+
+def test_column_mapping_loads_renamed_columns(workspace, tmp_path):
+    renamed = tmp_path / "renamed.csv"
+    pd.DataFrame({"q": ["hi", "yo"], "good": ["a", "b"], "bad": ["c", "d"]}).to_csv(renamed, index=False)
+    at = app("views/data.py")
+    at.radio[0].set_value("Path or Hub dataset").run()
+    at.text_input[0].set_value(str(renamed)).run()
+    assert at.error
+    for field, column in (("prompt", "q"), ("chosen", "good"), ("rejected", "bad")):
+        next(box for box in at.text_input if box.label == field).set_value(column)
+    at.get("form_submit_button")[0].click().run()
+    assert not at.error
+    assert at.session_state["data_source"].column_map == {"prompt": "q", "chosen": "good", "rejected": "bad"}
+
+
+# ---- Runs and Results before anything exists --------------------------------------------------------------------------
+
+
+def test_runs_page_explains_what_to_do_first(workspace):
+    at = app("views/runs.py")
+    assert any("No runs yet" in item.value for item in at.info)
+    assert {"beta", "learning_rate", "lora_r", "max_steps"} <= {box.label for box in at.number_input}
+
+
+def test_results_page_explains_what_to_do_first(workspace):
+    at = app("views/results.py")
+    assert any("No completed runs yet" in item.value for item in at.info)
+    assert not at.get("plotly_chart")
+
+
+# ---- pure helpers ----------------------------------------------------------------------------------------------------
+
+
+def test_margin_scatter_is_one_trace_with_ids_and_marks_the_selection():
+    table = pd.DataFrame({"pair_id": ["a", "b", "c"], "external_margin": [1.0, 2.0, np.nan], "implicit_margin": [0.5, -1.0, 2.0]})
+    selected = np.array([True, False, False])
+    figure = margin_scatter(table, ["x", "y", "z"], selected=selected)
+    scatter = figure.data[0]
+    assert scatter.type == "scattergl" and [trace.type for trace in figure.data].count("scattergl") == 1
+    assert list(scatter.customdata) == ["a", "b", "c"]
+    assert list(scatter.marker.color) == ["#3b5bdb", "#b8bfcc", "#b8bfcc"]
+    coloured = margin_scatter(table, ["x", "y", "z"], selected=selected, color=np.array([0.1, 0.2, 0.3]),
+                              thresholds={"external_margin": (0.5, None)})
+    assert list(coloured.data[0].selectedpoints) == [0]
+    assert len(coloured.layout.shapes) == 1
+
+
+def test_hover_texts_escape_and_truncate():
+    pairs = pd.DataFrame({"pair_id": ["<1>"], "prompt": ["<b>bold</b> " + "word " * 100], "chosen": [""], "rejected": ["ok"]})
+    (text,) = hover_texts(pairs)
+    assert "&lt;b&gt;bold" in text and "<b>bold" not in text
+    assert "…" in text and "(empty)" in text
+
+
+def test_training_curves_overlay_runs():
+    frame = pd.DataFrame({"step": [1, 2], "loss": [0.69, 0.6], "rewards/margins": [0.0, 0.1], "rewards/accuracies": [0.5, 1.0]})
+    figure = training_curves({"run-a": frame, "run-b": frame})
+    assert len(figure.data) == 6
+    assert sum(trace.showlegend for trace in figure.data) == 2
+
+
+def test_jobs_record_how_a_command_ended(workspace, tmp_path):
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text('{"prompt": "p", "chosen": "a", "rejected": "b"}\n')
+    done = jobs.start("validate", ["validate", str(pairs)], progress_file=False)
+    failed = jobs.start("validate", ["validate", str(tmp_path / "missing.jsonl")], progress_file=False)
+    for job_dir in (done, failed):
+        for _ in range(600):
+            if jobs.status(job_dir)["state"] != "running":
+                break
+            time.sleep(0.1)
+    assert jobs.status(done)["state"] == "completed"
+    status = jobs.status(failed)
+    assert status["state"] == "failed" and "missing.jsonl" in status["message"]
+    assert [path.name for path in jobs.list_jobs("validate")] and len(jobs.list_jobs("validate")) == 2
