@@ -63,7 +63,7 @@ from dpo_engine.paths import home_dir, workspace_subdir
 if TYPE_CHECKING:  # both are heavy imports, made only where needed
     import pandas as pd
 
-    from dpo_engine.training import TrainConfig
+    from dpo_engine.train_config import TrainConfig
 
 STATES = ("queued", "running", "completed", "failed", "stopped")
 ACTIVE_STATES = ("queued", "running")
@@ -236,7 +236,7 @@ def _validated_config(config: TrainConfig | dict | str | os.PathLike) -> tuple[T
     """``(TrainConfig, text for config.yaml)`` from any accepted form, after ``validate()``."""
     import yaml
 
-    from dpo_engine.training import TrainConfig
+    from dpo_engine.train_config import TrainConfig
 
     if isinstance(config, TrainConfig):
         train_config = config
@@ -256,7 +256,7 @@ def _write_run_files(
 ) -> None:
     """Fill ``directory`` (later renamed to ``final_dir``) with everything a run starts with."""
     from dpo_engine.data import save_pairs
-    from dpo_engine.training import load_subset
+    from dpo_engine.train_config import load_subset
 
     # load_pairs + save_pairs rather than a byte copy: any input format becomes jsonl that load_pairs reads back.
     save_pairs(load_subset(train_config), directory / SUBSET_FILE)

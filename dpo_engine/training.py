@@ -25,28 +25,24 @@ import shutil
 import signal
 import time
 import warnings
-from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 import pandas as pd
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, SchedulerType, get_last_checkpoint
-from transformers.training_args import OptimizerNames
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 from dpo_engine import margins
-from dpo_engine.errors import ConfigError, DataError, ModelError, UserError
 from dpo_engine.io import append_jsonl, atomic_write_json, atomic_write_text, read_json, read_jsonl
 from dpo_engine.logps import policy_logps
-from dpo_engine.losses import LOSS_DEFAULTS, LOSS_NAMES, is_stateful, make_loss, uses_reference
-from dpo_engine.models import DEFAULT_MODEL, adapter_base, detect_device, load_model, resolve_model
+from dpo_engine.losses import is_stateful, make_loss, uses_reference
+from dpo_engine.models import detect_device, load_model, resolve_model
 from dpo_engine.tokenization import EncodedPair, collate, encode_pair
+from dpo_engine.train_config import TrainConfig, load_subset
 
-PRECISIONS = ("fp32", "bf16")
-DEVICES = ("auto", "cpu", "cuda", "mps")
 METRICS_FILE = "metrics.jsonl"
 PAIR_REWARDS_FILE = "pair_rewards.parquet"
 LOSS_STATE_FILE = "loss_state.json"  # written into each checkpoint directory when the loss keeps state (alpha_dpo)
@@ -58,217 +54,6 @@ METRIC_KEYS = (
 
 ShouldStop = Callable[[], bool]
 OnProgress = Callable[[int, int], None]
-
-
-def _help(text: str) -> dict:
-    return {"help": text}
-
-
-@dataclass
-class TrainConfig:
-    """Everything a training run needs, with TRL-like names and defaults (methods §1.9 for the paper's values).
-
-    Build it with ``TrainConfig(...)``, ``from_dict`` or ``from_yaml`` (unknown keys are errors), then call
-    ``validate()`` before launching: every bad value raises ``ConfigError`` naming its field. Each field's ``help``
-    metadata is the text the dashboard shows next to it.
-    """
-
-    # Model and data
-    model: str = field(default=DEFAULT_MODEL, metadata=_help(
-        f"Base model: '{DEFAULT_MODEL}', 'tiny-random' (tests), a local model directory or a Hub id."))
-    subset: str = field(default="", metadata=_help(
-        "Path to the training pairs: any file dpo_engine.data.load_pairs reads (jsonl, json, csv, parquet)."))
-    max_length: int = field(default=512, metadata=_help(
-        "Tokens per sequence (prompt + one response); responses are cut to fit."))
-    max_prompt_length: int = field(default=256, metadata=_help(
-        "Tokens kept from the end of the prompt. Must be below max_length."))
-
-    # Loss
-    loss: str = field(default="dpo", metadata=_help(f"Preference loss: one of {', '.join(LOSS_NAMES)}."))
-    loss_params: dict = field(default_factory=dict, metadata=_help(
-        "Loss hyperparameters, e.g. {beta: 0.1}; missing ones take dpo_engine.losses.LOSS_DEFAULTS[loss]."))
-
-    # Adapter
-    full_finetune: bool = field(default=False, metadata=_help(
-        "Train every weight instead of a LoRA adapter (the reference is then a frozen copy or precomputed)."))
-    lora_r: int = field(default=8, metadata=_help("LoRA rank."))
-    lora_alpha: float = field(default=16.0, metadata=_help("LoRA scaling numerator: updates are scaled by alpha / r."))
-    lora_dropout: float = field(default=0.0, metadata=_help(
-        "Dropout on the LoRA input, in [0, 1). The base model's own dropout is always off, as in TRL: "
-        "with it the policy and reference would score the same text differently."))
-    lora_target_modules: str | list = field(default="all-linear", metadata=_help(
-        "Modules that get adapters: 'all-linear' (every linear layer but the LM head) or a list of names."))
-
-    # Optimisation
-    learning_rate: float = field(default=5e-5, metadata=_help(
-        "Peak learning rate. The paper's 5e-7 (methods §1.9) is for full fine-tuning of 7-8B models; a LoRA "
-        "adapter starts at zero and moves only through low-rank updates, so LoRA DPO recipes use rates 10-100x "
-        "higher, and a 135M model tolerates larger steps than an 8B one."))
-    num_epochs: float = field(default=1.0, metadata=_help("Passes over the subset (fractions allowed)."))
-    max_steps: int = field(default=-1, metadata=_help("Optimizer steps; overrides num_epochs when > 0."))
-    batch_size: int = field(default=4, metadata=_help("Pairs per forward pass (each pair is two sequences)."))
-    gradient_accumulation_steps: int = field(default=1, metadata=_help(
-        "Forward passes per optimizer step: the effective batch is batch_size x this."))
-    optim: str = field(default="adamw_torch", metadata=_help("Optimizer name, as in transformers (adamw_torch, sgd, ...)."))
-    lr_scheduler: str = field(default="cosine", metadata=_help("Learning-rate schedule (cosine, linear, constant, ...)."))
-    warmup_ratio: float = field(default=0.1, metadata=_help("Fraction of the steps spent warming up linearly, in [0, 1)."))
-    weight_decay: float = field(default=0.0, metadata=_help("AdamW weight decay."))
-    max_grad_norm: float = field(default=1.0, metadata=_help("Gradient-norm clipping threshold; 0 turns clipping off."))
-    group_by_length: bool = field(default=False, metadata=_help(
-        "Batch pairs of similar length together (less padding, faster; the order is still shuffled)."))
-
-    # Reference
-    precompute_reference: bool = field(default=True, metadata=_help(
-        "Score the reference once over the subset before training (cached on disk per dataset and model), "
-        "which removes a forward pass per step. A reference-free loss (simpo) needs none, except with full "
-        "fine-tuning, where the initial model is gone after training and pair_rewards.parquet needs it."))
-
-    # Hardware
-    precision: str = field(default="fp32", metadata=_help(
-        "'fp32', or 'bf16': bf16 autocast (with LoRA the frozen base weights are also stored in bf16)."))
-    device: str = field(default="auto", metadata=_help("'auto' (cuda, then mps, then cpu), 'cpu', 'cuda' or 'mps'."))
-    seed: int = field(default=42, metadata=_help("Seed for LoRA initialisation and data order."))
-
-    # Bookkeeping
-    logging_steps: int = field(default=1, metadata=_help("Write a metrics.jsonl record every this many steps."))
-    save_steps: int = field(default=50, metadata=_help("Checkpoint every this many steps (and at the end)."))
-    save_total_limit: int = field(default=2, metadata=_help("Checkpoints kept on disk (the newest ones)."))
-    report_to: list = field(default_factory=list, metadata=_help(
-        "Extra trackers for transformers to report to, e.g. ['tensorboard']; none by default."))
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "TrainConfig":
-        """A config from plain values (YAML, JSON, a form). Unknown keys raise ``ConfigError`` naming them.
-
-        Numbers given as strings are accepted (PyYAML reads ``5e-5`` as a string).
-        """
-        if not isinstance(values, dict):
-            raise ConfigError("config", f"must be a mapping of field names to values, got {type(values).__name__}")
-        known = {f.name: f for f in fields(cls)}
-        unknown = sorted(set(values) - set(known))
-        if unknown:
-            raise ConfigError(unknown[0], f"unknown field; known fields: {', '.join(known)}")
-        return cls(**{name: _coerce(name, value, known[name].type) for name, value in values.items()})
-
-    @classmethod
-    def from_yaml(cls, path: str | os.PathLike) -> "TrainConfig":
-        """A config from a YAML file of ``field: value`` lines (relative paths are relative to the working directory)."""
-        import yaml
-
-        path = Path(path)
-        if not path.exists():
-            raise UserError(f"config file {path} not found")
-        try:
-            values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as error:
-            raise UserError(f"config file {path} is not valid YAML: {error}") from None
-        return cls.from_dict(values)
-
-    def to_dict(self) -> dict:
-        """Plain values that ``from_dict`` reads back to an equal config."""
-        return asdict(self)
-
-    def resolved_loss_params(self) -> dict:
-        """``loss_params`` over the loss's defaults."""
-        return {**LOSS_DEFAULTS.get(self.loss, {}), **self.loss_params}
-
-    def validate(self) -> None:
-        """Check every field before launch; raise ``ConfigError`` naming the first bad one.
-
-        Checks the numbers, the loss and its hyperparameters (via ``make_loss``), that the subset loads and has
-        pairs, and that the model resolves (this converts the default model once, about 25 s).
-        """
-        def require(ok: bool, name: str, rule: str) -> None:
-            if not ok:
-                raise ConfigError(name, f"must be {rule}, got {getattr(self, name)!r}")
-
-        make_loss(self.loss, **self.loss_params)  # ConfigError names "loss" or the bad hyperparameter
-        require(self.max_prompt_length >= 1, "max_prompt_length", ">= 1")
-        require(self.max_length > self.max_prompt_length, "max_length", f"> max_prompt_length ({self.max_prompt_length})")
-        require(self.learning_rate > 0, "learning_rate", "> 0")
-        require(self.num_epochs > 0, "num_epochs", "> 0")
-        require(self.max_steps == -1 or self.max_steps > 0, "max_steps", "-1 (use num_epochs) or > 0")
-        require(self.batch_size >= 1, "batch_size", ">= 1")
-        require(self.gradient_accumulation_steps >= 1, "gradient_accumulation_steps", ">= 1")
-        require(0 <= self.warmup_ratio < 1, "warmup_ratio", "in [0, 1)")
-        require(self.weight_decay >= 0, "weight_decay", ">= 0")
-        require(self.max_grad_norm >= 0, "max_grad_norm", ">= 0")
-        require(self.logging_steps >= 1, "logging_steps", ">= 1")
-        require(self.save_steps >= 1, "save_steps", ">= 1")
-        require(self.save_total_limit >= 1, "save_total_limit", ">= 1")
-        require(self.lr_scheduler in {s.value for s in SchedulerType}, "lr_scheduler",
-                f"one of {', '.join(s.value for s in SchedulerType)}")
-        require(self.optim in {o.value for o in OptimizerNames}, "optim", "a transformers optimizer name")
-        if not self.full_finetune:
-            require(self.lora_r >= 1, "lora_r", ">= 1")
-            require(self.lora_alpha > 0, "lora_alpha", "> 0")
-            require(0 <= self.lora_dropout < 1, "lora_dropout", "in [0, 1)")
-            targets = self.lora_target_modules
-            require(targets == "all-linear" or (isinstance(targets, list) and targets
-                                                and all(isinstance(t, str) for t in targets)),
-                    "lora_target_modules", "'all-linear' or a non-empty list of module names")
-        require(self.precision in PRECISIONS, "precision", f"one of {', '.join(PRECISIONS)}")
-        require(self.device in DEVICES, "device", f"one of {', '.join(DEVICES)}")
-        if self.device == "cuda" and not torch.cuda.is_available():
-            raise ConfigError("device", "is 'cuda' but no CUDA GPU is available")
-        if self.device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-            raise ConfigError("device", "is 'mps' but MPS is not available")
-        load_subset(self)
-        try:
-            model_path = resolve_model(self.model)
-        except ModelError as error:
-            raise ConfigError("model", str(error)) from None
-        if adapter_base(model_path) is not None:
-            raise ConfigError("model", f"{model_path} is a LoRA adapter: merge it into its base or give the base model")
-
-
-def _coerce(name: str, value: Any, kind: str) -> Any:
-    """``value`` as a field of annotated type ``kind`` (``"int"``, ``"float"``, ...), or ``ConfigError``."""
-    if kind == "bool":
-        if not isinstance(value, bool):
-            raise ConfigError(name, f"must be true or false, got {value!r}")
-        return value
-    if kind in ("int", "float"):
-        if isinstance(value, str):
-            try:
-                value = float(value)
-            except ValueError:
-                raise ConfigError(name, f"must be a number, got {value!r}") from None
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ConfigError(name, f"must be a finite number, got {value!r}")
-        if kind == "int":
-            if value != int(value):
-                raise ConfigError(name, f"must be a whole number, got {value!r}")
-            return int(value)
-        return float(value)
-    if kind == "dict":
-        if not isinstance(value, dict):
-            raise ConfigError(name, f"must be a mapping, got {value!r}")
-        return dict(value)
-    if kind == "list":
-        if not isinstance(value, list):
-            raise ConfigError(name, f"must be a list, got {value!r}")
-        return list(value)
-    if kind == "str" and not isinstance(value, str):
-        raise ConfigError(name, f"must be text, got {value!r}")
-    return value
-
-
-def load_subset(config: TrainConfig) -> pd.DataFrame:
-    """The training pairs of ``config.subset``; ``ConfigError('subset', ...)`` when missing, unreadable or empty."""
-    from dpo_engine.data import load_pairs
-
-    if not config.subset:
-        raise ConfigError("subset", "is empty: give the path of a pairs file")
-    if not Path(config.subset).expanduser().exists():
-        raise ConfigError("subset", f"file {config.subset} not found")
-    try:
-        pairs = load_pairs(Path(config.subset).expanduser()).pairs
-    except DataError as error:
-        raise ConfigError("subset", str(error)) from None
-    if len(pairs) == 0:
-        raise ConfigError("subset", f"{config.subset} has no pairs")
-    return pairs
 
 
 # ---- the trainer --------------------------------------------------------------------------------------------------

@@ -7,10 +7,8 @@ import pytest
 import torch
 
 from dpo_engine.errors import ConfigError
+from dpo_engine.loss_catalog import LOSS_DEFAULTS, LOSS_DOCS, LOSS_NAMES
 from dpo_engine.losses import (
-    LOSS_DEFAULTS,
-    LOSS_DOCS,
-    LOSS_NAMES,
     AlphaDPOLoss,
     is_stateful,
     make_loss,

@@ -16,7 +16,7 @@ from dpo_engine import margins
 from dpo_engine.errors import ConfigError
 from dpo_engine.io import read_jsonl
 from dpo_engine.logps import policy_logps
-from dpo_engine.losses import LOSS_NAMES
+from dpo_engine.loss_catalog import LOSS_NAMES
 from dpo_engine.models import DEFAULT_MODEL, TINY_MODEL, adapter_base, load_model
 from dpo_engine.paths import ASSETS_DIR
 from dpo_engine.tokenization import collate, encode_pair

@@ -16,7 +16,7 @@ from dashboard.figures import training_curves
 from dashboard.state import current_source, dataset_fingerprint, load, pairs_file
 from dpo_engine import jobs, runs
 from dpo_engine.errors import UserError
-from dpo_engine.losses import LOSS_DEFAULTS, LOSS_DOCS, LOSS_NAMES
+from dpo_engine.loss_catalog import LOSS_DEFAULTS, LOSS_DOCS, LOSS_NAMES
 from dpo_engine.paths import workspace_subdir
 from dpo_engine.selection import export_selection, list_selections
 
@@ -30,10 +30,10 @@ FORM_GROUPS = {
 CHOICES = {"precision": ["fp32", "bf16"], "device": ["auto", "cpu", "cuda", "mps"]}
 
 
-@st.cache_resource(show_spinner="Reading training settings…")
+@st.cache_resource
 def config_fields() -> dict[str, tuple[object, str]]:
-    """``{field: (default, help)}`` of `TrainConfig` (importing dpo_engine.training loads torch: done once)."""
-    from dpo_engine.training import TrainConfig
+    """``{field: (default, help)}`` of `TrainConfig`."""
+    from dpo_engine.train_config import TrainConfig
 
     defaults = TrainConfig()
     return {f.name: (getattr(defaults, f.name), f.metadata.get("help", "")) for f in fields(TrainConfig)}
