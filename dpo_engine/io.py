@@ -1,4 +1,4 @@
-"""Small file helpers shared by the engine: atomic writes and append-only JSONL."""
+"""Small file helpers shared by the engine: atomic writes, append-only JSONL, and part-file caches."""
 
 from __future__ import annotations
 
@@ -57,3 +57,40 @@ def read_jsonl(path: str | os.PathLike) -> Iterator[dict]:
                     continue
     except FileNotFoundError:
         return
+
+
+# Part-file caches: a long batch job writes each finished batch as its own parquet file, so a killed job keeps
+# what it finished and a rerun does only the rest. A part file is either complete or absent (write, then rename).
+
+
+def part_path(parts_dir: str | os.PathLike, index: int) -> Path:
+    """The part file of batch ``index`` in ``parts_dir``."""
+    return Path(parts_dir) / f"part-{index:08d}.parquet"
+
+
+def write_part(parts_dir: str | os.PathLike, index: int, table) -> Path:
+    """Write one finished batch (a DataFrame) as ``part_path(parts_dir, index)``, atomically."""
+    path = part_path(parts_dir, index)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    table.to_parquet(tmp, index=False)
+    os.replace(tmp, path)
+    return path
+
+
+def read_parts(parts_dir: str | os.PathLike, columns: list[str]):
+    """Every finished part in ``parts_dir``, concatenated in index order (an empty DataFrame of ``columns`` if none)."""
+    import pandas as pd
+
+    parts = sorted(Path(parts_dir).glob("part-*.parquet"))
+    if not parts:
+        return pd.DataFrame(columns=columns)
+    return pd.concat([pd.read_parquet(part) for part in parts], ignore_index=True)[columns]
+
+
+def weights_identity(directory: str | os.PathLike) -> dict:
+    """Cache-key identity of a model or adapter directory: its path plus the size and modification time of each
+    weight file, so retraining an adapter in place gives a new identity."""
+    directory = Path(directory)
+    files = sorted(directory.glob("*.safetensors")) + sorted(directory.glob("*.bin"))
+    return {"path": str(directory.resolve()), "files": [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]}

@@ -2,11 +2,37 @@
 
 The same function scores pairs for the implicit margin and feeds every training loss, so the numbers the
 dashboard shows are the numbers the trainer optimises.
+
+How a batch of pairs is scored (``pair_logps``; ``policy_logps`` is the same on a collated batch):
+
+- **Shared prompt, one row per pair.** A pair's prompt, chosen and rejected responses are packed into one row
+  ``[prompt | chosen | rejected]``. A 4-D attention mask lets the rejected tokens see the prompt but not the chosen
+  ones, and the rejected positions restart where the prompt ends, so each token sees exactly what it would see in
+  ``prompt + response`` alone. The prompt is computed once instead of twice.
+- **Response-only logits.** The vocabulary projection (the largest single cost of a small model) runs only at the
+  positions that predict a response token: the last prompt token (it predicts both first response tokens) and
+  each response token but the last. Padding and prompt positions get no logits.
+- **Bounded memory.** A batch whose logits would exceed ``MAX_LOGIT_ELEMENTS`` values is split into smaller
+  forwards, and the log-softmax normaliser is taken in chunks, so the peak memory does not grow with ``max_length``
+  times the batch size.
+
+Models whose attention cannot take a custom 4-D mask (flash-attention kernels) use the plain concatenated forward
+(``concatenated_logps``): chosen and rejected rows, left-padded, logits for the last response columns.
 """
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
+
+# Logits (positions x vocabulary) one forward may produce: 2**27 fp32 values = 512 MB, i.e. 2,730 positions of
+# SmolLM2's 49,152-word vocabulary. A larger batch is split into several forwards.
+MAX_LOGIT_ELEMENTS = 2**27
+# Rows of logits normalised at a time (logsumexp makes a temporary copy of what it reduces).
+_LSE_CHUNK = 512
+# Attention implementations that accept a custom 4-D mask (boolean for sdpa, additive float for eager).
+_MASKABLE_ATTENTION = ("sdpa", "eager")
 
 
 def sequence_logps(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor, average: bool = False) -> torch.Tensor:
@@ -33,13 +59,61 @@ def sequence_logps(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tenso
 
 
 def policy_logps(model, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Summed response log-probs of a collated batch (``dpo_engine.tokenization.collate``) in one forward pass.
+    """Summed response log-probs of a collated batch (``dpo_engine.tokenization.collate``).
 
-    Only the last ``max response length + 1`` positions get logits (the batch is left-padded, so every response
-    ends in the last column): the vocabulary projection is the single largest cost for small models.
+    The batch is unpacked into its pairs and scored by :func:`pair_logps` (shared prompt, response-only logits);
+    models that cannot take a custom attention mask get :func:`concatenated_logps`. Both give the same numbers.
 
     Returns ``chosen_logps``, ``rejected_logps`` (float32 nats) and ``chosen_tokens``, ``rejected_tokens``
     (response lengths), each ``(B,)``. Gradients flow unless called under ``torch.no_grad``/``inference_mode``.
+    """
+    if not supports_packing(model):
+        return concatenated_logps(model, batch)
+    return pair_logps(model, unpack_batch(batch), _pad_id(batch))
+
+
+def pair_logps(
+    model,
+    pairs: Sequence,
+    pad_token_id: int,
+    *,
+    max_logit_elements: int = MAX_LOGIT_ELEMENTS,
+) -> dict[str, torch.Tensor]:
+    """Summed response log-probs of ``pairs`` (``EncodedPair``-like: ``prompt_ids``, ``chosen_ids``, ``rejected_ids``).
+
+    One packed forward per group of pairs (see the module docstring); a group is cut when its logits would exceed
+    ``max_logit_elements`` values. Same return value as :func:`policy_logps`.
+    """
+    if not supports_packing(model):
+        from dpo_engine.tokenization import collate
+
+        return concatenated_logps(model, collate(list(pairs), pad_token_id))
+    device = next(model.parameters()).device
+    chosen, rejected = [], []
+    for group in _groups(pairs, max(1, max_logit_elements // _vocab_size(model))):
+        c, r = _packed_forward(model, group, pad_token_id, device)
+        chosen.append(c)
+        rejected.append(r)
+    tokens_c = torch.tensor([len(p.chosen_ids) for p in pairs], dtype=torch.long, device=device)
+    tokens_r = torch.tensor([len(p.rejected_ids) for p in pairs], dtype=torch.long, device=device)
+    return {
+        "chosen_logps": torch.cat(chosen),
+        "rejected_logps": torch.cat(rejected),
+        "chosen_tokens": tokens_c,
+        "rejected_tokens": tokens_r,
+    }
+
+
+def supports_packing(model) -> bool:
+    """Whether the model's attention takes a custom 4-D mask (needed for the shared-prompt layout)."""
+    config = getattr(model, "config", None)
+    return getattr(config, "_attn_implementation", None) in _MASKABLE_ATTENTION
+
+
+def concatenated_logps(model, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The plain layout: ``2B`` left-padded rows (chosen rows, then rejected rows) in one forward.
+
+    Only the last ``max response length + 1`` positions get logits (every response ends in the last column).
     """
     device = next(model.parameters()).device
     response_mask = batch["response_mask"].to(device)
@@ -60,3 +134,129 @@ def policy_logps(model, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
         "chosen_tokens": tokens[:n_pairs],
         "rejected_tokens": tokens[n_pairs:],
     }
+
+
+class _Pair:
+    __slots__ = ("prompt_ids", "chosen_ids", "rejected_ids")
+
+    def __init__(self, prompt_ids, chosen_ids, rejected_ids):
+        self.prompt_ids, self.chosen_ids, self.rejected_ids = prompt_ids, chosen_ids, rejected_ids
+
+
+def unpack_batch(batch: dict[str, torch.Tensor]) -> list[_Pair]:
+    """The pairs of a collated batch: row ``i`` is prompt + chosen, row ``B + i`` prompt + rejected."""
+    ids = batch["input_ids"].tolist()
+    attention = batch["attention_mask"].sum(dim=-1).tolist()
+    response = batch["response_mask"].sum(dim=-1).tolist()
+    n = len(ids) // 2
+    pairs = []
+    for i in range(n):
+        chosen_row, rejected_row = ids[i][len(ids[i]) - attention[i] :], ids[n + i][len(ids[n + i]) - attention[n + i] :]
+        prompt_length = attention[i] - response[i]
+        pairs.append(
+            _Pair(chosen_row[:prompt_length], chosen_row[prompt_length:], rejected_row[attention[n + i] - response[n + i] :])
+        )
+    return pairs
+
+
+def _vocab_size(model) -> int:
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is not None and getattr(head, "weight", None) is not None:
+        return int(head.weight.shape[0])
+    return int(model.config.get_text_config().vocab_size)
+
+
+def _pad_id(batch: dict[str, torch.Tensor]) -> int:
+    padded = batch["input_ids"][batch["attention_mask"] == 0]
+    return int(padded[0]) if padded.numel() else 0
+
+
+def _logit_positions(pair) -> int:
+    p, c, r = len(pair.prompt_ids), len(pair.chosen_ids), len(pair.rejected_ids)
+    return (1 if p and (c or r) else 0) + max(c - 1, 0) + max(r - 1, 0)
+
+
+def _groups(pairs: Sequence, max_logit_tokens: int):
+    group, budget = [], 0
+    for pair in pairs:
+        need = _logit_positions(pair)
+        if group and budget + need > max_logit_tokens:
+            yield group
+            group, budget = [], 0
+        group.append(pair)
+        budget += need
+    if group:
+        yield group
+
+
+def _packed_forward(model, pairs: Sequence, pad_token_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Chosen and rejected log-probs of ``pairs`` from one forward over ``[prompt | chosen | rejected]`` rows."""
+    n = len(pairs)
+    width = max(len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids) for p in pairs)
+    input_ids = torch.full((n, width), pad_token_id, dtype=torch.long)
+    position_ids = torch.zeros((n, width), dtype=torch.long)
+    segment = torch.full((n, width), -1, dtype=torch.long)  # -1 pad, 0 prompt, 1 chosen, 2 rejected
+    keep = torch.zeros((n, width), dtype=torch.bool)
+    # Each scored token: (row, column whose logits predict it, label, output slot: pair i chosen -> i, rejected -> n+i)
+    rows, columns, labels, slots = [], [], [], []
+    for i, pair in enumerate(pairs):
+        prompt, chosen, rejected = pair.prompt_ids, pair.chosen_ids, pair.rejected_ids
+        p, c, r = len(prompt), len(chosen), len(rejected)
+        start = width - (p + c + r)
+        input_ids[i, start:] = torch.tensor(prompt + chosen + rejected, dtype=torch.long)
+        position_ids[i, start : start + p + c] = torch.arange(p + c)
+        position_ids[i, start + p + c :] = torch.arange(p, p + r)
+        segment[i, start : start + p] = 0
+        segment[i, start + p : start + p + c] = 1
+        segment[i, start + p + c :] = 2
+        last_prompt = start + p - 1
+        for slot, response, offset in ((i, chosen, start + p), (n + i, rejected, start + p + c)):
+            for j, token in enumerate(response):
+                column = last_prompt if j == 0 else offset + j - 1
+                if column < start:  # no prompt: the first response token has no context to be predicted from
+                    continue
+                rows.append(i)
+                columns.append(column)
+                labels.append(token)
+                slots.append(slot)
+                keep[i, column] = True
+
+    out = torch.zeros(2 * n, dtype=torch.float32, device=device)
+    if not rows:
+        return out[:n], out[n:]
+    mask = _attention_mask(segment, model, device)
+    outputs = model(
+        input_ids=input_ids.to(device),
+        attention_mask=mask,
+        position_ids=position_ids.to(device),
+        logits_to_keep=keep.to(device),
+        use_cache=False,
+    )
+    logits = outputs.logits  # (number of kept positions, V), in row-major order of `keep`
+    if logits.dim() == 3:  # a model that ignores boolean logits_to_keep: select the positions here
+        logits = logits[keep.to(device)]
+    # Index of each scored token's logits row among the kept positions.
+    order = torch.cumsum(keep.flatten(), 0) - 1
+    index = order[torch.tensor(rows) * width + torch.tensor(columns)].to(device)
+    labels_t = torch.tensor(labels, device=device)
+    picked = logits[index, labels_t].float()
+    normaliser = torch.cat([torch.logsumexp(chunk.float(), dim=-1) for chunk in logits.split(_LSE_CHUNK)])
+    token_logps = picked - normaliser[index]
+    out = out.index_add(0, torch.tensor(slots, device=device), token_logps)
+    return out[:n], out[n:]
+
+
+def _attention_mask(segment: torch.Tensor, model, device) -> torch.Tensor:
+    """``(B, 1, L, L)`` mask: causal, no padding keys, and chosen/rejected tokens blind to each other."""
+    segment = segment.to(device)
+    valid = segment >= 0
+    width = segment.shape[1]
+    causal = torch.ones(width, width, dtype=torch.bool, device=device).tril()
+    same_or_prompt = (segment[:, None, :] == 0) | (segment[:, None, :] == segment[:, :, None])
+    allowed = causal[None] & valid[:, None, :] & same_or_prompt
+    allowed |= torch.eye(width, dtype=torch.bool, device=device)[None]  # padding rows see themselves: no NaN
+    allowed = allowed[:, None]
+    if model.config._attn_implementation == "sdpa":
+        return allowed
+    dtype = next(model.parameters()).dtype
+    return torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill(~allowed, torch.finfo(dtype).min)

@@ -1,7 +1,8 @@
 """Score preference pairs: response log-probs, implicit margins, external margins, and the margins table.
 
-Batch jobs, not per-click work. Log-probs are computed in length-sorted batches under ``torch.inference_mode``
-with logits only at response positions (``dpo_engine.logps.policy_logps``), and cached on disk one part file
+Batch jobs, not per-click work. Log-probs are computed in length-sorted batches under ``torch.inference_mode``,
+each pair's prompt once for both responses and logits only at response positions (``dpo_engine.logps.pair_logps``),
+and cached on disk one part file
 per batch, keyed by dataset fingerprint + model + adapter + max lengths + dtype. A killed job keeps the batches
 it finished; running it again scores only what is missing.
 
@@ -24,11 +25,11 @@ import torch
 
 from dpo_engine import margins as margin_math
 from dpo_engine.data import fingerprint
-from dpo_engine.io import atomic_write_json
-from dpo_engine.logps import policy_logps
+from dpo_engine.io import atomic_write_json, read_parts, weights_identity, write_part
+from dpo_engine.logps import pair_logps
 from dpo_engine.models import adapter_base, load_model, resolve_model
 from dpo_engine.paths import cache_dir
-from dpo_engine.tokenization import collate, encode_pair
+from dpo_engine.tokenization import encode_pair
 
 Progress = Callable[[int, int], None]
 LOGP_COLUMNS = ["pair_id", "chosen_logps", "rejected_logps", "chosen_tokens", "rejected_tokens"]
@@ -56,7 +57,7 @@ def score_logps(
         row.pair_id: encode_pair(tokenizer, list(row.prompt_messages), row.chosen, row.rejected, max_length, max_prompt_length)
         for row in pairs.itertuples()
     }
-    done = _read_parts(parts_dir)
+    done = read_parts(parts_dir, LOGP_COLUMNS)
     todo = [pair_id for pair_id in _length_sorted(encoded) if pair_id not in set(done.pair_id)]
     total, finished = len(encoded), len(encoded) - len(todo)
     if progress:
@@ -65,16 +66,13 @@ def score_logps(
     for start in range(0, len(todo), batch_size):
         batch_ids = todo[start : start + batch_size]
         with torch.inference_mode():
-            out = policy_logps(model, collate([encoded[i] for i in batch_ids], tokenizer.pad_token_id))
+            out = pair_logps(model, [encoded[i] for i in batch_ids], tokenizer.pad_token_id)
         part = pd.DataFrame({"pair_id": batch_ids, **{k: v.float().cpu().numpy() for k, v in out.items()}})
-        # Write-then-rename: a part file is either complete or absent.
-        tmp = parts_dir / f".part-{finished:08d}.parquet.tmp"
-        part.to_parquet(tmp, index=False)
-        tmp.rename(parts_dir / f"part-{finished:08d}.parquet")
+        write_part(parts_dir, finished, part)  # named by the pairs done before it: unique within this cache
         finished += len(batch_ids)
         if progress:
             progress(finished, total)
-    scored = _read_parts(parts_dir).drop_duplicates("pair_id").set_index("pair_id")
+    scored = read_parts(parts_dir, LOGP_COLUMNS).drop_duplicates("pair_id").set_index("pair_id")
     return scored.loc[list(encoded)].reset_index()[LOGP_COLUMNS]
 
 
@@ -84,8 +82,8 @@ def logps_cache_key(
     """A cache key that changes when the data, the weights, the truncation or the precision change."""
     identity = {
         "data": fingerprint(pairs),
-        "model": _weights_identity(Path(model_path)),
-        "adapter": _weights_identity(Path(adapter)) if adapter else None,
+        "model": weights_identity(model_path),
+        "adapter": weights_identity(adapter) if adapter else None,
         "max_length": max_length,
         "max_prompt_length": max_prompt_length,
         "dtype": dtype,
@@ -283,26 +281,16 @@ def _reward_scores(pairs, column, reward_model, batch_size, device, progress) ->
     return np.concatenate(scores) if scores else np.zeros(0)
 
 
-def _read_parts(parts_dir: Path) -> pd.DataFrame:
-    parts = sorted(parts_dir.glob("part-*.parquet"))
-    if not parts:
-        return pd.DataFrame(columns=LOGP_COLUMNS)
-    return pd.concat([pd.read_parquet(part) for part in parts], ignore_index=True)
-
-
 def _length_sorted(encoded: dict) -> list[str]:
-    """Pair ids, longest first: batches of similar length waste little padding, and memory errors show up early."""
+    """Pair ids, longest first: batches of similar length waste little padding, and memory errors show up early.
+
+    The length is that of the packed row ``pair_logps`` scores (prompt + chosen + rejected).
+    """
     def length(pair_id):
         pair = encoded[pair_id]
-        return len(pair.prompt_ids) + max(len(pair.chosen_ids), len(pair.rejected_ids))
+        return len(pair.prompt_ids) + len(pair.chosen_ids) + len(pair.rejected_ids)
 
     return sorted(encoded, key=length, reverse=True)
-
-
-def _weights_identity(path: Path) -> dict:
-    """Path plus size and modification time of the weight files: retraining an adapter in place changes it."""
-    files = sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin"))
-    return {"path": str(path.resolve()), "files": [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]}
 
 
 def warmup_proxy(

@@ -4,11 +4,11 @@
 # Implicit margins follow DM (methods §1.4): a LoRA proxy of the default model, DPO-trained for 2 epochs on a
 # random 10 % seed subset, scored against its reference (adapters disabled). External margins: the data's GPT-4
 # scores for UltraFeedback; the built-in stand-in reward head (cross-fitted) for HH-RLHF, which has no scores.
-# CPU settings (bf16, 256-token pairs) keep this to well under an hour on 2 cores; on a GPU raise --max-length.
+# CPU settings (fp32: bf16 autocast is far slower on some CPUs; 256-token pairs) keep this to well under an hour on 2 cores; on a GPU raise --max-length.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ENGINE=${ENGINE:-.venv/bin/dpo-engine}
-COMMON=(--model smollm2-135m-instruct --dtype bf16 --max-length 256 --max-prompt-length 128 --batch-size 8
+COMMON=(--model smollm2-135m-instruct --dtype fp32 --max-length 256 --max-prompt-length 128 --batch-size 8
         --warmup-epochs 2 --seed 42)
 
 "$ENGINE" score assets/data/ultrafeedback_binarized_scored_1200.jsonl --external dataset \

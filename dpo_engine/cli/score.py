@@ -122,7 +122,7 @@ class _Progress:
         self.name = ""
 
     def stage(self, name: str) -> None:
-        if self.bar:
+        if self.bar is not None:
             self.bar.close()
         self.name, self.bar = name, tqdm(desc=name, unit="item")
         self._write(0, 0, "running")
@@ -134,7 +134,7 @@ class _Progress:
         self._write(done, total, "running")
 
     def finish(self, out: str) -> None:
-        if self.bar:
+        if self.bar is not None:
             self.bar.close()
         self._write(1, 1, "completed", out=out)
 
