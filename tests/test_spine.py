@@ -47,7 +47,10 @@ def test_hub_id_fails_fast_without_network(monkeypatch):
     assert time.monotonic() - started < 10
 
 
-def test_offline_hub_id_names_the_setting():
+def test_offline_hub_id_names_the_setting(monkeypatch):
+    import huggingface_hub.constants as hub_constants
+
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(ModelError, match="HF_HUB_OFFLINE"):
         resolve_model("some-org/some-model-that-is-not-cached")
 
