@@ -165,3 +165,61 @@ def test_margins_table_joins_and_fuses(tmp_path, perturbed_adapter):
 
     external_only = scoring.margins_table(pairs, external, None)
     assert external_only.implicit_margin.isna().all() and external_only.dm_add.isna().all()
+
+
+def test_score_cli_trains_a_warmup_proxy_and_writes_the_table(tmp_path):
+    """`dpo-engine score` end to end on the tiny model: DM step 1 (warm-up proxy) then both margins and fusion."""
+    import json
+
+    from dpo_engine.cli import main
+    from dpo_engine.data import save_pairs
+
+    pairs_file = save_pairs(make_pairs(12), tmp_path / "pairs.jsonl")
+    out = tmp_path / "margins.parquet"
+    progress = tmp_path / "progress.json"
+    code = main([
+        "score", str(pairs_file), "--out", str(out), "--model", "tiny-random", "--seed-size", "8",
+        "--warmup-epochs", "2", "--warmup-lr", "0.05", "--max-length", "128", "--max-prompt-length", "64",
+        "--progress-file", str(progress),
+    ])
+    assert code == 0
+    table, meta = scoring.load_margins_table(out)
+    assert len(table) == 12 and table.external_margin.tolist() == make_pairs(12).eval("score_chosen - score_rejected").tolist()
+    assert table.implicit_margin.notna().all() and np.abs(table.implicit_margin).max() > 0  # the proxy moved
+    assert meta["implicit"]["source"] == "warmup" and meta["external"]["source"] == "dataset"
+    assert (tmp_path / "margins-warmup" / "adapter" / "adapter_config.json").exists()
+    assert json.loads(progress.read_text())["state"] == "completed"
+
+
+@pytest.mark.slow
+def test_default_model_scores_twenty_bundled_pairs(tmp_path, monkeypatch):
+    """The real SmolLM2-135M scores 20 bundled UltraFeedback pairs; a second call is served from the cache."""
+    import time
+
+    from peft import LoraConfig, get_peft_model
+
+    from dpo_engine.data import bundled_datasets, load_pairs
+    from dpo_engine.models import DEFAULT_MODEL, resolve_model
+    from transformers import AutoModelForCausalLM
+
+    pairs = load_pairs(bundled_datasets()["ultrafeedback"]).pairs.iloc[:20]
+    base = AutoModelForCausalLM.from_pretrained(resolve_model(DEFAULT_MODEL))
+    proxy = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, parameter in proxy.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, 0.01)
+    proxy.save_pretrained(tmp_path / "proxy")
+    (tmp_path / "proxy" / "adapter_config.json").write_text(
+        (tmp_path / "proxy" / "adapter_config.json").read_text().replace(str(resolve_model(DEFAULT_MODEL)), DEFAULT_MODEL)
+    )
+
+    table = scoring.implicit_margins(pairs, str(tmp_path / "proxy"), max_length=256, max_prompt_length=128)
+    assert len(table) == 20 and table.implicit_margin.notna().all()
+    assert (table.ref_chosen_logps < 0).all() and (table.chosen_tokens > 0).all()
+    assert table.implicit_margin.abs().max() > 0
+    started = time.monotonic()
+    again = scoring.implicit_margins(pairs, str(tmp_path / "proxy"), max_length=256, max_prompt_length=128)
+    assert time.monotonic() - started < 30  # model load only: every batch comes from the cache
+    pd.testing.assert_frame_equal(again, table)
