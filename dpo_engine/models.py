@@ -21,6 +21,7 @@ import shutil
 import socket
 import tempfile
 from pathlib import Path
+from typing import Callable
 from urllib.parse import urlparse
 
 import torch
@@ -145,18 +146,12 @@ def ensure_default_model() -> Path:
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.is_quantized = False
-    staging = Path(tempfile.mkdtemp(dir=cache_dir(), prefix=f".{DEFAULT_MODEL}."))
-    try:
-        model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
-        if target.exists():  # a concurrent conversion won the race; keep theirs
-            shutil.rmtree(staging)
-        else:
-            os.replace(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return target
+
+    def save(directory: Path) -> None:
+        model.save_pretrained(directory)
+        tokenizer.save_pretrained(directory)
+
+    return _build_atomically(target, save)
 
 
 def ensure_tiny_model(seed: int = 0) -> Path:
@@ -164,17 +159,7 @@ def ensure_tiny_model(seed: int = 0) -> Path:
     target = cache_dir() / f"{TINY_MODEL}-v1-seed{seed}"
     if (target / "model.safetensors").exists():
         return target
-    staging = Path(tempfile.mkdtemp(dir=cache_dir(), prefix=f".{TINY_MODEL}."))
-    try:
-        make_tiny_model(staging, seed=seed)
-        if target.exists():
-            shutil.rmtree(staging)
-        else:
-            os.replace(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return target
+    return _build_atomically(target, lambda directory: make_tiny_model(directory, seed=seed))
 
 
 def make_tiny_model(directory: str | os.PathLike, seed: int = 0, hidden_size: int = 64, num_layers: int = 2) -> Path:
@@ -218,6 +203,21 @@ def make_tiny_model(directory: str | os.PathLike, seed: int = 0, hidden_size: in
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
+
+
+def _build_atomically(target: Path, build: Callable[[Path], object]) -> Path:
+    """Run ``build(directory)`` in a staging directory, then rename it to ``target``: never a half-written model."""
+    staging = Path(tempfile.mkdtemp(dir=cache_dir(), prefix=f".{target.name}."))
+    try:
+        build(staging)
+        if target.exists():  # a concurrent build won the race; keep theirs
+            shutil.rmtree(staging)
+        else:
+            os.replace(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target
 
 
 def _smollm2_wheel_dir() -> Path:
