@@ -14,7 +14,7 @@ import streamlit as st
 
 from dpo_engine.data import LoadedPairs, ValidationReport, bundled_datasets, fingerprint, load_pairs, save_pairs
 from dpo_engine.errors import DataError
-from dpo_engine.io import read_json
+from dpo_engine.margins_table import load_margins_table
 from dpo_engine.paths import ASSETS_DIR, workspace_subdir
 
 DEFAULT_DATASET = "ultrafeedback"
@@ -120,11 +120,7 @@ def margins_path(source: DataSource, dataset_fp: str) -> Path | None:
 
 @st.cache_resource(show_spinner="Loading margins…", max_entries=8)
 def _load_margins(path: str, mtime: float) -> tuple[pd.DataFrame, dict]:
-    # The documented file format (docs/architecture.md, "Margins table"), read here rather than through
-    # dpo_engine.scoring.load_margins_table, which would import torch and transformers into the UI process.
-    path = Path(path)
-    table = pd.read_csv(path) if path.suffix == ".csv" else pd.read_parquet(path)
-    return table, read_json(path.with_name(path.name + ".meta.json"), {}) or {}
+    return load_margins_table(path)
 
 
 def load_margins(path: Path) -> tuple[pd.DataFrame, dict]:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
@@ -25,7 +24,7 @@ import torch
 
 from dpo_engine import margins as margin_math
 from dpo_engine.data import fingerprint
-from dpo_engine.io import atomic_write_json, read_parts, weights_identity, write_part
+from dpo_engine.io import read_parts, weights_identity, write_part
 from dpo_engine.logps import pair_logps
 from dpo_engine.models import adapter_base, load_model, resolve_model
 from dpo_engine.paths import cache_dir
@@ -202,51 +201,6 @@ def external_margins(
     else:
         raise ValueError(f"unknown external margin source '{source}': dataset, reward-model or builtin")
     return pd.DataFrame({"pair_id": pairs.pair_id.to_numpy(), "external_margin": np.asarray(margin, float)}), meta
-
-
-def margins_table(pairs: pd.DataFrame, external: pd.DataFrame | None, implicit: pd.DataFrame | None) -> pd.DataFrame:
-    """Join external and implicit margins on ``pair_id`` and add lengths and fused scores (DM-ADD, DM-MUL, BeeS).
-
-    A missing source gives NaN columns. Rows follow ``pairs``.
-    """
-    table = pd.DataFrame({"pair_id": pairs.pair_id.to_numpy()})
-    table["external_margin"] = np.nan if external is None else table.pair_id.map(external.set_index("pair_id").external_margin)
-    implicit_columns = [
-        "implicit_margin", "policy_chosen_logps", "policy_rejected_logps", "ref_chosen_logps", "ref_rejected_logps",
-        "chosen_tokens", "rejected_tokens",
-    ]
-    indexed = None if implicit is None else implicit.set_index("pair_id")
-    for column in implicit_columns:
-        table[column] = np.nan if indexed is None else table.pair_id.map(indexed[column])
-    table["chosen_chars"] = pairs.chosen.str.len().to_numpy()
-    table["rejected_chars"] = pairs.rejected.str.len().to_numpy()
-    return margin_math.fused_scores(table)
-
-
-def save_margins_table(table: pd.DataFrame, path: str | Path, meta: dict) -> Path:
-    """Write the table (parquet or csv by suffix) and its ``<file>.meta.json`` sidecar."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix == ".csv":
-        table.to_csv(path, index=False)
-    else:
-        table.to_parquet(path, index=False)
-    meta = {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "n_pairs": len(table), **meta}
-    atomic_write_json(meta_path(path), meta)
-    return path
-
-
-def load_margins_table(path: str | Path) -> tuple[pd.DataFrame, dict]:
-    """Read a margins table and its sidecar (empty dict when there is none)."""
-    path = Path(path)
-    table = pd.read_csv(path, dtype={"pair_id": str}) if path.suffix == ".csv" else pd.read_parquet(path)
-    sidecar = meta_path(path)
-    return table, (json.loads(sidecar.read_text()) if sidecar.exists() else {})
-
-
-def meta_path(path: str | Path) -> Path:
-    path = Path(path)
-    return path.with_name(path.name + ".meta.json")
 
 
 def clear_logps_cache() -> None:

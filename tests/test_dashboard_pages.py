@@ -30,7 +30,8 @@ def write_test_margins(home: Path) -> str:
 
     External margins come from the data's scores; the implicit margin and log-probs are random numbers.
     """
-    from dpo_engine.scoring import external_margins, margins_table, save_margins_table
+    from dpo_engine.margins_table import build_margins_table, save_margins_table
+    from dpo_engine.scoring import external_margins
 
     pairs = load_pairs(bundled_datasets()["ultrafeedback"]).pairs
     dataset_fp = fingerprint(pairs)
@@ -43,7 +44,7 @@ def write_test_margins(home: Path) -> str:
     implicit["chosen_tokens"] = rng.integers(20, 500, n)
     implicit["rejected_tokens"] = rng.integers(20, 500, n)
     save_margins_table(
-        margins_table(pairs, external, implicit),
+        build_margins_table(pairs, external, implicit),
         Path(home) / "margins" / f"{dataset_fp}.parquet",
         {"dataset_fingerprint": dataset_fp, "external": meta,
          "implicit": {"source": "test fixture", "description": "random numbers for the dashboard tests only"}},

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from dpo_engine import scoring
+from dpo_engine.margins_table import build_margins_table, load_margins_table, save_margins_table
 from dpo_engine.logps import policy_logps
 from dpo_engine.models import TINY_MODEL, load_model
 from dpo_engine.tokenization import collate, encode_pair
@@ -149,7 +150,7 @@ def test_margins_table_joins_and_fuses(tmp_path, perturbed_adapter):
     pairs = make_pairs(6)
     external, _ = scoring.external_margins(pairs, "dataset")
     implicit = scoring.implicit_margins(pairs, str(perturbed_adapter))
-    table = scoring.margins_table(pairs.iloc[::-1], external, implicit)
+    table = build_margins_table(pairs.iloc[::-1], external, implicit)
     assert table.pair_id.tolist() == pairs.pair_id.tolist()[::-1]
     row = table.set_index("pair_id").loc["p3"]
     assert row.external_margin == 5.0
@@ -158,12 +159,12 @@ def test_margins_table_joins_and_fuses(tmp_path, perturbed_adapter):
     assert table.dm_mul.notna().all() and table.dm_mul.between(0, 1).all()
     assert row.chosen_chars == len(pairs.set_index("pair_id").loc["p3"].chosen)
 
-    path = scoring.save_margins_table(table, tmp_path / "m.parquet", {"external": {"source": "dataset"}})
-    loaded, meta = scoring.load_margins_table(path)
+    path = save_margins_table(table, tmp_path / "m.parquet", {"external": {"source": "dataset"}})
+    loaded, meta = load_margins_table(path)
     pd.testing.assert_frame_equal(loaded, table)
     assert meta["n_pairs"] == 6 and meta["external"]["source"] == "dataset"
 
-    external_only = scoring.margins_table(pairs, external, None)
+    external_only = build_margins_table(pairs, external, None)
     assert external_only.implicit_margin.isna().all() and external_only.dm_add.isna().all()
 
 
@@ -183,7 +184,7 @@ def test_score_cli_trains_a_warmup_proxy_and_writes_the_table(tmp_path):
         "--progress-file", str(progress),
     ])
     assert code == 0
-    table, meta = scoring.load_margins_table(out)
+    table, meta = load_margins_table(out)
     assert len(table) == 12 and table.external_margin.tolist() == make_pairs(12).eval("score_chosen - score_rejected").tolist()
     assert table.implicit_margin.notna().all() and np.abs(table.implicit_margin).max() > 0  # the proxy moved
     assert meta["implicit"]["source"] == "warmup" and meta["external"]["source"] == "dataset"

@@ -20,7 +20,6 @@ from dashboard.state import (
 )
 from dpo_engine import jobs
 from dpo_engine.errors import UserError
-from dpo_engine.margins import alignment_potential
 from dpo_engine.selection import (
     Selection,
     export_selection,
@@ -160,15 +159,6 @@ def joined_table(_table: pd.DataFrame, _pairs: pd.DataFrame, key: tuple) -> pd.D
         table["length_gap"] = table.chosen_tokens - table.rejected_tokens
     else:
         table["length_gap"] = table.chosen_chars - table.rejected_chars
-    if table[["ref_chosen_logps", "ref_rejected_logps"]].notna().all(axis=None):
-        # Huang et al. use the per-token log-probs of the model about to be trained: the reference (SFT) model.
-        table["alignment_potential"] = alignment_potential(
-            table.external_margin.to_numpy(float),
-            (table.ref_chosen_logps / table.chosen_tokens).to_numpy(float),
-            (table.ref_rejected_logps / table.rejected_tokens).to_numpy(float),
-        )
-    else:
-        table["alignment_potential"] = np.nan
     return table
 
 

@@ -57,7 +57,8 @@ def add_parser(subparsers) -> None:
 
 def run(args) -> int:
     from dpo_engine.data import fingerprint, load_pairs
-    from dpo_engine.scoring import external_margins, implicit_margins, margins_table, save_margins_table, warmup_proxy
+    from dpo_engine.margins_table import build_margins_table, save_margins_table
+    from dpo_engine.scoring import external_margins, implicit_margins, warmup_proxy
 
     reporter = _Progress(args.progress_file)
     pairs = load_pairs(args.pairs).pairs
@@ -106,7 +107,7 @@ def run(args) -> int:
         }
         if implicit_source == "warmup":
             meta["implicit"]["seed_size"] = args.seed_size or "min(2000, 10%)"
-    table = margins_table(pairs, external, implicit)
+    table = build_margins_table(pairs, external, implicit)
     path = save_margins_table(table, args.out, meta)
     reporter.finish(str(path))
     print(f"wrote {len(table)} rows to {path}")

@@ -8,14 +8,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from pathlib import Path
 
-import pandas as pd
 
 from dpo_engine.errors import UserError
-from dpo_engine.io import read_json
+from dpo_engine.margins_table import load_margins_table
 from dpo_engine.selection import DEFAULT_SCORE, PARTS, Selection, save_selection, select_pairs
 
 CLI_RULES = ("top_k", "bottom_k", "random", "partition", "threshold")
@@ -47,14 +45,14 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    table = read_margins_table(args.margins_table)
+    table, meta = load_margins_table(args.margins_table)
     params = rule_params(args)
     pair_ids = select_pairs(table, args.rule, params)
     selection = Selection(
         name=args.name,
         rule=args.rule,
         params=params,
-        dataset_fingerprint=dataset_fingerprint(args.margins_table),
+        dataset_fingerprint=meta.get("dataset_fingerprint"),
         pair_ids=pair_ids,
     )
     path = save_selection(selection, path=args.out)
@@ -98,35 +96,3 @@ def parse_where(text: str) -> tuple[str, list[float | None]]:
     return column, bounds
 
 
-def read_margins_table(path: Path) -> pd.DataFrame:
-    """A margins table from parquet or csv, with ``pair_id`` as strings.
-
-    Read here rather than through `dpo_engine.scoring`, which would import torch and the model stack.
-    """
-    if not path.is_file():
-        raise UserError(f"margins table {path} does not exist")
-    suffix = path.suffix.lower()
-    if suffix == ".parquet":
-        table = pd.read_parquet(path)
-    elif suffix == ".csv":
-        # Ids like "001" must stay strings.
-        table = pd.read_csv(path, dtype={"pair_id": str})
-    else:
-        raise UserError(f"margins table {path}: expected a .parquet or .csv file")
-    if "pair_id" not in table.columns:
-        raise UserError(f"margins table {path} has no 'pair_id' column")
-    table["pair_id"] = table["pair_id"].astype(str)
-    return table
-
-
-def dataset_fingerprint(table_path: Path) -> str | None:
-    """``dataset_fingerprint`` from the table's ``<file>.meta.json`` sidecar (the name `dpo_engine.scoring`
-    writes, e.g. margins.parquet.meta.json); None when there is no sidecar or no such key."""
-    sidecar = Path(f"{table_path}.meta.json")
-    try:
-        meta = read_json(sidecar)
-    except json.JSONDecodeError as error:
-        raise UserError(f"sidecar {sidecar} is not valid JSON: {error}") from None
-    if isinstance(meta, dict) and meta.get("dataset_fingerprint"):
-        return str(meta["dataset_fingerprint"])
-    return None
