@@ -11,9 +11,6 @@ from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
-
 
 @pytest.fixture(autouse=True)
 def workspace(tmp_path, monkeypatch) -> Path:

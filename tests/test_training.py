@@ -22,7 +22,6 @@ from dpo_engine.paths import ASSETS_DIR
 from dpo_engine.tokenization import collate, encode_pair
 from dpo_engine.training import LOSS_STATE_FILE, METRIC_KEYS, TrainConfig, train, train_foreground
 
-from conftest import SHARED_DATA
 
 
 @pytest.fixture(autouse=True)
@@ -280,8 +279,6 @@ def test_config_from_yaml_round_trips_and_rejects_unknown_keys(tmp_path):
 def test_default_model_trains_on_ultrafeedback_pairs(tmp_path):
     """16 UltraFeedback pairs, SmolLM2-135M-Instruct, LoRA, 1 epoch of batch 4, max_length 256, CPU."""
     source = ASSETS_DIR / "data" / "ultrafeedback_binarized_scored_1200.jsonl"
-    if not source.exists():
-        source = SHARED_DATA / "ultrafeedback_binarized_scored_1200.jsonl"
     lines = source.read_text(encoding="utf-8").splitlines()[:16]
     (tmp_path / "pairs.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
     config = TrainConfig(

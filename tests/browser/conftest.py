@@ -15,8 +15,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from browser_helpers import REPO_ROOT, SHIPPED_MARGINS
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -29,8 +29,6 @@ CHROMIUM_ARGS = [
     "--use-angle=swiftshader",
     "--enable-unsafe-swiftshader",
 ]
-SCREENSHOTS = REPO_ROOT / "docs" / "screenshots"
-SHIPPED_MARGINS = REPO_ROOT / "assets" / "margins" / "ultrafeedback.parquet"
 
 
 def pytest_collection_modifyitems(items):
@@ -120,28 +118,6 @@ def page(context):
     page.set_default_timeout(45_000)
     yield page
     page.close()
-
-
-def wait_for_app(page, timeout: float = 60_000) -> None:
-    """Streamlit's own readiness rule: connected, and the script has finished running."""
-    page.wait_for_selector("[data-testid='stApp'][data-test-connection-state='CONNECTED']", timeout=timeout)
-    page.wait_for_selector("[data-testid='stApp'][data-test-script-state='notRunning']", timeout=timeout)
-
-
-def screenshot(page, name: str, *, shows_margins: bool = False, max_height: int = 3200) -> None:
-    """The whole page as docs/screenshots/<name>.png: Streamlit scrolls inside stMain, so the viewport grows first.
-
-    A page that shows margins is only saved when they are the shipped ones, never the tests' stand-in table.
-    """
-    if shows_margins and not SHIPPED_MARGINS.exists():
-        return
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    viewport = page.viewport_size
-    height = page.evaluate("() => document.querySelector('[data-testid=stMain]').scrollHeight")
-    page.set_viewport_size({"width": viewport["width"], "height": min(max(height, viewport["height"]), max_height)})
-    page.wait_for_timeout(500)  # let plotly relayout to the new size
-    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"))
-    page.set_viewport_size(viewport)
 
 
 @pytest.fixture(scope="session", autouse=True)

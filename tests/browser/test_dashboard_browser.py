@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from conftest import screenshot, wait_for_app
+from browser_helpers import screenshot, wait_for_app
 
 N_DEMO_PAIRS = 1200
 

@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import REPO_ROOT, screenshot, wait_for_app
+from browser_helpers import REPO_ROOT, screenshot, wait_for_app
 
 JUDGE_ARTIFACT = REPO_ROOT / "assets" / "judge" / "embedding_judge_uf.npz"
 
