@@ -101,7 +101,10 @@ def compute_form(source, loaded, dataset_fp: str, has_scores: bool) -> None:
         )
         model = left.text_input("Base model", value="smollm2-135m-instruct", help="name, local directory or Hub id")
         seed_size = right.number_input("Warm-up seed subset (pairs, 0 = min(2000, 10 %))", min_value=0, value=0, step=50)
-        dtype = left.selectbox("Precision", ["bf16", "fp32"], help="bf16 is about twice as fast on CPUs with bf16 support")
+        dtype = left.selectbox(
+            "Precision", ["fp32", "bf16"],
+            help="bf16 is about twice as fast on GPUs and CPUs with native bf16 (AVX-512 BF16), far slower on CPUs without it",
+        )
         device = right.selectbox("Device", ["auto", "cuda", "cpu", "mps"])
         max_length = left.number_input("Max tokens (prompt + response)", min_value=64, value=512, step=64)
         batch_size = right.number_input("Pairs per scoring batch", min_value=1, value=8)
