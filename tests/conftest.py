@@ -27,3 +27,22 @@ def tiny_model_dir() -> Path:
     from dpo_engine.models import ensure_tiny_model
 
     return ensure_tiny_model()
+
+
+@pytest.fixture(scope="session")
+def perturbed_adapter(tmp_path_factory, tiny_model_dir) -> Path:
+    """A LoRA adapter on the tiny model with large random weights: policy != reference, and varied greedy answers."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                           LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, 0.5)
+    directory = tmp_path_factory.mktemp("perturbed_adapter")
+    model.save_pretrained(directory)
+    return directory

@@ -39,25 +39,6 @@ def one_torch_thread():
     torch.set_num_threads(previous)
 
 
-@pytest.fixture(scope="module")
-def varied_adapter(tmp_path_factory, tiny_model_dir):
-    """A LoRA adapter with large random weights on the tiny model: the random base model answers every prompt with
-    newlines only, this one gives varied, prompt-dependent greedy answers."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
-                           LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if "lora_B" in name:
-                parameter.normal_(0, 0.5)
-    directory = tmp_path_factory.mktemp("varied_adapter")
-    model.save_pretrained(directory)
-    return directory
-
-
 @pytest.fixture
 def prompts(tmp_path) -> pd.DataFrame:
     path = tmp_path / "prompts.jsonl"
@@ -79,7 +60,7 @@ def count_batches(monkeypatch) -> list[int]:
 
 
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
-def test_generation_resumes_after_interruption_with_identical_outputs(prompts, varied_adapter, monkeypatch, temperature):
+def test_generation_resumes_after_interruption_with_identical_outputs(prompts, perturbed_adapter, monkeypatch, temperature):
     settings = GenerationSettings(max_new_tokens=8, batch_size=2, temperature=temperature)
 
     class Interrupted(Exception):
@@ -90,44 +71,44 @@ def test_generation_resumes_after_interruption_with_identical_outputs(prompts, v
             raise Interrupted
 
     with pytest.raises(Interrupted):
-        generate(TINY_MODEL, varied_adapter, prompts, settings, progress=stop_after_first_batch)
+        generate(TINY_MODEL, perturbed_adapter, prompts, settings, progress=stop_after_first_batch)
     cache = generation.generations_dir()
     [cache_dir] = list(cache.iterdir())
     assert len(list(cache_dir.glob("part-*.parquet"))) == 1
 
     batches = count_batches(monkeypatch)
     seen = []
-    resumed = generate(TINY_MODEL, varied_adapter, prompts, settings, progress=lambda done, total: seen.append(done))
+    resumed = generate(TINY_MODEL, perturbed_adapter, prompts, settings, progress=lambda done, total: seen.append(done))
     assert batches == [2, 2]  # only the two remaining batches
     assert seen == [2, 4, 6]
     assert resumed.prompt_id.tolist() == prompts.prompt_id.tolist()
     assert resumed.attrs["generation"]["settings"]["temperature"] == temperature
 
     shutil.rmtree(cache_dir)
-    uninterrupted = generate(TINY_MODEL, varied_adapter, prompts, settings)
+    uninterrupted = generate(TINY_MODEL, perturbed_adapter, prompts, settings)
     pd.testing.assert_frame_equal(resumed, uninterrupted)
 
 
-def test_cache_is_reused_and_a_settings_change_starts_a_new_one(prompts, varied_adapter, monkeypatch):
-    first = generate(TINY_MODEL, varied_adapter, prompts, GenerationSettings(max_new_tokens=6, batch_size=3))
+def test_cache_is_reused_and_a_settings_change_starts_a_new_one(prompts, perturbed_adapter, monkeypatch):
+    first = generate(TINY_MODEL, perturbed_adapter, prompts, GenerationSettings(max_new_tokens=6, batch_size=3))
     batches = count_batches(monkeypatch)
-    again = generate(TINY_MODEL, varied_adapter, prompts, GenerationSettings(max_new_tokens=6, batch_size=3))
+    again = generate(TINY_MODEL, perturbed_adapter, prompts, GenerationSettings(max_new_tokens=6, batch_size=3))
     assert batches == []  # everything came from the cache
     pd.testing.assert_frame_equal(first, again)
 
-    longer = generate(TINY_MODEL, varied_adapter, prompts, GenerationSettings(max_new_tokens=10, batch_size=3))
+    longer = generate(TINY_MODEL, perturbed_adapter, prompts, GenerationSettings(max_new_tokens=10, batch_size=3))
     assert batches == [3, 3]
     assert longer.attrs["generation"]["cache_dir"] != first.attrs["generation"]["cache_dir"]
     assert (longer.output_tokens >= first.output_tokens).all()
     base = generate(TINY_MODEL, None, prompts, GenerationSettings(max_new_tokens=6, batch_size=3))
     assert base.attrs["generation"]["cache_dir"] != first.attrs["generation"]["cache_dir"]  # adapter is in the key
     meta = json.loads((Path(first.attrs["generation"]["cache_dir"]) / "meta.json").read_text())
-    assert meta["settings"]["max_new_tokens"] == 6 and meta["adapter"] == str(varied_adapter)
+    assert meta["settings"]["max_new_tokens"] == 6 and meta["adapter"] == str(perturbed_adapter)
 
 
-def test_batched_greedy_outputs_equal_one_prompt_at_a_time(prompts, varied_adapter):
-    batched = generate(TINY_MODEL, varied_adapter, prompts, GenerationSettings(max_new_tokens=12, batch_size=6))
-    single = generate(TINY_MODEL, varied_adapter, prompts, GenerationSettings(max_new_tokens=12, batch_size=1))
+def test_batched_greedy_outputs_equal_one_prompt_at_a_time(prompts, perturbed_adapter):
+    batched = generate(TINY_MODEL, perturbed_adapter, prompts, GenerationSettings(max_new_tokens=12, batch_size=6))
+    single = generate(TINY_MODEL, perturbed_adapter, prompts, GenerationSettings(max_new_tokens=12, batch_size=1))
     assert batched.output.tolist() == single.output.tolist()
     assert batched.output_tokens.tolist() == single.output_tokens.tolist()
     assert batched.output.nunique() > 1  # the answers really depend on the prompt

@@ -44,24 +44,6 @@ def tiny():
     return load_model(TINY_MODEL)
 
 
-@pytest.fixture(scope="module")
-def perturbed_adapter(tmp_path_factory, tiny_model_dir):
-    """A LoRA adapter on the tiny model with non-zero weights, so policy != reference."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if "lora_B" in name:
-                parameter.normal_(0, 0.5)
-    directory = tmp_path_factory.mktemp("adapter")
-    model.save_pretrained(directory)
-    return directory
-
-
 def test_score_logps_resumes_after_interruption(tiny):
     model, tokenizer = tiny
     pairs = make_pairs(10)
