@@ -19,13 +19,19 @@ PAIR_TABLE_COLUMNS = {
 }
 
 
+PROMPT_PREVIEW_CHARS = 200
+
+
 def pair_browser(pairs: pd.DataFrame, columns: list[str], *, key: str) -> None:
     """A table of pairs; the row the user clicks is shown in full below it."""
     if pairs.empty:
         st.info("No pairs to show.")
         return
+    shown = pairs[columns]
+    if "prompt" in columns:  # the table shows a line of each prompt (the viewer below has it whole): less to send
+        shown = shown.assign(prompt=pairs.prompt.str.slice(0, PROMPT_PREVIEW_CHARS))
     event = st.dataframe(
-        pairs[columns],
+        shown,
         key=key,
         hide_index=True,
         on_select="rerun",

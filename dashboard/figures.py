@@ -35,7 +35,7 @@ def hover_texts(pairs: pd.DataFrame) -> list[str]:
 
 def margin_scatter(
     table: pd.DataFrame,
-    hover: list[str],
+    hover: list[str] | None,
     *,
     selected: np.ndarray,
     color: np.ndarray | None = None,
@@ -46,6 +46,8 @@ def margin_scatter(
 
     ``selected`` is a boolean mask over ``table``. With ``color`` (numeric, one value per pair) points are
     coloured on a scale and unselected points are dimmed; without it, selected points are blue and the rest grey.
+    ``hover``: one label per pair (``hover_texts``), or None for a lean label (pair id and margins), which keeps
+    the figure a few MB at 60,000 pairs instead of tens (every rerun sends the whole figure to the browser).
     Marginal histograms (all pairs, and the selected ones) sit above and to the right. ``thresholds`` draws the
     bounds of a threshold rule as dashed lines.
     """
@@ -62,9 +64,10 @@ def margin_scatter(
     )
     x = table["external_margin"].to_numpy(dtype=float)
     y = table["implicit_margin"].to_numpy(dtype=float)
+    # Plotly's selectedpoints styles the selection from a list of indices: no per-point colour strings to send.
     if color is None:
-        marker = dict(color=np.where(selected, SELECTED, UNSELECTED).tolist(), size=6, opacity=0.85)
-        dimming = {}
+        marker = dict(color=SELECTED, size=6, opacity=0.85)
+        dimming = dict(selected=dict(marker=dict(color=SELECTED)), unselected=dict(marker=dict(color=UNSELECTED, opacity=0.6)))
     else:
         marker = dict(
             color=color,
@@ -72,11 +75,8 @@ def margin_scatter(
             size=6,
             colorbar=dict(title=dict(text=color_label, side="right"), thickness=12, len=0.7, y=0.42, x=1.01),
         )
-        dimming = dict(
-            selectedpoints=np.flatnonzero(selected).tolist(),
-            selected=dict(marker=dict(opacity=0.9)),
-            unselected=dict(marker=dict(opacity=0.12)),
-        )
+        dimming = dict(selected=dict(marker=dict(opacity=0.9)), unselected=dict(marker=dict(opacity=0.12)))
+    margins_label = "external %{x:.3g} · implicit %{y:.3g}<extra></extra>"
     fig.add_trace(
         go.Scattergl(
             x=x,
@@ -85,19 +85,28 @@ def margin_scatter(
             marker=marker,
             customdata=table["pair_id"].astype(str).to_numpy(),
             text=hover,
-            hovertemplate="%{text}<br>external %{x:.3g} · implicit %{y:.3g}<extra></extra>",
+            hovertemplate=("%{text}<br>" if hover is not None else "<b>%{customdata}</b><br>") + margins_label,
             name="pairs",
             showlegend=False,
+            selectedpoints=np.flatnonzero(selected).tolist(),  # a plain list: plotly.js does not read typed arrays here
             **dimming,
         ),
         row=2,
         col=1,
     )
+    # Marginals binned here (40 bins shared by all and selected pairs): bars of counts, not 2 x 60,000 raw values.
     for values, row, col, orientation in ((x, 1, 1, "v"), (y, 2, 2, "h")):
-        for subset, tint, name in ((values, UNSELECTED, "all pairs"), (values[selected], SELECTED, "selected")):
-            axis = {"x": subset} if orientation == "v" else {"y": subset}
+        finite = np.isfinite(values)
+        if not finite.any():
+            continue
+        edges = np.histogram_bin_edges(values[finite], bins=40)
+        centers, width = (edges[:-1] + edges[1:]) / 2, edges[1] - edges[0] or 1.0
+        for mask, tint, name in ((finite, UNSELECTED, "all pairs"), (finite & selected, SELECTED, "selected")):
+            counts = np.histogram(values[mask], bins=edges)[0]
+            axis = dict(x=centers, y=counts, width=width) if orientation == "v" else dict(y=centers, x=counts, width=width)
             fig.add_trace(
-                go.Histogram(**axis, marker_color=tint, name=name, showlegend=False, hoverinfo="skip", nbinsx=40, nbinsy=40),
+                go.Bar(**axis, orientation=orientation, marker_color=tint, marker_line_width=0, name=name,
+                       showlegend=False, hoverinfo="skip"),
                 row=row,
                 col=col,
             )

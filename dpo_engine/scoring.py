@@ -24,13 +24,14 @@ import torch
 
 from dpo_engine import margins as margin_math
 from dpo_engine.data import fingerprint
-from dpo_engine.io import read_parts, weights_identity, write_part
+from dpo_engine.io import atomic_write_json, read_json, read_parts, weights_identity, write_part
 from dpo_engine.logps import pair_logps
 from dpo_engine.models import adapter_base, load_model, resolve_model
 from dpo_engine.paths import cache_dir
 from dpo_engine.tokenization import encode_pair
 
 Progress = Callable[[int, int], None]
+WARMUP_STAMP = "warmup.json"  # settings and seed pairs of a finished warm-up proxy, for reuse
 LOGP_COLUMNS = ["pair_id", "chosen_logps", "rejected_logps", "chosen_tokens", "rejected_tokens"]
 
 
@@ -275,5 +276,14 @@ def warmup_proxy(
         {"model": base_model, "subset": str(subset_path), "loss": "dpo", "num_epochs": 2, "seed": seed, **train_overrides}
     )
     config.validate()
+    # A finished proxy is reused when it was trained on the same seed pairs with the same settings: the warm-up is
+    # the slowest step of scoring on a CPU, and re-scoring (another external margin, a longer max length) is common.
+    stamp = json.loads(json.dumps({"config": config.to_dict(), "seed_subset": fingerprint(seed_pairs)}))
+    stamp_path = out_dir / WARMUP_STAMP
+    adapter = out_dir / "adapter"
+    if read_json(stamp_path) == stamp and (adapter / "adapter_config.json").is_file():
+        return adapter
+    stamp_path.unlink(missing_ok=True)
     train(config, out_dir, on_progress=progress)
-    return out_dir / "adapter"
+    atomic_write_json(stamp_path, stamp)
+    return adapter

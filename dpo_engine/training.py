@@ -274,7 +274,7 @@ def train(
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     checkpoint_dir = run_dir / "checkpoints"
-    checkpoint = get_last_checkpoint(str(checkpoint_dir)) if resume and checkpoint_dir.is_dir() else None
+    checkpoint = last_complete_checkpoint(checkpoint_dir) if resume else None
     elapsed_before = _prepare_run_dir(run_dir, checkpoint)
 
     pairs = load_subset(config)
@@ -536,6 +536,21 @@ def _save_adapter(model, tokenizer, config: TrainConfig, directory: Path) -> Pat
     adapter_config["base_model_name_or_path"] = config.model
     atomic_write_json(config_file, adapter_config)
     return directory
+
+
+def last_complete_checkpoint(checkpoint_dir: Path) -> str | None:
+    """The newest checkpoint in ``checkpoint_dir`` that was written completely, or None.
+
+    The Trainer does not write checkpoints atomically; ``trainer_state.json`` comes last. A process killed while
+    saving leaves a newer checkpoint without it, which ``get_last_checkpoint`` would pick and every resume would
+    then fail on: such leftovers are removed.
+    """
+    if not checkpoint_dir.is_dir():
+        return None
+    for candidate in checkpoint_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
+        if candidate.is_dir() and not (candidate / "trainer_state.json").is_file():
+            shutil.rmtree(candidate, ignore_errors=True)
+    return get_last_checkpoint(str(checkpoint_dir))
 
 
 def _last_logged_loss(run_dir: Path) -> float | None:

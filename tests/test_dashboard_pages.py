@@ -229,11 +229,15 @@ def test_margin_scatter_is_one_trace_with_ids_and_marks_the_selection():
     scatter = figure.data[0]
     assert scatter.type == "scattergl" and [trace.type for trace in figure.data].count("scattergl") == 1
     assert list(scatter.customdata) == ["a", "b", "c"]
-    assert list(scatter.marker.color) == ["#3b5bdb", "#b8bfcc", "#b8bfcc"]
+    assert list(scatter.selectedpoints) == [0]
+    assert scatter.selected.marker.color == "#3b5bdb" and scatter.unselected.marker.color == "#b8bfcc"
+    assert scatter.text == ("x", "y", "z") and scatter.hovertemplate.startswith("%{text}")
     coloured = margin_scatter(table, ["x", "y", "z"], selected=selected, color=np.array([0.1, 0.2, 0.3]),
                               thresholds={"external_margin": (0.5, None)})
     assert list(coloured.data[0].selectedpoints) == [0]
     assert len(coloured.layout.shapes) == 1
+    lean = margin_scatter(table, None, selected=selected)  # large tables: id and margins only, no text per point
+    assert lean.data[0].text is None and lean.data[0].hovertemplate.startswith("<b>%{customdata}</b>")
 
 
 def test_hover_texts_escape_and_truncate():
@@ -264,3 +268,15 @@ def test_jobs_record_how_a_command_ended(workspace, tmp_path):
     status = jobs.status(failed)
     assert status["state"] == "failed" and "missing.jsonl" in status["message"]
     assert [path.name for path in jobs.list_jobs("validate")] and len(jobs.list_jobs("validate")) == 2
+
+
+def test_margin_marginals_are_binned_counts_of_all_and_selected_pairs():
+    table = pd.DataFrame({"pair_id": list("abcd"), "external_margin": [0.0, 1.0, 2.0, np.nan],
+                          "implicit_margin": [1.0, 1.0, 3.0, 0.5]})
+    figure = margin_scatter(table, None, selected=np.array([True, False, True, True]))
+    bars = [trace for trace in figure.data if trace.type == "bar"]
+    assert [trace.name for trace in bars] == ["all pairs", "selected", "all pairs", "selected"]
+    external_all, external_selected, implicit_all, implicit_selected = bars
+    assert sum(external_all.y) == 3 and sum(external_selected.y) == 2  # the NaN margin is left out of its marginal
+    assert sum(implicit_all.x) == 4 and sum(implicit_selected.x) == 3
+    assert implicit_all.orientation == "h" and external_all.x[0] < external_all.x[-1]

@@ -173,6 +173,18 @@ def test_score_cli_trains_a_warmup_proxy_and_writes_the_table(tmp_path):
     assert (tmp_path / "margins-warmup" / "adapter" / "adapter_config.json").exists()
     assert json.loads(progress.read_text())["state"] == "completed"
 
+    # Scoring again with the same warm-up settings reuses the proxy (no training); other settings retrain it.
+    adapter = tmp_path / "margins-warmup" / "adapter" / "adapter_model.safetensors"
+    trained_at = adapter.stat().st_mtime_ns
+    args = ["score", str(pairs_file), "--out", str(tmp_path / "again.parquet"), "--model", "tiny-random",
+            "--seed-size", "8", "--warmup-lr", "0.05", "--max-length", "128", "--max-prompt-length", "64",
+            "--warmup-dir", str(tmp_path / "margins-warmup"), "--external", "none"]
+    assert main(args + ["--warmup-epochs", "2"]) == 0
+    assert adapter.stat().st_mtime_ns == trained_at
+    assert load_margins_table(tmp_path / "again.parquet")[0].implicit_margin.tolist() == table.implicit_margin.tolist()
+    assert main(args + ["--warmup-epochs", "1"]) == 0
+    assert adapter.stat().st_mtime_ns != trained_at
+
 
 @pytest.mark.slow
 def test_default_model_scores_twenty_bundled_pairs(tmp_path, monkeypatch):

@@ -292,3 +292,16 @@ def test_default_model_trains_on_ultrafeedback_pairs(tmp_path):
     assert summary["steps"] == 4 and [record["step"] for record in records] == [1, 2, 3, 4]
     assert all(math.isfinite(record["loss"]) for record in records)
     assert (Path(summary["adapter"]) / "adapter_model.safetensors").exists()
+
+
+def test_resume_skips_a_checkpoint_a_kill_left_half_written(tmp_path):
+    from dpo_engine.training import last_complete_checkpoint
+
+    assert last_complete_checkpoint(tmp_path / "missing") is None
+    complete, torn = tmp_path / "checkpoint-2", tmp_path / "checkpoint-4"
+    complete.mkdir()
+    (complete / "trainer_state.json").write_text("{}")
+    torn.mkdir()
+    (torn / "adapter_model.safetensors").write_bytes(b"partial")  # killed before trainer_state.json was written
+    assert last_complete_checkpoint(tmp_path) == str(complete)
+    assert not torn.exists()

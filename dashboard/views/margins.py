@@ -30,6 +30,8 @@ from dpo_engine.selection import (
 )
 
 CHART_KEY = "margin_scatter"
+HOVER_TEXT_LIMIT = 10_000  # above this many pairs the hover shows id and margins only (~400 bytes of text per point)
+TABLE_ROW_LIMIT = 2_000  # rows of the selected-pairs table sent to the browser
 MIRROR_KEY = "scatter_selection"  # {"fingerprint": ..., "ids": [...]}: the box/lasso selection, kept by us
 RULE_LABELS = {
     "threshold": "Thresholds",
@@ -152,7 +154,9 @@ def score_job_panel(source, loaded, dataset_fp: str, has_scores: bool) -> None:
 # ---- the table the page works on -----------------------------------------------------------------------------------
 
 
-@st.cache_data(max_entries=4, show_spinner=False)
+# Cached as resources, not data: st.cache_data would pickle a copy of a 60,000-row table with its texts on every
+# rerun. Nothing mutates these results.
+@st.cache_resource(max_entries=4, show_spinner=False)
 def joined_table(_table: pd.DataFrame, _pairs: pd.DataFrame, key: tuple) -> pd.DataFrame:
     """Margins joined with the pairs' text, plus the derived colour columns. Cached per (margins file, dataset)."""
     text = _pairs[["pair_id", "row", "prompt", "prompt_messages", "chosen", "rejected", "score_chosen", "score_rejected", "warnings"]]
@@ -165,9 +169,10 @@ def joined_table(_table: pd.DataFrame, _pairs: pd.DataFrame, key: tuple) -> pd.D
     return table
 
 
-@st.cache_data(max_entries=4, show_spinner=False)
-def cached_hover(_table: pd.DataFrame, key: tuple) -> list[str]:
-    return hover_texts(_table)
+@st.cache_resource(max_entries=4, show_spinner=False)
+def cached_hover(_table: pd.DataFrame, key: tuple) -> list[str] | None:
+    """Hover labels with the pair's text, or None above HOVER_TEXT_LIMIT pairs (lean labels: id and margins)."""
+    return hover_texts(_table) if len(_table) <= HOVER_TEXT_LIMIT else None
 
 
 def provenance(meta: dict, path: Path) -> str:
@@ -300,6 +305,9 @@ def select_section(table: pd.DataFrame, pairs: pd.DataFrame, dataset_fp: str, ca
         color_label=color_label.split(" (")[0],
         thresholds=lines,
     )
+    if len(table) > HOVER_TEXT_LIMIT:
+        st.caption(f"With more than {HOVER_TEXT_LIMIT:,} pairs the hover shows the pair id and margins; "
+                   "read a pair in full in the table of selected pairs below.")
     if rule == "manual":
         st.plotly_chart(
             figure, key=CHART_KEY, on_select=lambda: mirror_chart_selection(dataset_fp), selection_mode=("box", "lasso")
@@ -322,6 +330,10 @@ def select_section(table: pd.DataFrame, pairs: pd.DataFrame, dataset_fp: str, ca
 
     st.subheader("Selected pairs")
     chosen = table[selected]
+    if len(chosen) > TABLE_ROW_LIMIT:  # the browser gets every row it shows: keep the table light at any scale
+        st.caption(f"Showing the first {TABLE_ROW_LIMIT:,} of {len(chosen):,} selected pairs; "
+                   "save or export the selection for all of them.")
+        chosen = chosen.iloc[:TABLE_ROW_LIMIT]
     pair_browser(chosen, ["pair_id", "prompt", "external_margin", "implicit_margin", "dm_mul"], key="selected_pairs")
 
     st.subheader("Save or export")
