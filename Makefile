@@ -26,6 +26,7 @@ browser:
 	  || echo "chromium could not be installed: browser tests will fail"
 
 demo: setup
+	$(PY) -m dpo_engine.demo install
 	$(VENV)/bin/streamlit run dashboard/app.py --server.port $(PORT)
 
 test: setup browser

@@ -8,7 +8,9 @@ How a batch of pairs is scored (``pair_logps``; ``policy_logps`` is the same on 
 - **Shared prompt, one row per pair.** A pair's prompt, chosen and rejected responses are packed into one row
   ``[prompt | chosen | rejected]``. A 4-D attention mask lets the rejected tokens see the prompt but not the chosen
   ones, and the rejected positions restart where the prompt ends, so each token sees exactly what it would see in
-  ``prompt + response`` alone. The prompt is computed once instead of twice.
+  ``prompt + response`` alone. The prompt is computed once instead of twice. Packing lengthens rows, and attention
+  grows with the square of a row's length, so each group of pairs takes the cheaper layout (``prefer_packed``):
+  packed when prompts are long next to the responses, one row per response otherwise.
 - **Response-only logits.** The vocabulary projection (the largest single cost of a small model) runs only at the
   positions that predict a response token: the last prompt token (it predicts both first response tokens) and
   each response token but the last. Padding and prompt positions get no logits.
@@ -91,7 +93,7 @@ def pair_logps(
     device = next(model.parameters()).device
     chosen, rejected = [], []
     for group in _groups(pairs, max(1, max_logit_elements // _vocab_size(model))):
-        c, r = _packed_forward(model, group, pad_token_id, device)
+        c, r = _packed_forward(model, group, pad_token_id, device, packed=prefer_packed(model, group))
         chosen.append(c)
         rejected.append(r)
     tokens_c = torch.tensor([len(p.chosen_ids) for p in pairs], dtype=torch.long, device=device)
@@ -189,28 +191,60 @@ def _groups(pairs: Sequence, max_logit_tokens: int):
         yield group
 
 
-def _packed_forward(model, pairs: Sequence, pad_token_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Chosen and rejected log-probs of ``pairs`` from one forward over ``[prompt | chosen | rejected]`` rows."""
+def prefer_packed(model, pairs: Sequence) -> bool:
+    """Whether the shared-prompt layout is cheaper than one row per response for this group of pairs.
+
+    Packing saves the prompt's second pass but makes each row as long as prompt + both responses, and attention
+    cost grows with the square of a row's length: short prompts with long responses are cheaper unpacked. The
+    estimate counts the model's linear work per token and attention work per (query, key) position, padding
+    included (the logits are the same in both layouts).
+    """
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    hidden = getattr(config, "hidden_size", 1024)
+    heads = getattr(config, "num_attention_heads", 16)
+    head_dim = getattr(config, "head_dim", None) or hidden // heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    intermediate = getattr(config, "intermediate_size", None) or 4 * hidden
+    linear = hidden * (2 * heads * head_dim + 2 * kv_heads * head_dim) + 3 * hidden * intermediate
+    attention = 2 * heads * head_dim / linear  # one (query, key) position, in units of one token's linear work
+    packed_width = max(len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids) for p in pairs)
+    split_width = max(len(p.prompt_ids) + max(len(p.chosen_ids), len(p.rejected_ids)) for p in pairs)
+    packed = packed_width * (1 + attention * packed_width)
+    split = 2 * split_width * (1 + attention * split_width)
+    return packed <= split
+
+
+def _packed_forward(model, pairs: Sequence, pad_token_id: int, device, packed: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Chosen and rejected log-probs of ``pairs`` from one forward.
+
+    ``packed``: one ``[prompt | chosen | rejected]`` row per pair; otherwise ``[prompt | chosen]`` rows then
+    ``[prompt | rejected]`` rows (the plain layout), still with logits only where a response token is predicted.
+    """
     n = len(pairs)
-    width = max(len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids) for p in pairs)
-    input_ids = torch.full((n, width), pad_token_id, dtype=torch.long)
-    position_ids = torch.zeros((n, width), dtype=torch.long)
-    segment = torch.full((n, width), -1, dtype=torch.long)  # -1 pad, 0 prompt, 1 chosen, 2 rejected
-    keep = torch.zeros((n, width), dtype=torch.bool)
-    # Each scored token: (row, column whose logits predict it, label, output slot: pair i chosen -> i, rejected -> n+i)
+    if packed:  # (prompt, [(response, output slot)]) per row: pair i's chosen goes to slot i, its rejected to n + i
+        specs = [(p.prompt_ids, [(p.chosen_ids, i), (p.rejected_ids, n + i)]) for i, p in enumerate(pairs)]
+    else:
+        specs = [(p.prompt_ids, [(p.chosen_ids, i)]) for i, p in enumerate(pairs)]
+        specs += [(p.prompt_ids, [(p.rejected_ids, n + i)]) for i, p in enumerate(pairs)]
+    width = max(len(prompt) + sum(len(r) for r, _ in responses) for prompt, responses in specs)
+    input_ids = torch.full((len(specs), width), pad_token_id, dtype=torch.long)
+    position_ids = torch.zeros((len(specs), width), dtype=torch.long)
+    segment = torch.full((len(specs), width), -1, dtype=torch.long)  # -1 pad, 0 prompt, k = k-th response
+    keep = torch.zeros((len(specs), width), dtype=torch.bool)
+    # Each scored token: (row, column whose logits predict it, label, output slot)
     rows, columns, labels, slots = [], [], [], []
-    for i, pair in enumerate(pairs):
-        prompt, chosen, rejected = pair.prompt_ids, pair.chosen_ids, pair.rejected_ids
-        p, c, r = len(prompt), len(chosen), len(rejected)
-        start = width - (p + c + r)
-        input_ids[i, start:] = torch.tensor(prompt + chosen + rejected, dtype=torch.long)
-        position_ids[i, start : start + p + c] = torch.arange(p + c)
-        position_ids[i, start + p + c :] = torch.arange(p, p + r)
+    for i, (prompt, responses) in enumerate(specs):
+        p = len(prompt)
+        start = width - p - sum(len(r) for r, _ in responses)
+        input_ids[i, start:] = torch.tensor(prompt + [t for r, _ in responses for t in r], dtype=torch.long)
+        position_ids[i, start : start + p] = torch.arange(p)
         segment[i, start : start + p] = 0
-        segment[i, start + p : start + p + c] = 1
-        segment[i, start + p + c :] = 2
         last_prompt = start + p - 1
-        for slot, response, offset in ((i, chosen, start + p), (n + i, rejected, start + p + c)):
+        offset = start + p
+        for k, (response, slot) in enumerate(responses, start=1):
+            length = len(response)
+            position_ids[i, offset : offset + length] = torch.arange(p, p + length)
+            segment[i, offset : offset + length] = k
             for j, token in enumerate(response):
                 column = last_prompt if j == 0 else offset + j - 1
                 if column < start:  # no prompt: the first response token has no context to be predicted from
@@ -220,6 +254,7 @@ def _packed_forward(model, pairs: Sequence, pad_token_id: int, device) -> tuple[
                 labels.append(token)
                 slots.append(slot)
                 keep[i, column] = True
+            offset += length
 
     out = torch.zeros(2 * n, dtype=torch.float32, device=device)
     if not rows:

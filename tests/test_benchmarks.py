@@ -1,0 +1,76 @@
+"""Each benchmark script runs in ``--quick`` mode on the tiny model and ends with its ratio line.
+
+Correctness only: no timing is asserted (the machines are shared and noisy). The scoring benchmark itself exits
+non-zero when ours, the naive loop and TRL disagree on the fp32 log-probs, so a pass here also checks that.
+The generation benchmark runs through ``run_all.py`` (one process start less for the suite).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+BENCH = REPO_ROOT / "benchmarks"
+TINY = ["--quick", "--model", "tiny-random"]
+
+CASES = {
+    "scoring": ("bench_scoring.py", TINY + ["--pairs", "4", "--repeats", "1", "--max-length", "256"]),
+    "memory": ("bench_memory.py", TINY + ["--pairs", "4", "--max-length", "256"]),
+    "training": ("bench_training.py", TINY + ["--pairs", "4", "--batch-size", "2", "--max-length", "1024"]),
+}
+
+
+def run_script(script: str, args: list[str], tmp_path: Path, timeout: float = 900) -> tuple[str, dict]:
+    out = tmp_path / "result.json"
+    done = subprocess.run([sys.executable, str(BENCH / script), *args, "--json", str(out)], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    lines = [line for line in done.stdout.splitlines() if line.strip()]
+    return lines[-1], json.loads(out.read_text())
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_quick_mode_runs_on_the_tiny_model(name, tmp_path):
+    script, args = CASES[name]
+    last, result = run_script(script, args, tmp_path)
+    assert last.startswith(f"RATIO {name}"), last
+    assert result["benchmark"] == name and result["ratio"] == last
+    assert result["machine"]["cores"] >= 1 and result["command"].startswith(f"python benchmarks/{script}")
+    if name == "scoring":
+        # The three contenders computed the same fp32 log-probs (the script checks rtol 1e-4 + atol 1e-3).
+        assert set(result["fp32"]) == {"ours", "TRL precompute", "naive loop", "ours, reference cached"}
+        assert all(entry["max_abs_diff"] < 1e-2 for entry in result["fp32"].values())
+    if name == "training":
+        assert result["fp32"]["max_loss_gap"] < 1e-3  # loss curves of ours and TRL agree step by step
+    if name == "memory":
+        assert result["runs"]["ours"]["peak_rss_mb"] > 0
+
+
+@pytest.mark.browser
+def test_dashboard_benchmark_quick_on_a_small_table(tmp_path):
+    if not Path("/usr/bin/chromium").exists():
+        pytest.skip("no /usr/bin/chromium: run `make browser`")
+    last, result = run_script("bench_dashboard.py", ["--quick", "--pairs", "300", "--repeats", "1", "--no-baseline"],
+                              tmp_path)
+    assert last.startswith("RATIO dashboard"), last
+    assert result["ours"]["first_render_s"] > 0 and result["ours"]["selection_update_s"] > 0
+    assert result["settings"]["pairs"] == 300
+
+
+def test_run_all_passes_arguments_on_and_summarises(tmp_path):
+    done = subprocess.run(
+        [sys.executable, str(BENCH / "run_all.py"), "--only", "generation", "--results-dir", str(tmp_path), *TINY,
+         "--prompts", "2", "--batch-size", "2", "--max-new-tokens", "4", "--repeats", "1"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "=== summary" in done.stdout and "RATIO generation" in done.stdout.split("=== summary")[1]
+    generation = json.loads((tmp_path / "generation-quick.json").read_text())
+    assert generation["benchmark"] == "generation" and generation["ratio"].startswith("RATIO generation")
+    bad = subprocess.run([sys.executable, str(BENCH / "run_all.py"), "--only", "nope"], capture_output=True, text=True)
+    assert bad.returncode != 0 and "unknown benchmark" in bad.stderr
