@@ -17,7 +17,7 @@ from streamlit.testing.v1 import AppTest
 
 from dashboard.figures import hover_texts, margin_scatter, training_curves
 from dpo_engine import jobs
-from dpo_engine.data import bundled_datasets, fingerprint, load_pairs
+from dpo_engine.data import bundled_datasets, fingerprint, load_pairs, save_pairs
 from dpo_engine.selection import list_selections
 
 APP = str(Path(__file__).resolve().parent.parent / "dashboard" / "app.py")
@@ -141,9 +141,20 @@ def test_a_mirror_from_another_dataset_is_ignored(with_margins):
     assert metric(at, "Selected pairs") == "0"
 
 
-def test_without_margins_the_page_says_how_to_compute_them(workspace):
+def test_both_bundled_datasets_open_on_their_shipped_margins(workspace):
     at = app("views/data.py")
     at.selectbox[0].set_value("hh_rlhf").run()
+    at.switch_page("views/margins.py")
+    at.run()
+    assert not at.exception
+    assert len(scatter_spec(at)["data"][0]["customdata"]) == 1000
+
+
+def test_without_margins_the_page_says_how_to_compute_them(workspace, tmp_path):
+    own = save_pairs(load_pairs(bundled_datasets()["hh_rlhf"]).pairs.head(20), tmp_path / "own.jsonl")
+    at = app("views/data.py")
+    at.radio[0].set_value("Path or Hub dataset").run()
+    at.text_input[0].set_value(str(own)).run()
     at.switch_page("views/margins.py")
     at.run()
     assert not at.get("plotly_chart")
