@@ -4,7 +4,9 @@
 # Implicit margins follow DM (methods §1.4): a LoRA proxy of the default model, DPO-trained for 2 epochs on a
 # random 10 % seed subset, scored against its reference (adapters disabled). External margins: the data's GPT-4
 # scores for UltraFeedback; the built-in stand-in reward head (cross-fitted) for HH-RLHF, which has no scores.
-# CPU settings (fp32: bf16 autocast is far slower on some CPUs; 256-token pairs) keep this to well under an hour on 2 cores; on a GPU raise --max-length.
+# CPU settings (fp32: bf16 autocast is far slower on CPUs without AVX-512 BF16; 256-token pairs). Measured on 2 cores,
+# 2026-11-23: UltraFeedback 23 min warm-up + 36 min scoring, HH-RLHF 12 + 33 min (one thread each, side by side).
+# A finished warm-up proxy with the same settings is reused. On a GPU raise --max-length.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ENGINE=${ENGINE:-.venv/bin/dpo-engine}

@@ -23,9 +23,10 @@ from .config import (
     selected_variants,
 )
 
-# Measured on an idle 2-core CPU (fp32, SmolLM2-135M, LoRA): training and batched generation speeds.
-CPU_TRAIN_S_PER_PAIR_EPOCH_256 = 2.0
-CPU_GENERATION_TOKENS_PER_S = 50.0
+# Measured with the cpu profile on an idle 2-core CPU (fp32, SmolLM2-135M, LoRA), 2026-11-23: the dm-mul run took
+# 7.7 min for 120 pairs (2 min reference pre-pass + 30 steps at ~12.5 s), and 100 answers of <= 96 tokens ~5 min.
+CPU_TRAIN_S_PER_PAIR_EPOCH_256 = 4.0
+CPU_GENERATION_TOKENS_PER_S = 32.0
 
 
 def parse_set(items: list[str]) -> dict:
