@@ -135,6 +135,36 @@ def test_policy_logps_equals_a_naive_per_sequence_loop(tiny):
         assert out["chosen_tokens"][i] == len(pair.chosen_ids)
 
 
+@pytest.mark.parametrize("packed", [True, False], ids=["shared-prompt rows", "one row per response"])
+def test_both_layouts_of_pair_logps_give_the_naive_numbers(tiny, monkeypatch, packed):
+    """``prefer_packed`` picks a layout per group by cost; whichever it picks, the log-probs are the same."""
+    from dpo_engine import logps
+
+    model, tokenizer = tiny
+    pairs = [
+        encode_pair(tokenizer, USER, "4", "five, I think"),
+        encode_pair(tokenizer, [{"role": "user", "content": "Say hi to me please"}], "hi there, friend", "no"),
+    ]
+    monkeypatch.setattr(logps, "prefer_packed", lambda model, group: packed)
+    with torch.no_grad():
+        out = logps.pair_logps(model, pairs, tokenizer.pad_token_id)
+        reference = logps.concatenated_logps(model, collate(pairs, tokenizer.pad_token_id))
+    torch.testing.assert_close(out["chosen_logps"], reference["chosen_logps"], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(out["rejected_logps"], reference["rejected_logps"], rtol=1e-4, atol=1e-4)
+
+
+def test_prefer_packed_packs_long_prompts_and_splits_long_responses(tiny):
+    from types import SimpleNamespace
+
+    from dpo_engine.logps import prefer_packed
+
+    model, _ = tiny
+    long_prompt = SimpleNamespace(prompt_ids=[1] * 200, chosen_ids=[1] * 5, rejected_ids=[1] * 5)
+    long_responses = SimpleNamespace(prompt_ids=[1] * 5, chosen_ids=[1] * 400, rejected_ids=[1] * 400)
+    assert prefer_packed(model, [long_prompt]) is True  # 210 tokens once beats 2 x 205
+    assert prefer_packed(model, [long_responses]) is False  # an 805-token row costs more than 2 x 405 in attention
+
+
 def test_policy_logps_carries_gradients(tiny):
     model, tokenizer = tiny
     out = policy_logps(model, collate([encode_pair(tokenizer, USER, "4", "5")], tokenizer.pad_token_id))
