@@ -100,7 +100,7 @@ def margin_scatter(
         if not finite.any():
             continue
         edges = np.histogram_bin_edges(values[finite], bins=40)
-        centers, width = (edges[:-1] + edges[1:]) / 2, edges[1] - edges[0] or 1.0
+        centers, width = (edges[:-1] + edges[1:]) / 2, edges[1] - edges[0]
         for mask, tint, name in ((finite, UNSELECTED, "all pairs"), (finite & selected, SELECTED, "selected")):
             counts = np.histogram(values[mask], bins=edges)[0]
             axis = dict(x=centers, y=counts, width=width) if orientation == "v" else dict(y=centers, x=counts, width=width)
