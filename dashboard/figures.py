@@ -33,23 +33,51 @@ def hover_texts(pairs: pd.DataFrame) -> list[str]:
     ]
 
 
+def _histogram_bars(values: np.ndarray, selected: np.ndarray | None, orientation: str) -> list[go.Bar]:
+    """Counts of the finite ``values`` (shape ``(n_pairs,)``) in 40 bins: bars of all pairs, then of the selected.
+
+    Binned here, not by plotly: 40 bars per layer instead of up to 60,000 raw values in the figure. ``selected``:
+    boolean mask of shape ``(n_pairs,)``, or None for the all-pairs layer only. ``orientation``: "v" puts the values
+    on x and the counts on y, "h" the other way round. No bars when no value is finite.
+    """
+    finite = np.isfinite(values)
+    if not finite.any():
+        return []
+    edges = np.histogram_bin_edges(values[finite], bins=40)
+    centers, width = (edges[:-1] + edges[1:]) / 2, edges[1] - edges[0]
+    layers = [(finite, UNSELECTED, "all pairs")]
+    if selected is not None:
+        layers.append((finite & selected, SELECTED, "selected"))
+    bars = []
+    for mask, tint, name in layers:
+        counts = np.histogram(values[mask], bins=edges)[0]
+        axis = dict(x=centers, y=counts, width=width) if orientation == "v" else dict(y=centers, x=counts, width=width)
+        bars.append(go.Bar(**axis, orientation=orientation, marker_color=tint, marker_line_width=0, name=name,
+                           showlegend=False, hoverinfo="skip"))
+    return bars
+
+
 def margin_scatter(
     table: pd.DataFrame,
     hover: list[str] | None,
     *,
-    selected: np.ndarray,
+    selected: np.ndarray | None,
     color: np.ndarray | None = None,
     color_label: str = "",
     thresholds: dict[str, tuple[float | None, float | None]] | None = None,
+    selected_marginals: bool = True,
 ) -> go.Figure:
     """External vs implicit margin, one ``go.Scattergl`` trace (``data[0]``) with pair ids in ``customdata``.
 
-    ``selected`` is a boolean mask over ``table``. With ``color`` (numeric, one value per pair) points are
-    coloured on a scale and unselected points are dimmed; without it, selected points are blue and the rest grey.
+    ``selected`` is a boolean mask over ``table``, or None to mark no selection (an all-False mask dims every
+    point; with None plotly styles only a box/lasso selection the user drags). With ``color`` (numeric, one value
+    per pair) points are coloured on a scale and unselected points are dimmed; without it, selected points are
+    blue and the rest grey.
     ``hover``: one label per pair (``hover_texts``), or None for a lean label (pair id and margins), which keeps
     the figure a few MB at 60,000 pairs instead of tens (every rerun sends the whole figure to the browser).
-    Marginal histograms (all pairs, and the selected ones) sit above and to the right. ``thresholds`` draws the
-    bounds of a threshold rule as dashed lines.
+    Marginal histograms of all pairs sit above and to the right, with the selected pairs' counts over them unless
+    ``selected_marginals`` is False (the box/lasso chart, whose figure must not change with the selection: see
+    `selection_marginals`). ``thresholds`` draws the bounds of a threshold rule as dashed lines.
     """
     fig = make_subplots(
         rows=2,
@@ -88,28 +116,16 @@ def margin_scatter(
             hovertemplate=("%{text}<br>" if hover is not None else "<b>%{customdata}</b><br>") + margins_label,
             name="pairs",
             showlegend=False,
-            selectedpoints=np.flatnonzero(selected).tolist(),  # a plain list: plotly.js does not read typed arrays here
+            # A plain list: plotly.js does not read typed arrays here.
+            selectedpoints=None if selected is None else np.flatnonzero(selected).tolist(),
             **dimming,
         ),
         row=2,
         col=1,
     )
-    # Marginals binned here (40 bins shared by all and selected pairs): bars of counts, not 2 x 60,000 raw values.
     for values, row, col, orientation in ((x, 1, 1, "v"), (y, 2, 2, "h")):
-        finite = np.isfinite(values)
-        if not finite.any():
-            continue
-        edges = np.histogram_bin_edges(values[finite], bins=40)
-        centers, width = (edges[:-1] + edges[1:]) / 2, edges[1] - edges[0]
-        for mask, tint, name in ((finite, UNSELECTED, "all pairs"), (finite & selected, SELECTED, "selected")):
-            counts = np.histogram(values[mask], bins=edges)[0]
-            axis = dict(x=centers, y=counts, width=width) if orientation == "v" else dict(y=centers, x=counts, width=width)
-            fig.add_trace(
-                go.Bar(**axis, orientation=orientation, marker_color=tint, marker_line_width=0, name=name,
-                       showlegend=False, hoverinfo="skip"),
-                row=row,
-                col=col,
-            )
+        for bar in _histogram_bars(values, selected if selected_marginals else None, orientation):
+            fig.add_trace(bar, row=row, col=col)
     for column, (low, high) in (thresholds or {}).items():
         add_line = fig.add_vline if column == "external_margin" else fig.add_hline
         for bound in (low, high):
@@ -131,6 +147,22 @@ def margin_scatter(
     fig.update_yaxes(showticklabels=False, row=2, col=2)
     fig.update_xaxes(showticklabels=False, row=2, col=2)
     fig.update_yaxes(showticklabels=False, row=1, col=1)
+    return fig
+
+
+def selection_marginals(table: pd.DataFrame, selected: np.ndarray) -> go.Figure:
+    """Histograms of the external (left) and implicit (right) margin: all pairs, with the selected pairs' counts over them.
+
+    ``selected``: boolean mask over ``table``. The same bins as `margin_scatter`'s marginals; shown under the
+    box/lasso chart, whose own marginals leave the selection out.
+    """
+    fig = make_subplots(rows=1, cols=2, subplot_titles=["external margin", "implicit margin"], horizontal_spacing=0.06)
+    for col, column in enumerate(("external_margin", "implicit_margin"), start=1):
+        for bar in _histogram_bars(table[column].to_numpy(dtype=float), selected, "v"):
+            fig.add_trace(bar, row=1, col=col)
+    fig.update_layout(barmode="overlay", height=240, margin=dict(l=10, r=10, t=30, b=10), plot_bgcolor="white")
+    fig.update_xaxes(gridcolor=GRID, zerolinecolor="#c9ced8")
+    fig.update_yaxes(gridcolor=GRID, zerolinecolor="#c9ced8", title_text="pairs", col=1)
     return fig
 
 

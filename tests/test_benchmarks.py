@@ -59,6 +59,7 @@ def test_dashboard_benchmark_quick_on_a_small_table(tmp_path):
                               tmp_path)
     assert last.startswith("RATIO dashboard"), last
     assert result["ours"]["first_render_s"] > 0 and result["ours"]["selection_update_s"] > 0
+    assert result["ours"]["box_update_s"] > 0 and result["ours"]["box_chart_kept"]  # a box does not redraw the chart
     assert result["settings"]["pairs"] == 300
 
 

@@ -6,6 +6,7 @@ chart's on_select callback writes (see dashboard/views/margins.py); the real dra
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 from pathlib import Path
@@ -15,7 +16,7 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from dashboard.figures import hover_texts, margin_scatter, training_curves
+from dashboard.figures import hover_texts, margin_scatter, selection_marginals, training_curves
 from dpo_engine import jobs
 from dpo_engine.data import bundled_datasets, fingerprint, load_pairs, save_pairs
 from dpo_engine.selection import list_selections
@@ -83,6 +84,13 @@ def scatter_spec(at: AppTest) -> dict:
     return json.loads(at.get("plotly_chart")[0].proto.spec)
 
 
+def plotly_array(value) -> np.ndarray:
+    """An array from a figure's JSON: plotly sends numpy arrays base64-encoded as {"dtype", "bdata"}."""
+    if isinstance(value, dict):
+        return np.frombuffer(base64.b64decode(value["bdata"]), dtype=value["dtype"])
+    return np.asarray(value)
+
+
 # ---- Margins & Select ----------------------------------------------------------------------------------------------
 
 
@@ -117,14 +125,29 @@ def test_box_selection_mirror_drives_the_table_and_saving(with_margins, demo_pai
     assert metric(at, "Selected pairs") == "0"
     assert any("Nothing selected yet" in item.value for item in at.info)
 
+    chart = at.get("plotly_chart")[0].proto.spec
+    assert "selectedpoints" not in json.loads(chart)["data"][0]  # nothing selected: no point is dimmed
+
     ids = list(demo_pairs.pair_id[:7])
-    at.session_state["scatter_selection"] = {"fingerprint": with_margins, "ids": ids}
+    at.session_state["scatter_selection"] = {"fingerprint": with_margins, "ids": ids}  # as the on_select callback does
     at.run()
     assert metric(at, "Selected pairs") == "7"
     selected_table = at.dataframe[-1].value
     assert sorted(selected_table.pair_id) == sorted(ids)
-    # The figure marks the selection: dimming keeps the 7 as plotly's selectedpoints.
+    # The chart's figure stays byte for byte the same (plotly shows its own box; a new spec would mount a new
+    # chart): the selection's marginals are drawn in a chart beneath it.
+    charts = at.get("plotly_chart")
+    assert charts[0].proto.spec == chart
+    beneath = json.loads(charts[1].proto.spec)["data"]
+    assert [plotly_array(bar["y"]).sum() for bar in beneath if bar["name"] == "selected"] == [7, 7]
+
+    # A chart drawn anew (another colour; the rule switched away and back) marks the mirrored selection.
+    at.selectbox(key="color_by").set_value("Selection").run()
     assert len(scatter_spec(at)["data"][0]["selectedpoints"]) == 7
+    at.button_group[0].set_value("threshold").run()
+    at.button_group[0].set_value("manual").run()
+    assert len(scatter_spec(at)["data"][0]["selectedpoints"]) == 7
+    assert metric(at, "Selected pairs") == "7"
 
     at.text_input(key="selection_name").set_value("seven").run()
     next(button for button in at.button if button.label == "Save selection").click().run()
@@ -291,3 +314,10 @@ def test_margin_marginals_are_binned_counts_of_all_and_selected_pairs():
     assert sum(external_all.y) == 3 and sum(external_selected.y) == 2  # the NaN margin is left out of its marginal
     assert sum(implicit_all.x) == 4 and sum(implicit_selected.x) == 3
     assert implicit_all.orientation == "h" and external_all.x[0] < external_all.x[-1]
+
+    # The box/lasso chart: no selection in its figure; the selection's marginals go in a chart of their own.
+    plain = margin_scatter(table, None, selected=None, selected_marginals=False)
+    assert plain.data[0].selectedpoints is None
+    assert [trace.name for trace in plain.data if trace.type == "bar"] == ["all pairs", "all pairs"]
+    beneath = selection_marginals(table, np.array([True, False, True, True]))
+    assert [sum(trace.y) for trace in beneath.data] == [3, 2, 4, 3]

@@ -14,8 +14,10 @@ from dpo_engine.errors import UserError
 from dpo_engine.margins import fused_scores
 from dpo_engine.selection import (
     Selection,
+    column_stats,
     export_selection,
     filter_by_ids,
+    ids_mask,
     list_selections,
     load_selection,
     save_selection,
@@ -207,6 +209,34 @@ def test_selection_summary_compares_the_selection_with_the_whole_set(table):
     assert summary["columns"]["rejected_tokens"]["selected_mean"] == 20.0
     assert "dm_mul" not in summary["columns"]
     assert selection_summary(table, [])["columns"]["external_margin"]["selected_mean"] is None
+
+
+def test_ids_mask_compares_ids_as_strings(table):
+    assert ids_mask(table, ["f", "b", "zz"]).tolist() == [False, True, False, False, False, True]
+    assert ids_mask(pd.DataFrame({"pair_id": [1, 2, 3]}), ["2", 3]).tolist() == [False, True, True]
+    assert ids_mask(table, []).dtype == bool
+
+
+def test_selection_summary_from_a_mask_and_whole_table_stats_computed_once(table):
+    overall = column_stats(table)
+    assert list(overall) == ["external_margin", "implicit_margin", "chosen_tokens", "rejected_tokens"]
+    assert overall["chosen_tokens"] == {"mean": 35.0, "median": 35.0}  # 210 / 6; (30 + 40) / 2
+    assert overall["rejected_tokens"] == {"mean": 10.0, "median": 5.0}  # 60 / 6
+    assert overall["implicit_margin"]["median"] == 0.8  # NaN skipped: -1, 0.5, 0.8, 2, 4
+
+    ids = ["d", "f", "zz"]
+    summary = selection_summary(table, ids, selected=ids_mask(table, ids), overall=overall)
+    assert summary == selection_summary(table, ids)
+    assert (summary["size"], summary["missing"]) == (2, 1)
+    assert summary["columns"]["implicit_margin"] == {
+        "selected_mean": 1.5, "selected_median": 1.5, "all_mean": pytest.approx(1.26), "all_median": 0.8,
+    }  # d and f: -1 and 4
+    # The whole-table statistics are used as given, not recomputed: a stand-in shows through.
+    stand_in = {"chosen_tokens": {"mean": -1.0, "median": -2.0}}
+    partial = selection_summary(table, ids, selected=ids_mask(table, ids), overall=stand_in)
+    assert partial["columns"] == {
+        "chosen_tokens": {"selected_mean": 50.0, "selected_median": 50.0, "all_mean": -1.0, "all_median": -2.0},
+    }  # d and f: 40 and 60 tokens
 
 
 # ---- the Selection record ---------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboard.components import pair_browser
-from dashboard.figures import hover_texts, margin_scatter
+from dashboard.figures import hover_texts, margin_scatter, selection_marginals
 from dashboard.state import (
     computed_margins_path,
     current_source,
@@ -22,7 +22,9 @@ from dpo_engine import jobs
 from dpo_engine.errors import UserError
 from dpo_engine.selection import (
     Selection,
+    column_stats,
     export_selection,
+    ids_mask,
     list_selections,
     save_selection,
     select_pairs,
@@ -33,6 +35,7 @@ CHART_KEY = "margin_scatter"
 HOVER_TEXT_LIMIT = 10_000  # above this many pairs the hover shows id and margins only (~400 bytes of text per point)
 TABLE_ROW_LIMIT = 2_000  # rows of the selected-pairs table sent to the browser
 MIRROR_KEY = "scatter_selection"  # {"fingerprint": ..., "ids": [...]}: the box/lasso selection, kept by us
+ANCHOR_KEY = "scatter_anchor"  # {"figure": (cache key, colour), "ids": [...]}: the selection drawn into the box/lasso chart
 RULE_LABELS = {
     "threshold": "Thresholds",
     "top_k": "Top-k %",
@@ -169,6 +172,21 @@ def joined_table(_table: pd.DataFrame, _pairs: pd.DataFrame, key: tuple) -> pd.D
     return table
 
 
+@st.cache_data(max_entries=4, show_spinner=False)
+def table_statistics(_table: pd.DataFrame, key: tuple) -> dict:
+    """Numbers over the whole table, which no selection changes; cached per (margins file, dataset).
+
+    ``{"columns": column_stats(table), "pearson": r, "spearman": rho}``, the correlations of the external and
+    implicit margin over the pairs that have both.
+    """
+    both = _table[["external_margin", "implicit_margin"]].dropna()
+    return {
+        "columns": column_stats(_table),
+        "pearson": both.external_margin.corr(both.implicit_margin),
+        "spearman": both.external_margin.corr(both.implicit_margin, method="spearman"),
+    }
+
+
 @st.cache_resource(max_entries=4, show_spinner=False)
 def cached_hover(_table: pd.DataFrame, key: tuple) -> list[str] | None:
     """Hover labels with the pair's text, or None above HOVER_TEXT_LIMIT pairs (lean labels: id and margins)."""
@@ -208,6 +226,23 @@ def mirror_chart_selection(dataset_fp: str) -> None:
 def mirrored_ids(dataset_fp: str) -> list[str]:
     mirror = st.session_state.get(MIRROR_KEY)
     return list(mirror["ids"]) if mirror and mirror["fingerprint"] == dataset_fp else []
+
+
+def anchored_ids(figure_key: tuple, dataset_fp: str) -> list[str]:
+    """The pair ids the box/lasso chart's figure marks as selected: fixed while that chart stays on screen.
+
+    Plotly shows a box/lasso selection by itself. Drawing each new one into the figure would change the figure's
+    spec, and Streamlit then mounts a new chart: a full plotly.js draw, seconds at 60,000 points. So the figure
+    keeps the selection it was first drawn with while the chart is on screen and ``figure_key`` (the figure's
+    other inputs) is unchanged. Otherwise (the rule just switched to box/lasso, the page was reopened: Streamlit
+    drops a widget's state after a run that did not show it; or the colour or data changed, which redraws the
+    chart anyway) it takes the mirrored selection, so the new chart shows what the page counts.
+    """
+    anchor = st.session_state.get(ANCHOR_KEY)
+    if CHART_KEY not in st.session_state or anchor is None or anchor["figure"] != figure_key:
+        anchor = {"figure": figure_key, "ids": mirrored_ids(dataset_fp)}
+        st.session_state[ANCHOR_KEY] = anchor
+    return anchor["ids"]
 
 
 def range_slider(label: str, values: pd.Series, key: str) -> tuple[float, float, bool]:
@@ -294,38 +329,38 @@ def select_section(table: pd.DataFrame, pairs: pd.DataFrame, dataset_fp: str, ca
     except UserError as error:
         st.error(str(error))
         ids = []
-    selected = table.pair_id.isin(set(ids)).to_numpy()
+    selected = ids_mask(table, ids)
 
     color_column = COLOR_OPTIONS[color_label]
-    figure = margin_scatter(
-        table,
-        cached_hover(table, cache_key),
-        selected=selected,
-        color=None if color_column is None else table[color_column].to_numpy(float),
-        color_label=color_label.split(" (")[0],
-        thresholds=lines,
-    )
+    color = None if color_column is None else table[color_column].to_numpy(float)
+    color_title = color_label.split(" (")[0]
+    hover = cached_hover(table, cache_key)
     if len(table) > HOVER_TEXT_LIMIT:
         st.caption(f"With more than {HOVER_TEXT_LIMIT:,} pairs the hover shows the pair id and margins; "
                    "read a pair in full in the table of selected pairs below.")
-    if rule == "manual":
+    if rule == "manual":  # the same figure, byte for byte, whatever the box/lasso selects: see anchored_ids
+        drawn = ids_mask(table, anchored_ids((cache_key, color_label), dataset_fp))
+        figure = margin_scatter(table, hover, selected=drawn if drawn.any() else None, color=color, color_label=color_title,
+                                selected_marginals=False)
         st.plotly_chart(
             figure, key=CHART_KEY, on_select=lambda: mirror_chart_selection(dataset_fp), selection_mode=("box", "lasso")
         )
     else:
-        st.plotly_chart(figure)
+        st.plotly_chart(margin_scatter(table, hover, selected=selected, color=color, color_label=color_title, thresholds=lines))
 
+    whole = table_statistics(table, cache_key)
     size, share, pearson, spearman = st.columns(4)
-    summary = selection_summary(table, ids)
+    summary = selection_summary(table, ids, selected=selected, overall=whole["columns"])
     size.metric("Selected pairs", f"{summary['size']:,}")
     share.metric("Share of dataset", f"{summary['share']:.1%}")
-    both = table[["external_margin", "implicit_margin"]].dropna()
-    pearson.metric("Pearson r (external, implicit)", f"{both.external_margin.corr(both.implicit_margin):.3f}")
-    spearman.metric("Spearman ρ", f"{both.external_margin.corr(both.implicit_margin, method='spearman'):.3f}")
+    pearson.metric("Pearson r (external, implicit)", f"{whole['pearson']:.3f}")
+    spearman.metric("Spearman ρ", f"{whole['spearman']:.3f}")
 
     if not ids:
         st.info("Nothing selected yet." if rule == "manual" else "No pair passes this rule.")
         return
+    if rule == "manual":
+        st.plotly_chart(selection_marginals(table, selected))
     st.dataframe(summary_frame(summary).style.format("{:.3g}", na_rep="–"))
 
     st.subheader("Selected pairs")
