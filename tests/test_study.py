@@ -105,8 +105,18 @@ def test_smoke_study_writes_runs_evaluations_and_summary(study):
     summary = (study / "summary" / "summary.md").read_text()
     assert "DM-MUL ≥ random:" in summary and "Ex-BOT clearly worse than random:" in summary
     assert (study / "summary" / "win_rates.html").exists() and (study / "summary" / "paired.html").exists()
-    checks = json.loads((study / "summary" / "summary.json").read_text())["checks"]
-    assert {check["a"] for check in checks} == {"dm-mul", "ex-bot"}
+    summary_json = json.loads((study / "summary" / "summary.json").read_text())
+    assert {check["a"] for check in summary_json["checks"]} == {"dm-mul", "ex-bot"}
+
+    # Training: each run's last steps (all four here), the same numbers as its metrics.jsonl.
+    with workspace_env(study / "workspace"):
+        dm_mul_metrics = runs.read_metrics(recorded["variants"]["dm-mul"]["run_id"])
+    training = {row["variant"]: row for row in summary_json["training"]}
+    assert list(training) == VARIANTS and training["dm-mul"]["steps"] == 4
+    assert training["dm-mul"]["final_loss"] == pytest.approx(dm_mul_metrics["loss"].mean())
+    assert training["dm-mul"]["reward_accuracy"] == pytest.approx(100 * dm_mul_metrics["rewards/accuracies"].mean())
+    assert (study / "summary" / "training.md").read_text().count("| DPO | 4 |") == 3
+    assert "**Training**" in summary
 
 
 def test_a_second_invocation_trains_and_evaluates_nothing(study):

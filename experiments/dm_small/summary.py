@@ -8,7 +8,8 @@ the markdown adds the paired difference against the *mean of the random seeds* p
 any one seed.
 
 Files, in ``out_dir/summary/``: results.csv, per_prompt.parquet, table.md (the table alone, for
-docs/study-dm-small.md), summary.md (table, orderings, settings), summary.json, win_rates.html, paired.html.
+docs/study-dm-small.md), training.md (each run's loss, reward margin and reward accuracy over its last optimizer
+steps), summary.md (tables, orderings, settings), summary.json, win_rates.html, paired.html.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
     from .pipeline import Study
 
 N_BOOTSTRAP = 2000
+TRAINING_TAIL = 10  # logged optimizer steps averaged in training.md (a third of a 120-pair, batch-4 epoch)
 RANDOM_POOLED = "random (mean of seeds)"
 
 
@@ -117,6 +119,7 @@ def write_summary(study: Study) -> Path | None:
                       "n_pairs": rows[keys.index(random_keys[0])]["n_pairs"], "win_rate": 100 * float(np.nanmean(pooled)),
                       "ci_low": low, "ci_high": high, "seeds": random_keys}
     checks = ordering_checks({key: preferences[key] for key in keys}, pooled)
+    training = training_rows(states, keys)
 
     directory = study.summary_dir
     directory.mkdir(parents=True, exist_ok=True)
@@ -125,11 +128,13 @@ def write_summary(study: Study) -> Path | None:
         directory / "per_prompt.parquet", index=False)
     table = markdown_table(rows, pooled_row)
     atomic_write_text(directory / "table.md", table + "\n")
-    document = markdown_document(study, table, checks, judge, len(per_prompt) // max(len(keys), 1), keys)
+    training_md = training_table(training)
+    atomic_write_text(directory / "training.md", training_md + "\n")
+    document = markdown_document(study, table, checks, judge, len(per_prompt) // max(len(keys), 1), keys, training_md)
     atomic_write_text(directory / "summary.md", document)
     atomic_write_json(directory / "summary.json", {
         "study": STUDY, "profile": study.profile.name, "created": _now(), "reference_run": run_of[reference],
-        "rows": rows, "random_pooled": pooled_row, "checks": checks, "judge": judge,
+        "rows": rows, "random_pooled": pooled_row, "checks": checks, "judge": judge, "training": training,
     })
     labelled = results.assign(variant=results.label)
     win_rate_figure(labelled, title=f"{STUDY} ({study.profile.name}): win rate against the base model").write_html(
@@ -165,6 +170,37 @@ def markdown_table(rows: list[dict], pooled_row: dict | None) -> str:
             f"| {pooled_row['label']} | DPO | {pooled_row['n_pairs'] or '–'} | {_fmt(pooled_row['win_rate'])} "
             f"[{_fmt(pooled_row['ci_low'])}, {_fmt(pooled_row['ci_high'])}] | – | (reference) | |"
         )
+    return "\n".join(lines)
+
+
+def training_rows(states: dict, keys: list[str]) -> list[dict]:
+    """End-of-training statistics of each variant's run, from its metrics.jsonl: means over the last
+    ``TRAINING_TAIL`` logged steps of the loss, reward margin (nats scaled by the loss's beta) and reward accuracy
+    (share of the batch's pairs whose implicit reward ranks chosen first). Runs without metrics are left out."""
+    from dpo_engine import runs
+
+    rows = []
+    for key in keys:
+        metrics = runs.read_metrics(states[key]["run_id"])
+        if metrics.empty:
+            continue
+        tail = metrics.tail(TRAINING_TAIL)
+        rows.append({
+            "variant": key, "label": states[key]["label"], "loss": states[key]["loss"], "steps": int(metrics.step.max()),
+            "final_loss": float(tail["loss"].mean()), "reward_margin": float(tail["rewards/margins"].mean()),
+            "reward_accuracy": 100 * float(tail["rewards/accuracies"].mean()),
+        })
+    return rows
+
+
+def training_table(rows: list[dict]) -> str:
+    lines = [
+        f"| Variant | Loss | Steps | Loss, last {TRAINING_TAIL} steps | Reward margin | Reward accuracy, % |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        lines.append(f"| {row['label']} | {LOSS_LABELS.get(row['loss'], row['loss'])} | {row['steps']} | "
+                     f"{row['final_loss']:.3f} | {row['reward_margin']:+.3f} | {row['reward_accuracy']:.0f} |")
     return "\n".join(lines)
 
 
@@ -213,7 +249,7 @@ def ordering_checks(preferences: dict[str, np.ndarray], pooled: np.ndarray | Non
 
 
 def markdown_document(study: Study, table: str, checks: list[dict], judge: dict, n_prompts: int,
-                      keys: list[str]) -> str:
+                      keys: list[str], training_md: str = "") -> str:
     from .config import all_variants
 
     profile = study.profile
@@ -241,6 +277,9 @@ def markdown_document(study: Study, table: str, checks: list[dict], judge: dict,
                      f"{_fmt(check['high'], True)}], p {_p(check['p_value'])}: {check['verdict']}")
     if not checks:
         lines.append("- (not enough variants evaluated yet)")
+    if training_md:
+        lines += ["", f"**Training**, means over each run's last {TRAINING_TAIL} optimizer steps (losses differ in "
+                  "scale: compare rows with the same loss):", "", training_md]
     lines += [
         "",
         (f"Setup: {data.get('n_pairs', '?')} pairs from `{Path(data.get('source', '?')).name}`, subsets of "
