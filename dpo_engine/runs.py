@@ -21,7 +21,8 @@ or out of date.
 going to ``train.log``: closing the dashboard or the terminal does not touch it (field-notes §2.2, §7). The worker
 
 1. turns SIGTERM and SIGINT into a stop request that the trainer polls after each step (checkpoint, then return);
-2. waits for its device (one run per device, ``$MARGIN_LAB_HOME/locks/<device>.lock``), queued meanwhile;
+2. waits for its device (one run per device, ``$MARGIN_LAB_HOME/locks/<device>.lock``; ``$MARGIN_LAB_RUNS_PER_DEVICE``
+   allows more side by side), queued meanwhile;
 3. refreshes ``heartbeat`` every ``HEARTBEAT_INTERVAL_S`` from a thread;
 4. calls the training function and records completed, stopped or failed (with the end of the log).
 
@@ -82,6 +83,7 @@ HEARTBEAT_STALE_S = 30.0
 LOCK_POLL_S = 0.5
 LOG_LINES_IN_MESSAGE = 20
 TRAIN_TARGET_ENV = "MARGIN_LAB_TRAIN_TARGET"
+RUNS_PER_DEVICE_ENV = "MARGIN_LAB_RUNS_PER_DEVICE"  # how many runs may train on one device at once (default 1)
 
 # Workers started by this process, by pid: polling them reaps them, so a finished one is not a live-looking zombie.
 _children: dict[int, subprocess.Popen] = {}
@@ -776,28 +778,50 @@ def _resolve_device(device: str) -> str:
     return device
 
 
-def _acquire_device_lock(device: str, run_dir: Path, stop_requested: threading.Event):
-    """Hold ``locks/<device>.lock`` (one run per device) and return its open file; None if stopped while waiting.
+def runs_per_device() -> int:
+    """How many runs may train on one device at once: ``$MARGIN_LAB_RUNS_PER_DEVICE``, default 1.
 
-    The lock is an flock: it goes away with the process, so a killed worker never leaves the device locked.
+    More than one suits a CPU with cores to spare, each run with a share of them (``OMP_NUM_THREADS``); on a GPU
+    one run at a time is the safe default (memory).
     """
-    handle = open(workspace_subdir("locks") / f"{device}.lock", "a")
+    value = os.environ.get(RUNS_PER_DEVICE_ENV, "1")
+    try:
+        return max(1, int(value))
+    except ValueError:
+        raise RunError(f"{RUNS_PER_DEVICE_ENV} must be a whole number, got {value!r}") from None
+
+
+def _acquire_device_lock(device: str, run_dir: Path, stop_requested: threading.Event):
+    """Hold one of the device's ``runs_per_device()`` slots and return its open lock file; None if stopped while
+    waiting. Slot 0 is ``locks/<device>.lock``, slot k ``locks/<device>.<k>.lock``.
+
+    Each slot is an flock: it goes away with the process, so a killed worker never leaves the device locked.
+    """
+    slots = [f"{device}.lock"] + [f"{device}.{k}.lock" for k in range(1, runs_per_device())]
+    handles = [open(workspace_subdir("locks") / name, "a") for name in slots]
     try:
         announced = False
         while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            for handle in handles:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue
+                for other in handles:
+                    if other is not handle:
+                        other.close()
                 return handle
-            except BlockingIOError:
-                if not announced:
-                    _update_status(run_dir, state="queued", message=f"waiting for {device}")
-                    print(f"[margin-lab] waiting for {device}: another run is using it", flush=True)
-                    announced = True
-                if stop_requested.wait(LOCK_POLL_S):
+            if not announced:
+                _update_status(run_dir, state="queued", message=f"waiting for {device}")
+                print(f"[margin-lab] waiting for {device}: {len(slots)} other run(s) are using it", flush=True)
+                announced = True
+            if stop_requested.wait(LOCK_POLL_S):
+                for handle in handles:
                     handle.close()
-                    return None
+                return None
     except BaseException:
-        handle.close()
+        for handle in handles:
+            handle.close()
         raise
 
 

@@ -375,3 +375,24 @@ def test_cli_train_in_the_foreground_registers_the_run(pairs_file, tmp_path, tin
     (run,) = runs.list_runs()
     assert run.run_dir == tmp_path / "fg-run" and run.state == "completed" and run.step == 2
     assert run.status["pid"] == os.getpid() and run.pair_rewards_path.is_file()
+
+
+def test_runs_per_device_gives_that_many_slots_then_waits(tmp_path, monkeypatch):
+    """MARGIN_LAB_RUNS_PER_DEVICE=2: two runs hold the device at once; a third waits (and gives up when stopped)."""
+    monkeypatch.setenv(runs.RUNS_PER_DEVICE_ENV, "2")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    never, stopped = threading.Event(), threading.Event()
+    stopped.set()
+    first = runs._acquire_device_lock("cpu", run_dir, never)
+    second = runs._acquire_device_lock("cpu", run_dir, never)
+    assert {Path(first.name).name, Path(second.name).name} == {"cpu.lock", "cpu.1.lock"}
+    assert runs._acquire_device_lock("cpu", run_dir, stopped) is None  # both slots taken
+    assert json.loads((run_dir / runs.STATUS_FILE).read_text())["message"] == "waiting for cpu"
+    second.close()
+    third = runs._acquire_device_lock("cpu", run_dir, stopped)
+    assert Path(third.name).name == "cpu.1.lock"
+    first.close(), third.close()
+    monkeypatch.setenv(runs.RUNS_PER_DEVICE_ENV, "two")
+    with pytest.raises(runs.RunError, match="MARGIN_LAB_RUNS_PER_DEVICE must be a whole number"):
+        runs.runs_per_device()
