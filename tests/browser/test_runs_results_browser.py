@@ -65,3 +65,32 @@ def test_tiny_run_completes_with_curves_then_evaluates(page, saved_selection):
     wait_for_app(page)
     assert page.evaluate("() => document.querySelector('.js-plotly-plot')._fullData[0].type") == "bar"
     screenshot(page, "results")
+
+
+def test_shipped_demo_study_shows_on_results(page, server_env):
+    """After `make demo`'s install, the Results page shows the dm_small study's win rates, one bar per variant."""
+    import os
+
+    from dpo_engine.demo import demo_manifest, install_demo
+
+    manifest = demo_manifest()
+    assert manifest is not None, "no shipped demo in assets/demo"
+    previous = os.environ.get("MARGIN_LAB_HOME")
+    os.environ["MARGIN_LAB_HOME"] = server_env["MARGIN_LAB_HOME"]
+    try:
+        assert install_demo()["installed"]
+    finally:
+        if previous is None:
+            os.environ.pop("MARGIN_LAB_HOME")
+        else:
+            os.environ["MARGIN_LAB_HOME"] = previous
+    page.goto("/results")
+    wait_for_app(page, timeout=240_000)
+    page.get_by_role("combobox", name="Evaluation", exact=True).click()  # newest first: the tests' own evaluation is above the demo's
+    page.get_by_role("option", name=re.compile(r"all variants")).click()
+    wait_for_app(page)
+    chart = page.locator(".js-plotly-plot").first
+    chart.wait_for(timeout=60_000)
+    bars = page.evaluate("() => document.querySelector('.js-plotly-plot')._fullData[0].y.length")
+    assert bars == len(manifest["runs"])
+    screenshot(page, "study-results")

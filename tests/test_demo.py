@@ -1,0 +1,116 @@
+"""The shipped demo (``assets/demo/``, the dm_small study's results) loads through the normal engine code.
+
+`make demo` installs it with ``python -m dpo_engine.demo install``; the Runs and Results pages then read it with
+``dpo_engine.runs`` and ``dpo_engine.evaluation.report`` like any other run or evaluation. These tests do the same
+into a fresh workspace and check that what the study report (docs/study-dm-small.md) states is what the shipped
+files give when the engine recomputes it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from dpo_engine import runs
+from dpo_engine.demo import DEMO_DIR, demo_manifest, install_demo
+from dpo_engine.evaluation import report
+from dpo_engine.evaluation.metrics import bootstrap_ci, win_rate
+from dpo_engine.margins_table import load_margins_table
+from dpo_engine.selection import load_selection, select_pairs
+from test_dashboard_pages import APP, TIMEOUT
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+STUDY_REPORT = REPO_ROOT / "docs" / "study-dm-small.md"
+# Issue #8: every selection variant (three random seeds) with DPO, and three more losses on the DM-MUL subset.
+VARIANTS = {"dm-mul", "random-s0", "random-s1", "random-s2", "ex-bot", "im-bot", "ex-top", "im-top", "dm-add",
+            "dm-mul-simpo", "dm-mul-alpha_dpo", "dm-mul-dpop"}
+
+
+@pytest.fixture(scope="module")
+def manifest() -> dict:
+    manifest = demo_manifest()
+    assert manifest is not None, f"no shipped demo in {DEMO_DIR}"
+    return manifest
+
+
+@pytest.fixture
+def installed(workspace, manifest) -> dict:
+    result = install_demo()
+    assert result["installed"], result["reason"]
+    return result
+
+
+def test_demo_has_every_study_variant_with_its_loss(manifest):
+    assert manifest["profile"] == "cpu" and manifest["study"] == "dm-small"
+    by_variant = {entry["variant"]: entry for entry in manifest["runs"]}
+    assert set(by_variant) >= VARIANTS
+    assert {by_variant[key]["loss"] for key in ("dm-mul-simpo", "dm-mul-alpha_dpo", "dm-mul-dpop")} == {
+        "simpo", "alpha_dpo", "dpop"}
+    assert all(entry["n_pairs"] == 120 for key, entry in by_variant.items() if key != "full")
+
+
+def test_shipped_selections_are_what_the_engine_selects_from_the_shipped_margins(manifest):
+    table, meta = load_margins_table(DEMO_DIR / manifest["margins"])
+    assert len(table) == 1200 and meta["dataset_fingerprint"]
+    selections = DEMO_DIR / "workspace" / "selections"
+    for name in ("dm-small-dm-mul.json", "dm-small-ex-bot.json", "dm-small-random-s1.json"):
+        shipped = load_selection(selections / name)
+        again = select_pairs(table, shipped.rule, shipped.params)
+        assert list(again) == list(shipped.pair_ids), name
+    # DM-MUL picks the 120 largest external x implicit products (methods §1.5).
+    dm_mul = load_selection(selections / "dm-small-dm-mul.json")
+    product = table.set_index("pair_id").dm_mul
+    assert set(dm_mul.pair_ids) == set(product.nlargest(120).index)
+
+
+def test_installed_demo_runs_load_through_the_engine(installed, manifest):
+    listed = {run.name: run for run in runs.list_runs()}
+    assert set(listed) >= VARIANTS and all(run.state == "completed" for run in listed.values())
+    for entry in manifest["runs"]:
+        run = listed[entry["variant"]]
+        assert run.run_id == entry["run_id"] and run.config["loss"] == entry["loss"]
+        metrics = runs.read_metrics(run.run_id)
+        assert len(metrics) >= 25 and metrics["loss"].notna().all()  # 30 logged optimizer steps per 120 pairs
+        assert len(pd.read_json(run.subset_path, lines=True)) == entry["n_pairs"]
+
+
+def test_installed_demo_win_rates_are_what_the_engine_computes_from_the_judgements(installed, manifest):
+    evals = report.list_evals()
+    assert list(evals.eval_id) == [manifest["combined_eval"]]
+    saved = report.load_eval(manifest["combined_eval"])
+    assert set(saved.results.run_id) == {entry["run_id"] for entry in manifest["runs"]}
+    assert saved.per_prompt.groupby("run_id").size().eq(saved.meta["prompt_set"]["n"]).all() and saved.meta["prompt_set"]["n"] == 100
+    for run_id, rows in saved.per_prompt.groupby("run_id"):
+        shipped = saved.results.set_index("run_id").loc[run_id]
+        preferences = rows.preference.to_numpy(float)
+        assert shipped.win_rate == pytest.approx(100 * np.nanmean(preferences))
+        assert shipped.win_rate == pytest.approx(win_rate(preferences)["win_rate"])
+        ci = bootstrap_ci(preferences, n_resamples=report.N_BOOTSTRAP, confidence=report.CONFIDENCE, seed=0)
+        assert (shipped.ci_low, shipped.ci_high) == pytest.approx(ci)
+
+
+def test_study_report_quotes_the_shipped_summary(manifest):
+    """docs/study-dm-small.md carries the summary table the shipped results produce, number for number."""
+    table = (DEMO_DIR / "summary" / "table.md").read_text(encoding="utf-8").strip()
+    assert table.count("\n") >= len(VARIANTS)
+    assert table in STUDY_REPORT.read_text(encoding="utf-8")
+
+
+def test_dashboard_results_page_shows_the_installed_demo(installed, manifest):
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.run()
+    at.switch_page("views/results.py")
+    at.run()
+    assert not at.exception, [error.message for error in at.exception]
+    table = at.dataframe[0].value
+    assert set(table.run_id) == {entry["run_id"] for entry in manifest["runs"]}
+    bars = json.loads(at.get("plotly_chart")[0].proto.spec)["data"][0]
+    heights = bars["y"]
+    if isinstance(heights, dict):  # plotly's base64 typed-array encoding
+        heights = np.frombuffer(__import__("base64").b64decode(heights["bdata"]), dtype=heights["dtype"])
+    assert len(heights) == len(manifest["runs"])
