@@ -344,22 +344,25 @@ TINY_TRAINING = {"batch_size": 2, "max_length": 64, "max_prompt_length": 32, "sa
 
 
 def test_real_tiny_model_run_stops_resumes_and_completes(pairs_file, tiny_model_dir):
-    run_id = runs.create_run(config_for(pairs_file, max_steps=4, **TINY_TRAINING))
+    # Enough steps that the stop lands mid-run: a tiny-model step takes milliseconds on an idle machine, and 4 steps
+    # could finish between the first logged step and the stop request.
+    steps = 100
+    run_id = runs.create_run(config_for(pairs_file, max_steps=steps, **TINY_TRAINING))
     runs.launch(run_id)
     wait_for(lambda: metric_steps(run_id), timeout=180, what="the first training step")
 
     stopped = runs.stop(run_id, timeout=120)
     assert stopped.state == "stopped", stopped.message
-    assert 1 <= stopped.step < 4 and (stopped.checkpoints_dir / f"checkpoint-{stopped.step}").is_dir()
+    assert 1 <= stopped.step < steps and (stopped.checkpoints_dir / f"checkpoint-{stopped.step}").is_dir()
 
     runs.resume(run_id)
     final = wait_until_finished(run_id, timeout=240)
 
     assert final.state == "completed", final.message
-    assert (final.step, final.total_steps) == (4, 4)
-    assert metric_steps(run_id) == list(range(1, 5))  # the resumed curve continues without duplicates
+    assert (final.step, final.total_steps) == (steps, steps)
+    assert metric_steps(run_id) == list(range(1, steps + 1))  # the resumed curve continues without duplicates
     assert (final.adapter_dir / "adapter_config.json").is_file()
-    assert len(runs.read_metrics(run_id)) == 4 and final.pair_rewards_path.is_file()
+    assert len(runs.read_metrics(run_id)) == steps and final.pair_rewards_path.is_file()
 
 
 def test_cli_train_in_the_foreground_registers_the_run(pairs_file, tmp_path, tiny_model_dir, capsys):
