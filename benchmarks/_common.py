@@ -36,6 +36,13 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     return parser
 
 
+def dtypes(choice: str | None, quick: bool) -> list[str]:
+    """The ``--dtype`` choice as a list: ``both`` is fp32 then bf16; unset is fp32 in quick mode, both otherwise."""
+    if choice is None:
+        return ["fp32"] if quick else ["fp32", "bf16"]
+    return ["fp32", "bf16"] if choice == "both" else [choice]
+
+
 def setup_environment() -> None:
     """Quiet, offline, deterministic-ish defaults shared by every benchmark."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -137,3 +144,11 @@ def save(name: str, payload: dict, json_out: str | None) -> None:
     path = Path(json_out)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2, default=str))
+
+
+def finish(name: str, results: dict, json_out: str | None) -> dict:
+    """Save the results (``save``), print the machine, then ``results["ratio"]`` as the last line; return them."""
+    save(name, results, json_out)
+    print(f"machine: {machine()}")
+    print(results["ratio"])
+    return results

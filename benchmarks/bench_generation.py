@@ -32,7 +32,7 @@ def main(argv=None) -> dict:
     n_prompts = args.prompts or (8 if args.quick else 32)
     max_new_tokens = args.max_new_tokens or (32 if args.quick else 128)
     repeats = args.repeats or (2 if args.quick else 3)
-    dtypes = {"both": ["fp32", "bf16"], None: ["fp32"] if args.quick else ["fp32", "bf16"]}.get(args.dtype, [args.dtype])
+    dtypes = _common.dtypes(args.dtype, args.quick)
 
     from dpo_engine.evaluation.generation import GenerationSettings, _length_sorted_batches, generate_batch, load_eval_prompts
     from dpo_engine.models import load_model
@@ -84,10 +84,7 @@ def main(argv=None) -> dict:
         ratio_parts.append(f"{dtype}:ours/one-at-a-time={ours_rate / base_rate:.2f}x (tokens/s)")
         del model
     results["ratio"] = "RATIO generation " + " | ".join(ratio_parts)
-    _common.save("generation", results, args.json_out)
-    print(f"machine: {_common.machine()}")
-    print(results["ratio"])
-    return results
+    return _common.finish("generation", results, args.json_out)
 
 
 if __name__ == "__main__":

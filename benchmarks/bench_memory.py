@@ -16,6 +16,7 @@ The last line printed is the ratio line (baseline peak / ours peak).
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -34,7 +35,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--max-length", type=int, default=1024)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
-    parser.add_argument("--child", choices=["ours", "baseline"], default=None, help=argparse_hidden())
+    parser.add_argument("--child", choices=["ours", "baseline"], default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     _common.setup_environment()
     if args.child:
@@ -59,16 +60,7 @@ def main(argv=None) -> dict:
     verdict = "met" if ours <= TARGET_MB else "MISSED"
     result = {"runs": runs, "target_mb": TARGET_MB,
               "ratio": f"RATIO memory baseline/ours={base / ours:.2f}x ours_peak={ours:.0f}MB target<={TARGET_MB}MB {verdict}"}
-    _common.save("memory", result, args.json_out)
-    print(f"machine: {_common.machine()}")
-    print(result["ratio"])
-    return result
-
-
-def argparse_hidden():
-    import argparse
-
-    return argparse.SUPPRESS
+    return _common.finish("memory", result, args.json_out)
 
 
 def child(args) -> dict:

@@ -48,7 +48,7 @@ def main(argv=None) -> dict:
     n_pairs = args.pairs or (8 if args.quick else 64)
     max_length = args.max_length or (192 if args.quick else 512)
     repeats = args.repeats or (2 if args.quick else 3)
-    dtypes = {"both": ["fp32", "bf16"], None: ["fp32"] if args.quick else ["fp32", "bf16"]}.get(args.dtype, [args.dtype])
+    dtypes = _common.dtypes(args.dtype, args.quick)
 
     import torch
 
@@ -133,10 +133,7 @@ def main(argv=None) -> dict:
     finally:
         shutil.rmtree(cache_root, ignore_errors=True)
     results["ratio"] = "RATIO scoring " + " | ".join(ratio_parts)
-    _common.save("scoring", results, args.json_out)
-    print(f"machine: {_common.machine()}")
-    print(results["ratio"])
-    return results
+    return _common.finish("scoring", results, args.json_out)
 
 
 def perturbed_copy(model, scale: float = 0.02, seed: int = 0):

@@ -17,6 +17,7 @@ The last line printed is the ratio line.
 
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
 import subprocess
@@ -40,9 +41,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--batch-size", type=int, default=None, help="pairs per step (quick 2, full 4)")
     parser.add_argument("--max-length", type=int, default=None, help="quick 192, full 512")
     parser.add_argument("--dtype", choices=["fp32", "bf16", "both"], default=None, help="quick: fp32, full: both")
-    parser.add_argument("--child", choices=["ours", "trl"], default=None, help=_hidden())
-    parser.add_argument("--data", default=None, help=_hidden())
-    parser.add_argument("--workdir", default=None, help=_hidden())
+    parser.add_argument("--child", choices=["ours", "trl"], default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--data", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--workdir", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     _common.setup_environment()
     n_pairs = args.pairs or (6 if args.quick else 32)
@@ -53,7 +54,7 @@ def main(argv=None) -> dict:
         print(json.dumps(child(args, batch_size, max_length, max_prompt_length, args.dtype)))
         return {}
     repeats = args.repeats or (1 if args.quick else 2)
-    dtypes = {"both": ["fp32", "bf16"], None: ["fp32"] if args.quick else ["fp32", "bf16"]}.get(args.dtype, [args.dtype])
+    dtypes = _common.dtypes(args.dtype, args.quick)
 
     workdir = Path(tempfile.mkdtemp(prefix="bench-training-"))
     data = write_pairs(args.model, n_pairs, max_length, max_prompt_length, workdir / "pairs.jsonl")
@@ -91,16 +92,7 @@ def main(argv=None) -> dict:
         ratio_parts.append(f"{dtype}:ours/TRL={ours['pairs_per_s'] / trl['pairs_per_s']:.2f}x (pairs/s) "
                            f"loss_gap={loss_gap:.1e}")
     results["ratio"] = "RATIO training " + " | ".join(ratio_parts)
-    _common.save("training", results, args.json_out)
-    print(f"machine: {_common.machine()}")
-    print(results["ratio"])
-    return results
-
-
-def _hidden():
-    import argparse
-
-    return argparse.SUPPRESS
+    return _common.finish("training", results, args.json_out)
 
 
 def write_pairs(model: str, n: int, max_length: int, max_prompt_length: int, path: Path) -> Path:
