@@ -22,7 +22,7 @@ from dpo_engine.evaluation import report
 from dpo_engine.evaluation.metrics import bootstrap_ci, win_rate
 from dpo_engine.margins_table import load_margins_table
 from dpo_engine.selection import load_selection, select_pairs
-from test_dashboard_pages import APP, TIMEOUT
+from test_dashboard_pages import APP, TIMEOUT, plotly_array
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 STUDY_REPORT = REPO_ROOT / "docs" / "study-dm-small.md"
@@ -110,7 +110,4 @@ def test_dashboard_results_page_shows_the_installed_demo(installed, manifest):
     table = at.dataframe[0].value
     assert set(table.run_id) == {entry["run_id"] for entry in manifest["runs"]}
     bars = json.loads(at.get("plotly_chart")[0].proto.spec)["data"][0]
-    heights = bars["y"]
-    if isinstance(heights, dict):  # plotly's base64 typed-array encoding
-        heights = np.frombuffer(__import__("base64").b64decode(heights["bdata"]), dtype=heights["dtype"])
-    assert len(heights) == len(manifest["runs"])
+    assert len(plotly_array(bars["y"])) == len(manifest["runs"])
