@@ -55,6 +55,8 @@ def test_demo_scatter_shows_every_pair_and_a_threshold_slider_selects(page):
 def test_box_select_changes_selection_and_table(page):
     open_margins(page)
     page.get_by_role("radio", name="Box / lasso").click()
+    # wait_for_app alone can return before the switch's rerun starts, while the threshold rule's count still shows.
+    page.get_by_text("Nothing selected yet.").wait_for()
     wait_for_app(page)
     assert selected_count(page) == 0
     # Mark the chart's element: a figure that changed would make Streamlit mount a new one (a full plotly.js draw).
