@@ -13,6 +13,10 @@ from plotly.subplots import make_subplots
 SELECTED = "#3b5bdb"
 UNSELECTED = "#b8bfcc"
 GRID = "#e6e9ef"
+# Above this many pairs the Margins page draws a rule's selection with `margin_density` unless the user asks for
+# points: each selection change draws a new chart, and a software-WebGL browser takes seconds for 60,000 points
+# (docs/benchmarks.md §4).
+DENSITY_ABOVE = 20_000
 PALETTE = ("#3b5bdb", "#e8590c", "#2b8a3e", "#c2255c", "#5f3dc4", "#0b7285", "#e67700", "#495057")
 
 
@@ -57,29 +61,9 @@ def _histogram_bars(values: np.ndarray, selected: np.ndarray | None, orientation
     return bars
 
 
-def margin_scatter(
-    table: pd.DataFrame,
-    hover: list[str] | None,
-    *,
-    selected: np.ndarray | None,
-    color: np.ndarray | None = None,
-    color_label: str = "",
-    thresholds: dict[str, tuple[float | None, float | None]] | None = None,
-    selected_marginals: bool = True,
-) -> go.Figure:
-    """External vs implicit margin, one ``go.Scattergl`` trace (``data[0]``) with pair ids in ``customdata``.
-
-    ``selected`` is a boolean mask over ``table``, or None to mark no selection (an all-False mask dims every
-    point; with None plotly styles only a box/lasso selection the user drags). With ``color`` (numeric, one value
-    per pair) points are coloured on a scale and unselected points are dimmed; without it, selected points are
-    blue and the rest grey.
-    ``hover``: one label per pair (``hover_texts``), or None for a lean label (pair id and margins), which keeps
-    the figure a few MB at 60,000 pairs instead of tens (every rerun sends the whole figure to the browser).
-    Marginal histograms of all pairs sit above and to the right, with the selected pairs' counts over them unless
-    ``selected_marginals`` is False (the box/lasso chart, whose figure must not change with the selection: see
-    `selection_marginals`). ``thresholds`` draws the bounds of a threshold rule as dashed lines.
-    """
-    fig = make_subplots(
+def _margins_frame() -> go.Figure:
+    """The margin chart's grid: the main panel at (row 2, col 1), marginal histograms above and to its right."""
+    return make_subplots(
         rows=2,
         cols=2,
         specs=[[{"type": "xy"}, None], [{"type": "xy"}, {"type": "xy"}]],
@@ -90,41 +74,19 @@ def margin_scatter(
         horizontal_spacing=0.012,
         vertical_spacing=0.012,
     )
-    x = table["external_margin"].to_numpy(dtype=float)
-    y = table["implicit_margin"].to_numpy(dtype=float)
-    # Plotly's selectedpoints styles the selection from a list of indices: no per-point colour strings to send.
-    if color is None:
-        marker = dict(color=SELECTED, size=6, opacity=0.85)
-        dimming = dict(selected=dict(marker=dict(color=SELECTED)), unselected=dict(marker=dict(color=UNSELECTED, opacity=0.6)))
-    else:
-        marker = dict(
-            color=color,
-            colorscale="Viridis",
-            size=6,
-            colorbar=dict(title=dict(text=color_label, side="right"), thickness=12, len=0.7, y=0.42, x=1.01),
-        )
-        dimming = dict(selected=dict(marker=dict(opacity=0.9)), unselected=dict(marker=dict(opacity=0.12)))
-    margins_label = "external %{x:.3g} · implicit %{y:.3g}<extra></extra>"
-    fig.add_trace(
-        go.Scattergl(
-            x=x,
-            y=y,
-            mode="markers",
-            marker=marker,
-            customdata=table["pair_id"].astype(str).to_numpy(),
-            text=hover,
-            hovertemplate=("%{text}<br>" if hover is not None else "<b>%{customdata}</b><br>") + margins_label,
-            name="pairs",
-            showlegend=False,
-            # A plain list: plotly.js does not read typed arrays here.
-            selectedpoints=None if selected is None else np.flatnonzero(selected).tolist(),
-            **dimming,
-        ),
-        row=2,
-        col=1,
-    )
+
+
+def _finish_margins_frame(
+    fig: go.Figure,
+    x: np.ndarray,
+    y: np.ndarray,
+    selected: np.ndarray | None,
+    thresholds: dict[str, tuple[float | None, float | None]] | None,
+) -> go.Figure:
+    """Add the marginal histograms of ``x`` and ``y`` (with the ``selected`` counts over them unless None), the
+    threshold lines and the axes' styling to a `_margins_frame` whose main panel is drawn."""
     for values, row, col, orientation in ((x, 1, 1, "v"), (y, 2, 2, "h")):
-        for bar in _histogram_bars(values, selected if selected_marginals else None, orientation):
+        for bar in _histogram_bars(values, selected, orientation):
             fig.add_trace(bar, row=row, col=col)
     for column, (low, high) in (thresholds or {}).items():
         add_line = fig.add_vline if column == "external_margin" else fig.add_hline
@@ -148,6 +110,134 @@ def margin_scatter(
     fig.update_xaxes(showticklabels=False, row=2, col=2)
     fig.update_yaxes(showticklabels=False, row=1, col=1)
     return fig
+
+
+def margin_scatter(
+    table: pd.DataFrame,
+    hover: list[str] | None,
+    *,
+    selected: np.ndarray | None,
+    color: np.ndarray | None = None,
+    color_label: str = "",
+    thresholds: dict[str, tuple[float | None, float | None]] | None = None,
+    selected_marginals: bool = True,
+) -> go.Figure:
+    """External vs implicit margin, one ``go.Scattergl`` trace (``data[0]``) with pair ids in ``customdata``.
+
+    ``selected`` is a boolean mask over ``table``, or None to mark no selection (an all-False mask dims every
+    point; with None plotly styles only a box/lasso selection the user drags). With ``color`` (numeric, one value
+    per pair) points are coloured on a scale and unselected points are dimmed; without it, selected points are
+    blue and the rest grey.
+    ``hover``: one label per pair (``hover_texts``), or None for a lean label (pair id and margins), which keeps
+    the figure a few MB at 60,000 pairs instead of tens (every rerun sends the whole figure to the browser).
+    Marginal histograms of all pairs sit above and to the right, with the selected pairs' counts over them unless
+    ``selected_marginals`` is False (the box/lasso chart, whose figure must not change with the selection: see
+    `selection_marginals`). ``thresholds`` draws the bounds of a threshold rule as dashed lines.
+    """
+    fig = _margins_frame()
+    x = table["external_margin"].to_numpy(dtype=float)
+    y = table["implicit_margin"].to_numpy(dtype=float)
+    # Plotly's selectedpoints styles the selection from a list of indices: no per-point colour strings to send.
+    if color is None:
+        marker = dict(color=SELECTED, size=6, opacity=0.85)
+        dimming = dict(selected=dict(marker=dict(color=SELECTED)), unselected=dict(marker=dict(color=UNSELECTED, opacity=0.6)))
+    else:
+        marker = dict(color=color, colorscale="Viridis", size=6, colorbar=_colorbar(color_label))
+        dimming = dict(selected=dict(marker=dict(opacity=0.9)), unselected=dict(marker=dict(opacity=0.12)))
+    margins_label = "external %{x:.3g} · implicit %{y:.3g}<extra></extra>"
+    fig.add_trace(
+        go.Scattergl(
+            x=x,
+            y=y,
+            mode="markers",
+            marker=marker,
+            customdata=table["pair_id"].astype(str).to_numpy(),
+            text=hover,
+            hovertemplate=("%{text}<br>" if hover is not None else "<b>%{customdata}</b><br>") + margins_label,
+            name="pairs",
+            showlegend=False,
+            # A plain list: plotly.js does not read typed arrays here.
+            selectedpoints=None if selected is None else np.flatnonzero(selected).tolist(),
+            **dimming,
+        ),
+        row=2,
+        col=1,
+    )
+    return _finish_margins_frame(fig, x, y, selected if selected_marginals else None, thresholds)
+
+
+def margin_density(
+    table: pd.DataFrame,
+    *,
+    selected: np.ndarray,
+    color: np.ndarray | None = None,
+    color_label: str = "",
+    thresholds: dict[str, tuple[float | None, float | None]] | None = None,
+    bins: int = 100,
+) -> go.Figure:
+    """External vs implicit margin binned on a ``bins`` x ``bins`` grid: the margin chart for tables too large to
+    redraw point by point at every selection change (a few hundred kB of figure whatever the number of pairs).
+
+    Two ``go.Heatmap`` layers over the same cells: ``data[0]`` counts every pair in a cell (grey, log-scaled);
+    ``data[1]`` covers the cells holding selected pairs, coloured by their count (log-scaled) or, with ``color``
+    (numeric, shape ``(n_pairs,)``), by the mean of ``color`` over the cell's selected pairs. Cells without pairs
+    are left empty. ``customdata[row][col]`` is ``[pairs, selected pairs]`` of the cell, on both layers.
+    ``selected``: boolean mask of shape ``(n_pairs,)``. Pairs with a missing margin are not drawn. The marginal
+    histograms and threshold lines are `margin_scatter`'s.
+    """
+    fig = _margins_frame()
+    x = table["external_margin"].to_numpy(dtype=float)
+    y = table["implicit_margin"].to_numpy(dtype=float)
+    finite = np.isfinite(x) & np.isfinite(y)
+    if finite.any():
+        x_edges, x_centers = _cells(x[finite], bins)
+        y_edges, y_centers = _cells(y[finite], bins)
+        in_selection = finite & selected
+        # histogram2d counts x along axis 0; heatmaps take z[row = y][col = x], hence the transposes.
+        pairs = np.histogram2d(x[finite], y[finite], bins=(x_edges, y_edges))[0].T
+        chosen = np.histogram2d(x[in_selection], y[in_selection], bins=(x_edges, y_edges))[0].T
+        counts = np.stack([pairs, chosen], axis=-1).astype(int)
+        if color is None:
+            shown = chosen > 0
+            shade = np.log10(chosen, where=shown, out=np.zeros_like(chosen))
+            scale, bar = [[0, "#91a7ff"], [1, "#1c3faa"]], None
+        else:  # a cell's colour: the mean over its selected pairs that have a colour value
+            colored = in_selection & np.isfinite(color)
+            total = np.histogram2d(x[colored], y[colored], bins=(x_edges, y_edges), weights=color[colored])[0].T
+            number = np.histogram2d(x[colored], y[colored], bins=(x_edges, y_edges))[0].T
+            shown = number > 0
+            shade = np.divide(total, number, where=shown, out=np.zeros_like(total))
+            scale, bar = "Viridis", _colorbar(f"{color_label} (cell mean)")
+        cells = dict(x=x_centers, y=y_centers,
+                     customdata=counts.tolist(),  # nested lists: hovertemplate indexes into them
+                     hoverongaps=False,
+                     hovertemplate="external ≈ %{x:.3g} · implicit ≈ %{y:.3g}<br>"
+                                   "%{customdata[0]} pairs, %{customdata[1]} selected<extra></extra>")
+        grey = np.where(pairs > 0, np.log10(np.maximum(pairs, 1)), np.nan)
+        fig.add_trace(go.Heatmap(z=grey, name="pairs", colorscale=[[0, "#dde1e9"], [1, "#7c8597"]], showscale=False,
+                                 **cells), row=2, col=1)
+        fig.add_trace(go.Heatmap(z=np.where(shown, shade, np.nan), name="selected", colorscale=scale,
+                                 showscale=bar is not None, colorbar=bar, **cells), row=2, col=1)
+    return _finish_margins_frame(fig, x, y, selected, thresholds)
+
+
+def _cells(values: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray]:
+    """Cell edges and centres over ``values`` (finite, shape ``(n,)``): one cell per distinct value when there are at
+    most ``bins`` of them (scores on a scale, such as 0 to 8 in half points), centred on the value and reaching
+    halfway to its neighbours as plotly draws it; otherwise ``bins`` equal cells."""
+    distinct = np.unique(values)
+    if len(distinct) > bins:
+        edges = np.histogram_bin_edges(values, bins=bins)
+        return edges, (edges[:-1] + edges[1:]) / 2
+    if len(distinct) == 1:
+        return np.array([distinct[0] - 0.5, distinct[0] + 0.5]), distinct
+    halfway = (distinct[:-1] + distinct[1:]) / 2
+    ends = [2 * distinct[0] - halfway[0]], [2 * distinct[-1] - halfway[-1]]
+    return np.concatenate([ends[0], halfway, ends[1]]), distinct
+
+
+def _colorbar(title: str) -> dict:
+    return dict(title=dict(text=title, side="right"), thickness=12, len=0.7, y=0.42, x=1.01)
 
 
 def selection_marginals(table: pd.DataFrame, selected: np.ndarray) -> go.Figure:

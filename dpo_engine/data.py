@@ -678,14 +678,19 @@ def save_pairs(pairs: pd.DataFrame, path: str | os.PathLike) -> Path:
     return path
 
 
+# One encoder for every row: json.dumps with options builds a new encoder per call, a third of the time at 60,000 pairs.
+_CANONICAL_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
 def fingerprint(pairs: pd.DataFrame) -> str:
-    """A stable hash of the pairs' ids and texts, independent of row order (cache keys, selections)."""
+    """A stable hash of the pairs' ids and texts, independent of row order (cache keys, selections).
+
+    Each pair, in ``pair_id`` order, is the compact JSON ``[pair_id, prompt_messages, chosen, rejected]`` plus a
+    newline; the hash is the first 16 hex digits of the SHA-1 of those lines.
+    """
     digest = hashlib.sha1()
-    for pair in pairs.sort_values("pair_id", kind="stable").itertuples(index=False):
-        canonical = json.dumps(
-            [str(pair.pair_id), list(pair.prompt_messages), pair.chosen, pair.rejected],
-            ensure_ascii=False,
-            separators=(",", ":"),
-        )
-        digest.update(canonical.encode("utf-8") + b"\n")
+    ordered = pairs.sort_values("pair_id", kind="stable")
+    columns = (ordered[name].tolist() for name in ("pair_id", "prompt_messages", "chosen", "rejected"))
+    for pair_id, messages, chosen, rejected in zip(*columns):  # lists: iterating pandas' Arrow strings is slower
+        digest.update(_CANONICAL_JSON.encode([str(pair_id), list(messages), chosen, rejected]).encode("utf-8") + b"\n")
     return digest.hexdigest()[:16]

@@ -265,6 +265,21 @@ def column_stats(table: pd.DataFrame) -> dict[str, dict[str, float | None]]:
     return stats
 
 
+def margin_correlations(table: pd.DataFrame) -> dict[str, float | None]:
+    """Pearson r and Spearman rho between ``external_margin`` and ``implicit_margin`` over the rows that have both.
+
+    Spearman's rho is Pearson's r of the average ranks (ties share the mean of their ranks, as in
+    ``scipy.stats.spearmanr``); computed here so that a page showing it does not import scipy (about a second).
+    Returns ``{"pearson", "spearman"}``, None where fewer than two rows have both margins or a margin is constant.
+    """
+    both = table[["external_margin", "implicit_margin"]].dropna()
+    external, implicit = both.external_margin, both.implicit_margin
+    return {
+        "pearson": _finite_or_none(external.corr(implicit)),
+        "spearman": _finite_or_none(external.rank().corr(implicit.rank())),
+    }
+
+
 def selection_summary(
     table: pd.DataFrame,
     pair_ids: Sequence[str],

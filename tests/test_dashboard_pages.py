@@ -16,7 +16,8 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from dashboard.figures import hover_texts, margin_scatter, selection_marginals, training_curves
+from dashboard import figures
+from dashboard.figures import hover_texts, margin_density, margin_scatter, selection_marginals, training_curves
 from dpo_engine import jobs
 from dpo_engine.data import bundled_datasets, fingerprint, load_pairs, save_pairs
 from dpo_engine.selection import list_selections
@@ -117,6 +118,37 @@ def test_random_baseline_selects_that_share(with_margins, demo_pairs):
     at.button_group[0].set_value("random").run()
     at.slider(key=f"pct-random-{with_margins}").set_value(25).run()
     assert metric(at, "Selected pairs") == f"{len(demo_pairs) // 4:,}"
+
+
+def test_large_tables_open_binned_and_points_are_one_click_away(with_margins, demo_pairs, monkeypatch):
+    monkeypatch.setattr(figures, "DENSITY_ABOVE", len(demo_pairs) - 1)  # the page reads it at every run
+    at = app()
+    at.button_group[0].set_value("top_k").run()
+    at.slider(key=f"pct-top_k-{with_margins}").set_value(10).run()
+    grey, chosen = scatter_spec(at)["data"][:2]
+    assert grey["type"] == chosen["type"] == "heatmap"
+    cells = np.array(grey["customdata"])  # [row][col] = [pairs, selected pairs]
+    assert cells[..., 0].sum() == len(demo_pairs) and cells[..., 1].sum() == len(demo_pairs) // 10
+    assert metric(at, "Selected pairs") == f"{len(demo_pairs) // 10:,}"
+    assert any("binned" in caption.value for caption in at.caption)
+
+    draw = at.button_group(key=f"draw-{with_margins}")
+    draw.set_value("points").run()
+    trace = scatter_spec(at)["data"][0]
+    assert trace["type"] == "scattergl" and len(trace["selectedpoints"]) == len(demo_pairs) // 10
+
+    draw.set_value("binned").run()
+    at.button_group[0].set_value("manual").run()  # box/lasso needs the points whatever the choice
+    assert scatter_spec(at)["data"][0]["type"] == "scattergl"
+    assert not [group for group in at.button_group if group.key == f"draw-{with_margins}"]
+
+
+def test_small_tables_open_as_points_and_can_be_binned(with_margins, demo_pairs):
+    at = app()
+    assert scatter_spec(at)["data"][0]["type"] == "scattergl"
+    at.button_group(key=f"draw-{with_margins}").set_value("binned").run()
+    cells = np.array(scatter_spec(at)["data"][0]["customdata"])
+    assert cells[..., 0].sum() == cells[..., 1].sum() == len(demo_pairs)  # thresholds open: every pair selected
 
 
 def test_box_selection_mirror_drives_the_table_and_saving(with_margins, demo_pairs):
@@ -321,3 +353,34 @@ def test_margin_marginals_are_binned_counts_of_all_and_selected_pairs():
     assert [trace.name for trace in plain.data if trace.type == "bar"] == ["all pairs", "all pairs"]
     beneath = selection_marginals(table, np.array([True, False, True, True]))
     assert [sum(trace.y) for trace in beneath.data] == [3, 2, 4, 3]
+
+
+def test_margin_density_counts_pairs_and_selected_pairs_per_cell():
+    # bins=2 over x in [0, 2], y in [0, 1]: cells split at x = 1 and y = 0.5.
+    table = pd.DataFrame({"pair_id": list("abcdef"), "external_margin": [0.0, 0.2, 2.0, 1.8, 0.1, np.nan],
+                          "implicit_margin": [0.0, 0.1, 1.0, 1.0, 1.0, 0.3]})
+    selected = np.array([True, False, True, True, False, True])
+    figure = margin_density(table, selected=selected, bins=2)
+    grey, chosen = figure.data[:2]
+    assert grey.type == chosen.type == "heatmap"
+    cells = np.array(grey.customdata)  # [row = y][col = x] = [pairs, selected]; the NaN pair is not drawn
+    assert cells[..., 0].tolist() == [[2, 0], [1, 2]] and cells[..., 1].tolist() == [[1, 0], [0, 2]]
+    assert np.array_equal(np.array(chosen.customdata), cells)
+    z = np.array(grey.z, dtype=float)
+    assert np.allclose(z[[0, 1, 1], [0, 0, 1]], np.log10([2, 1, 2])) and np.isnan(z[0, 1])
+    shade = np.array(chosen.z, dtype=float)  # log10 of the selected count; cells without a selected pair are empty
+    assert np.allclose(shade[[0, 1], [0, 1]], [0.0, np.log10(2)]) and np.isnan(shade[[0, 1], [1, 0]]).all()
+    assert [trace.name for trace in figure.data[2:]] == ["all pairs", "selected", "all pairs", "selected"]
+
+    coloured = margin_density(table, selected=selected, color=np.array([1.0, 9.0, 3.0, 5.0, 7.0, 2.0]), bins=2,
+                              thresholds={"external_margin": (0.5, None)})
+    mean = np.array(coloured.data[1].z, dtype=float)  # the mean over the cell's selected pairs: (3 + 5) / 2
+    assert mean[0, 0] == 1.0 and mean[1, 1] == 4.0 and np.isnan(mean[1, 0])
+    assert coloured.data[1].showscale and len(coloured.layout.shapes) == 1
+
+    # Scores on a scale get one cell per distinct value, centred on it: x in {0, 0.5, 2}, y all equal.
+    discrete = pd.DataFrame({"pair_id": list("abcd"), "external_margin": [0.0, 0.5, 2.0, 2.0],
+                             "implicit_margin": [1.0, 1.0, 1.0, 1.0]})
+    cells = margin_density(discrete, selected=np.array([True, True, False, True])).data[0]
+    assert list(cells.x) == [0.0, 0.5, 2.0] and list(cells.y) == [1.0]
+    assert np.array(cells.customdata).tolist() == [[[1, 1], [1, 1], [2, 1]]]

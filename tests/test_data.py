@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import random
@@ -338,6 +339,18 @@ def test_content_hash_ids_survive_reload_and_shuffling(tmp_path):
     assert fingerprint(original) == fingerprint(shuffled)
     shuffled.loc[0, "chosen"] = "edited"
     assert fingerprint(original) != fingerprint(shuffled)
+
+
+def test_fingerprint_is_the_sha1_of_each_pair_as_compact_json_in_id_order(tmp_path):
+    # Fixed by what is hashed: selections and margin tables on disk (the shipped demo's too) are keyed by it.
+    pairs = load_rows(tmp_path, [{"prompt": "Grüße?", "chosen": "b", "rejected": "c"},
+                                 {"prompt": "a", "chosen": "é", "rejected": "d"}]).pairs
+    lines = b"".join(
+        json.dumps([pair_id, [{"role": "user", "content": prompt}], chosen, rejected], ensure_ascii=False,
+                   separators=(",", ":")).encode("utf-8") + b"\n"
+        for pair_id, prompt, chosen, rejected in sorted(zip(pairs.pair_id, pairs.prompt, pairs.chosen, pairs.rejected))
+    )
+    assert fingerprint(pairs) == hashlib.sha1(lines).hexdigest()[:16]
 
 
 @pytest.mark.parametrize("suffix", [".jsonl", ".parquet"])

@@ -15,6 +15,7 @@ from dpo_engine.margins import fused_scores
 from dpo_engine.selection import (
     Selection,
     column_stats,
+    margin_correlations,
     export_selection,
     filter_by_ids,
     ids_mask,
@@ -333,3 +334,16 @@ def test_cli_select_user_errors_exit_2(table, tmp_path, capsys, extra, message):
     table.to_parquet(path, index=False)
     assert main(["select", str(path), *extra, "--name", "x"]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_margin_correlations_pearson_and_spearman_with_ties():
+    import scipy.stats
+
+    # Ranks with ties averaged: external (1, 2.5, 2.5, 4), implicit (1, 2, 4, 3); the NaN row is left out.
+    table = pd.DataFrame({"external_margin": [0.0, 1.0, 1.0, 3.0, np.nan], "implicit_margin": [-2.0, 0.5, 4.0, 1.0, 9.0]})
+    got = margin_correlations(table)
+    rank_x, rank_y = np.array([1, 2.5, 2.5, 4]), np.array([1, 2, 4, 3])
+    assert got["spearman"] == pytest.approx(np.corrcoef(rank_x, rank_y)[0, 1])
+    assert got["spearman"] == pytest.approx(scipy.stats.spearmanr(table.external_margin[:4], table.implicit_margin[:4])[0])
+    assert got["pearson"] == pytest.approx(np.corrcoef([0, 1, 1, 3], [-2, 0.5, 4, 1])[0, 1])
+    assert margin_correlations(table.iloc[:1]) == {"pearson": None, "spearman": None}

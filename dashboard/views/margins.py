@@ -8,7 +8,8 @@ import pandas as pd
 import streamlit as st
 
 from dashboard.components import pair_browser
-from dashboard.figures import hover_texts, margin_scatter, selection_marginals
+from dashboard import figures
+from dashboard.figures import hover_texts, margin_density, margin_scatter, selection_marginals
 from dashboard.state import (
     computed_margins_path,
     current_source,
@@ -26,6 +27,7 @@ from dpo_engine.selection import (
     export_selection,
     ids_mask,
     list_selections,
+    margin_correlations,
     save_selection,
     select_pairs,
     selection_summary,
@@ -176,15 +178,9 @@ def joined_table(_table: pd.DataFrame, _pairs: pd.DataFrame, key: tuple) -> pd.D
 def table_statistics(_table: pd.DataFrame, key: tuple) -> dict:
     """Numbers over the whole table, which no selection changes; cached per (margins file, dataset).
 
-    ``{"columns": column_stats(table), "pearson": r, "spearman": rho}``, the correlations of the external and
-    implicit margin over the pairs that have both.
+    ``{"columns": column_stats(table), "pearson": r, "spearman": rho}`` (`margin_correlations`).
     """
-    both = _table[["external_margin", "implicit_margin"]].dropna()
-    return {
-        "columns": column_stats(_table),
-        "pearson": both.external_margin.corr(both.implicit_margin),
-        "spearman": both.external_margin.corr(both.implicit_margin, method="spearman"),
-    }
+    return {"columns": column_stats(_table), **margin_correlations(_table)}
 
 
 @st.cache_resource(max_entries=4, show_spinner=False)
@@ -311,7 +307,7 @@ def export_bytes(selection: Selection, pairs: pd.DataFrame, suffix: str):
 @st.fragment
 def select_section(table: pd.DataFrame, pairs: pd.DataFrame, dataset_fp: str, cache_key: tuple) -> None:
     """Rule, chart, summary, selected pairs, save and export. A fragment: interactions rerun only this part."""
-    rule_column, color_column = st.columns([3, 1], vertical_alignment="bottom")
+    rule_column, draw_column, color_column = st.columns([3, 1, 1], vertical_alignment="bottom")
     rule = rule_column.segmented_control(
         "Selection rule", list(RULE_LABELS), format_func=RULE_LABELS.get, default="threshold", required=True,
         key=f"rule-{dataset_fp}", persist_state="session",
@@ -334,11 +330,24 @@ def select_section(table: pd.DataFrame, pairs: pd.DataFrame, dataset_fp: str, ca
     color_column = COLOR_OPTIONS[color_label]
     color = None if color_column is None else table[color_column].to_numpy(float)
     color_title = color_label.split(" (")[0]
+    density = rule != "manual" and draw_column.segmented_control(
+        "Chart", ["points", "binned"], format_func=str.capitalize, required=True,
+        default="binned" if len(table) > figures.DENSITY_ABOVE else "points", key=f"draw-{dataset_fp}",
+        persist_state="session",
+        help=f"Binned counts the pairs in cells: a new selection draws in under a second at any size (the default "
+             f"above {figures.DENSITY_ABOVE:,} pairs). Points draws every pair with its own hover: several seconds "
+             "per change at 60,000 pairs. Box / lasso always draws points.",
+    ) == "binned"
     hover = cached_hover(table, cache_key)
-    if len(table) > HOVER_TEXT_LIMIT:
+    if density:
+        st.caption(f"{len(table):,} pairs, binned: grey cells hold pairs, coloured cells selected pairs "
+                   f"({'their count' if color is None else 'the mean ' + color_title}); hover a cell for its counts.")
+    elif len(table) > HOVER_TEXT_LIMIT:
         st.caption(f"With more than {HOVER_TEXT_LIMIT:,} pairs the hover shows the pair id and margins; "
                    "read a pair in full in the table of selected pairs below.")
-    if rule == "manual":  # the same figure, byte for byte, whatever the box/lasso selects: see anchored_ids
+    if density:
+        st.plotly_chart(margin_density(table, selected=selected, color=color, color_label=color_title, thresholds=lines))
+    elif rule == "manual":  # the same figure, byte for byte, whatever the box/lasso selects: see anchored_ids
         drawn = ids_mask(table, anchored_ids((cache_key, color_label), dataset_fp))
         figure = margin_scatter(table, hover, selected=drawn if drawn.any() else None, color=color, color_label=color_title,
                                 selected_marginals=False)
@@ -353,8 +362,8 @@ def select_section(table: pd.DataFrame, pairs: pd.DataFrame, dataset_fp: str, ca
     summary = selection_summary(table, ids, selected=selected, overall=whole["columns"])
     size.metric("Selected pairs", f"{summary['size']:,}")
     share.metric("Share of dataset", f"{summary['share']:.1%}")
-    pearson.metric("Pearson r (external, implicit)", f"{whole['pearson']:.3f}")
-    spearman.metric("Spearman ρ", f"{whole['spearman']:.3f}")
+    pearson.metric("Pearson r (external, implicit)", "–" if whole["pearson"] is None else f"{whole['pearson']:.3f}")
+    spearman.metric("Spearman ρ", "–" if whole["spearman"] is None else f"{whole['spearman']:.3f}")
 
     if not ids:
         st.info("Nothing selected yet." if rule == "manual" else "No pair passes this rule.")

@@ -86,3 +86,30 @@ def test_box_select_changes_selection_and_table(page):
     assert page.get_by_text("Nothing selected yet").count() == 0
     assert page.get_by_test_id("stDataFrame").count() >= 2  # margin stats and the selected pairs
     screenshot(page, "select-box", shows_margins=True)
+
+
+CELL_TOTALS = """() => { const cells = document.querySelector('.js-plotly-plot').data[0].customdata.flat();
+                        return [cells.reduce((sum, c) => sum + c[0], 0), cells.reduce((sum, c) => sum + c[1], 0)]; }"""
+
+
+def test_binned_chart_draws_cells_that_follow_a_threshold(page):
+    open_margins(page)
+    page.get_by_role("radio", name="Binned").click()
+    page.wait_for_function("() => document.querySelector('.js-plotly-plot')?.data?.[0]?.type === 'heatmap'")
+    wait_for_app(page)
+    assert page.evaluate(CELL_TOTALS) == [N_DEMO_PAIRS, N_DEMO_PAIRS]  # [pairs, selected]: thresholds wide open
+    assert page.locator(".js-plotly-plot .heatmaplayer image").count() == 2  # both layers drawn as images
+
+    thumb = page.get_by_test_id("stSlider").filter(has_text="External margin").get_by_role("slider").first
+    thumb.focus()
+    for _ in range(3):
+        thumb.press("ArrowRight")
+    page.wait_for_function(
+        f"() => [...document.querySelectorAll('[data-testid=stMetric]')].some(m => m.innerText.includes('Selected pairs') && !m.innerText.includes('{N_DEMO_PAIRS:,}'))"
+    )
+    wait_for_app(page)
+    selected = selected_count(page)
+    assert 0 < selected < N_DEMO_PAIRS
+    page.wait_for_function(f"() => ({CELL_TOTALS})()[1] === {selected}")  # the new chart's cells hold the new selection
+    assert page.evaluate(CELL_TOTALS)[0] == N_DEMO_PAIRS
+    screenshot(page, "select-binned", shows_margins=True)
