@@ -59,7 +59,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=256, help="generated tokens per answer, at most")
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy; above 0, sampling")
     parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (with --temperature > 0)")
-    parser.add_argument("--batch-size", type=int, default=8, help="prompts per generation batch")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="prompts per generation batch (default: GenerationSettings', 16)")
     parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="model weights precision")
     parser.add_argument("--device", default="auto", help="cuda, mps, cpu or auto")
     parser.add_argument("--name", help="a name for this evaluation (prefix of its id)")
@@ -95,7 +96,8 @@ def run(args) -> int:
     reporter = _Progress(args.progress_file)
     settings = GenerationSettings(
         max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
-        batch_size=args.batch_size, seed=args.seed, dtype=args.dtype, device=args.device,
+        batch_size=GenerationSettings.batch_size if args.batch_size is None else args.batch_size,
+        seed=args.seed, dtype=args.dtype, device=args.device,
     )
     settings.validate()
     judge = make_judge(args.judge)

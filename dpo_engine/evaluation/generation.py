@@ -5,8 +5,10 @@ subset of them, or any jsonl/csv/json/parquet file with an instruction column. E
 message and goes through the model's chat template exactly as training and scoring see prompts
 (``dpo_engine.tokenization.prompt_ids``).
 
-Generation is batched with left padding (pad = ``<|im_end|>``, setup notes §5): on CPU a batch of 8 gives about 4x
-the tokens/s of one prompt at a time. Greedy decoding by default. Outputs are cached on disk, one parquet part file
+Generation is batched with left padding (pad = ``<|im_end|>``, setup notes §5), 16 prompts per batch by default: on
+a 2-core CPU one decoding step costs about the same for 2 to 8 prompts and only 1.2x more for 16, so a batch of 16
+gives 4.2x the tokens/s of one prompt at a time on 128-token answers, and a batch of 8 2.8x (docs/benchmarks.md
+§3). Greedy decoding by default. Outputs are cached on disk, one parquet part file
 per finished batch, keyed by (model weights, adapter weights, prompt set, settings): a killed job keeps its
 finished batches and a rerun generates only the rest; changing any setting starts a new cache.
 """
@@ -67,7 +69,7 @@ class GenerationSettings:
     max_new_tokens: int = 256
     temperature: float = 0.0
     top_p: float = 1.0
-    batch_size: int = 8
+    batch_size: int = 16
     seed: int = 0
     dtype: str = "fp32"
     device: str = "auto"
