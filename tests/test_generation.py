@@ -17,7 +17,9 @@ from dpo_engine.evaluation.generation import (
     generate,
     load_eval_prompts,
 )
-from dpo_engine.models import TINY_MODEL
+from dpo_engine.evaluation.decoding import stream_answers, supports_continuous_batching
+from dpo_engine.models import TINY_MODEL, load_model
+from dpo_engine.tokenization import prompt_ids
 
 INSTRUCTIONS = [
     "Name a colour.",
@@ -46,16 +48,16 @@ def prompts(tmp_path) -> pd.DataFrame:
     return load_eval_prompts(path)
 
 
-def count_batches(monkeypatch) -> list[int]:
-    """Count ``generate_batch`` calls (one per batch actually generated)."""
+def count_generated(monkeypatch) -> list[int]:
+    """Count the prompts each ``generate`` call actually decodes (one ``stream_generations`` call per call)."""
     calls = []
-    original = generation.generate_batch
+    original = generation.stream_generations
 
-    def counting(model, tokenizer, instructions, settings):
+    def counting(model, tokenizer, instructions, settings, seeds=None):
         calls.append(len(instructions))
-        return original(model, tokenizer, instructions, settings)
+        return original(model, tokenizer, instructions, settings, seeds)
 
-    monkeypatch.setattr(generation, "generate_batch", counting)
+    monkeypatch.setattr(generation, "stream_generations", counting)
     return calls
 
 
@@ -76,10 +78,10 @@ def test_generation_resumes_after_interruption_with_identical_outputs(prompts, p
     [cache_dir] = list(cache.iterdir())
     assert len(list(cache_dir.glob("part-*.parquet"))) == 1
 
-    batches = count_batches(monkeypatch)
+    generated = count_generated(monkeypatch)
     seen = []
     resumed = generate(TINY_MODEL, perturbed_adapter, prompts, settings, progress=lambda done, total: seen.append(done))
-    assert batches == [2, 2]  # only the two remaining batches
+    assert generated == [4]  # only the prompts of the two parts not on disk
     assert seen == [2, 4, 6]
     assert resumed.prompt_id.tolist() == prompts.prompt_id.tolist()
     assert resumed.attrs["generation"]["settings"]["temperature"] == temperature
@@ -91,19 +93,76 @@ def test_generation_resumes_after_interruption_with_identical_outputs(prompts, p
 
 def test_cache_is_reused_and_a_settings_change_starts_a_new_one(prompts, perturbed_adapter, monkeypatch):
     first = generate(TINY_MODEL, perturbed_adapter, prompts, GenerationSettings(max_new_tokens=6, batch_size=3))
-    batches = count_batches(monkeypatch)
+    generated = count_generated(monkeypatch)
     again = generate(TINY_MODEL, perturbed_adapter, prompts, GenerationSettings(max_new_tokens=6, batch_size=3))
-    assert batches == []  # everything came from the cache
+    assert generated == []  # everything came from the cache
     pd.testing.assert_frame_equal(first, again)
 
     longer = generate(TINY_MODEL, perturbed_adapter, prompts, GenerationSettings(max_new_tokens=10, batch_size=3))
-    assert batches == [3, 3]
+    assert generated == [6]
     assert longer.attrs["generation"]["cache_dir"] != first.attrs["generation"]["cache_dir"]
     assert (longer.output_tokens >= first.output_tokens).all()
     base = generate(TINY_MODEL, None, prompts, GenerationSettings(max_new_tokens=6, batch_size=3))
     assert base.attrs["generation"]["cache_dir"] != first.attrs["generation"]["cache_dir"]  # adapter is in the key
     meta = json.loads((Path(first.attrs["generation"]["cache_dir"]) / "meta.json").read_text())
     assert meta["settings"]["max_new_tokens"] == 6 and meta["adapter"] == str(perturbed_adapter)
+
+
+def reference_answers(model, encoded, max_new_tokens, stop) -> list[list[int]]:
+    """Plain transformers: one greedy ``model.generate`` per prompt, new tokens up to and with the first stop."""
+    answers = []
+    for ids in encoded:
+        ids = torch.tensor([ids])
+        with torch.inference_mode():
+            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                                 do_sample=False, eos_token_id=sorted(stop), pad_token_id=sorted(stop)[0])
+        new = out[0, ids.shape[1]:].tolist()
+        answers.append(new[:next((i + 1 for i, token in enumerate(new) if token in stop), len(new))])
+    return answers
+
+
+@pytest.mark.parametrize("slots", [1, 2, 6])
+def test_continuous_batching_gives_plain_generate_answers_and_keeps_every_slot_busy(perturbed_adapter, slots,
+                                                                                    monkeypatch):
+    model, tokenizer = load_model(TINY_MODEL, adapter=perturbed_adapter)
+    encoded = [prompt_ids(tokenizer, [{"role": "user", "content": text}]) for text in INSTRUCTIONS]
+    # The random model seldom says <|im_end|>: also stop at a token it does say, the one whose first appearance
+    # varies most across the answers (never in the first two tokens), so answers end at different lengths.
+    stop = generation.stop_token_ids(tokenizer)
+    unstopped = reference_answers(model, encoded, 12, stop)
+
+    def first_positions(token):
+        return [answer.index(token) if token in answer else 12 for answer in unstopped]
+
+    candidates = sorted({token for answer in unstopped for token in answer[2:]} - stop)
+    stop = stop | {max(candidates, key=lambda token: (min(first_positions(token)) >= 2,
+                                                      len(set(first_positions(token))), -token))}
+    expected = reference_answers(model, encoded, 12, stop)
+    lengths = sorted(len(answer) for answer in expected)
+    assert lengths[0] < lengths[-1]
+    rows_per_step = []
+    forward = model.forward
+
+    def recording(*args, **kwargs):
+        if kwargs.get("past_key_values") is not None:  # a decoding step, not a prompt's prefill
+            rows_per_step.append(kwargs["input_ids"].shape[0])
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(model, "forward", recording)
+    streamed = dict(stream_answers(model, encoded, slots=slots, max_new_tokens=12, stop_ids=stop))
+    assert [streamed[i] for i in range(len(encoded))] == expected
+    # Every step decodes one token for each busy row: steps x rows = generated tokens after each prompt's first.
+    assert sum(rows_per_step) == sum(lengths) - len(lengths)
+    assert max(rows_per_step) == min(slots, len(encoded))
+    assert len(rows_per_step) <= -(-sum(lengths) // slots) + max(lengths)  # near the ideal, not a padded batch's
+
+
+def test_models_whose_cache_cannot_be_spliced_get_padded_batches(prompts, perturbed_adapter, monkeypatch):
+    spliced = generate(TINY_MODEL, perturbed_adapter, prompts, GenerationSettings(max_new_tokens=12, batch_size=4))
+    monkeypatch.setattr(generation, "supports_continuous_batching", lambda model: False)
+    padded = generate(TINY_MODEL, perturbed_adapter, prompts, GenerationSettings(max_new_tokens=12, batch_size=4,
+                                                                                 seed=1))  # a new cache
+    assert padded.output.tolist() == spliced.output.tolist()
 
 
 def test_batched_greedy_outputs_equal_one_prompt_at_a_time(prompts, perturbed_adapter):
@@ -173,3 +232,9 @@ def test_bad_settings_name_their_field(field, value):
     with pytest.raises(ConfigError) as error:
         GenerationSettings(**{field: value}).validate()
     assert error.value.field == field
+
+
+def test_the_default_model_can_be_spliced(tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    assert supports_continuous_batching(AutoModelForCausalLM.from_pretrained(tiny_model_dir))

@@ -5,19 +5,21 @@ subset of them, or any jsonl/csv/json/parquet file with an instruction column. E
 message and goes through the model's chat template exactly as training and scoring see prompts
 (``dpo_engine.tokenization.prompt_ids``).
 
-Generation is batched with left padding (pad = ``<|im_end|>``, setup notes §5), 16 prompts per batch by default: on
-a 2-core CPU one decoding step costs about the same for 2 to 8 prompts and only 1.2x more for 16, so a batch of 16
-gives 4.2x the tokens/s of one prompt at a time on 128-token answers, and a batch of 8 2.8x (docs/benchmarks.md
-§3). Greedy decoding by default. Outputs are cached on disk, one parquet part file
-per finished batch, keyed by (model weights, adapter weights, prompt set, settings): a killed job keeps its
-finished batches and a rerun generates only the rest; changing any setting starts a new cache.
+Generation decodes 16 prompts at a time by default, by continuous batching (``decoding.py``: when an answer
+finishes, its slot takes the next prompt): on a 2-core CPU one decoding step costs about the same for 2 to 8 prompts
+and only 1.2x more for 16, so keeping every slot busy is what makes batching pay (docs/benchmarks.md §3). Models
+whose cache cannot be spliced get left-padded batches through ``model.generate`` (pad = ``<|im_end|>``, setup notes
+§5). Greedy decoding by default. Outputs are cached on disk, one parquet part file per finished group of
+``batch_size`` prompts (longest instructions first), keyed by (model weights, adapter weights, prompt set,
+settings): a killed job keeps its finished groups and a rerun generates only the rest; changing any setting starts
+a new cache.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -26,6 +28,7 @@ import pandas as pd
 import torch
 
 from dpo_engine.errors import ConfigError, DataError
+from dpo_engine.evaluation.decoding import stream_answers, supports_continuous_batching
 from dpo_engine.io import (
     atomic_write_json,
     part_path,
@@ -61,8 +64,9 @@ class GenerationSettings:
 
     ``max_new_tokens``: cap on generated tokens per answer (the stop token not counted).
     ``temperature``: 0.0 = greedy decoding; above 0, sampling with this temperature and ``top_p`` (a fraction).
-    ``batch_size``: prompts per ``generate`` call. ``seed``: sampling seed (batch ``i`` uses ``seed + i``, so a
-    resumed job samples what an uninterrupted one would). ``dtype``: ``"fp32"`` or ``"bf16"`` weights.
+    ``batch_size``: prompts decoded at once (continuous batching: a finished answer's slot takes the next prompt).
+    ``seed``: sampling seed (the prompt in row ``i`` of the prompt set samples from its own generator seeded
+    ``seed + i``, so a resumed job samples what an uninterrupted one would). ``dtype``: ``"fp32"`` or ``"bf16"`` weights.
     ``device``: ``"auto"`` (cuda, then mps, then cpu), or a torch device name.
     """
 
@@ -232,14 +236,24 @@ def generate(
         progress(done, len(prompts))
     if todo:
         loaded_model, tokenizer = load_model(str(model_path), dtype=settings.dtype, device=device, adapter=adapter)
-        for index in todo:
-            rows = prompts.iloc[batches[index]]
-            if settings.temperature > 0:
-                torch.manual_seed(settings.seed + index)
-            outputs, output_tokens = generate_batch(loaded_model, tokenizer, list(rows.instruction), settings)
-            part = pd.DataFrame({"prompt_id": list(rows.prompt_id), "output": outputs, "output_tokens": output_tokens})
-            write_part(cache, index, part)
-            done += len(rows)
+        rows = [row for index in todo for row in batches[index]]  # longest instruction first
+        part_of = {row: index for index in todo for row in batches[index]}
+        finished: dict[int, dict[int, tuple[str, int]]] = {index: {} for index in todo}
+        answers = stream_generations(loaded_model, tokenizer, [prompts.instruction.iloc[row] for row in rows], settings,
+                                     seeds=[settings.seed + row for row in rows])
+        for position, output, count in answers:
+            row = rows[position]
+            index = part_of[row]
+            finished[index][row] = (output, count)
+            if len(finished[index]) < len(batches[index]):
+                continue
+            part_rows = batches[index]
+            write_part(cache, index, pd.DataFrame({
+                "prompt_id": list(prompts.prompt_id.iloc[part_rows]),
+                "output": [finished[index][row][0] for row in part_rows],
+                "output_tokens": [finished[index][row][1] for row in part_rows],
+            }))
+            done += len(part_rows)
             if progress:
                 progress(done, len(prompts))
 
@@ -250,38 +264,66 @@ def generate(
     return result
 
 
-def generate_batch(model, tokenizer, instructions: list[str], settings: GenerationSettings) -> tuple[list[str], list[int]]:
-    """One ``model.generate`` call over ``instructions`` (each a single user message), left-padded.
+def stream_generations(model, tokenizer, instructions: list[str], settings: GenerationSettings,
+                       seeds: list[int] | None = None) -> Iterator[tuple[int, str, int]]:
+    """Answers to ``instructions`` (each a single user message) as they finish: ``(index, answer, tokens)``.
 
-    Returns the decoded answers and their token counts (up to the first stop token, which is not counted).
+    ``answer`` is decoded up to the first stop token, whitespace-stripped; ``tokens`` counts its generated tokens
+    (the stop token not counted). Decodes ``settings.batch_size`` prompts at a time by continuous batching
+    (`decoding.stream_answers`); a model whose cache cannot be spliced (sliding-window attention, recurrent layers)
+    gets padded batches of ``settings.batch_size`` through ``model.generate`` instead. ``seeds[i]`` seeds prompt
+    ``i``'s sampling (default ``settings.seed + i``).
     """
     stop_ids = stop_token_ids(tokenizer)
-    pad_id = _pad_token_id(tokenizer)
     encoded = [prompt_ids(tokenizer, [{"role": "user", "content": instruction}]) for instruction in instructions]
-    width = max(len(ids) for ids in encoded)
-    input_ids = torch.full((len(encoded), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(encoded), width), dtype=torch.long)
-    for row, ids in enumerate(encoded):
-        input_ids[row, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
-        attention_mask[row, width - len(ids):] = 1
+    seeds = seeds if seeds is not None else [settings.seed + i for i in range(len(encoded))]
+    if supports_continuous_batching(model):
+        answers = stream_answers(model, encoded, slots=settings.batch_size, max_new_tokens=settings.max_new_tokens,
+                                 stop_ids=stop_ids, temperature=settings.temperature, top_p=settings.top_p, seeds=seeds)
+    else:
+        answers = _padded_batches(model, tokenizer, encoded, settings, stop_ids, seeds)
+    for index, new_tokens in answers:
+        length = next((position for position, token in enumerate(new_tokens) if token in stop_ids), len(new_tokens))
+        yield index, tokenizer.decode(new_tokens[:length], skip_special_tokens=True).strip(), length
+
+
+def generate_batch(model, tokenizer, instructions: list[str], settings: GenerationSettings) -> tuple[list[str], list[int]]:
+    """`stream_generations` collected in ``instructions`` order: the answers and their token counts."""
+    outputs, counts = [""] * len(instructions), [0] * len(instructions)
+    for index, output, count in stream_generations(model, tokenizer, instructions, settings):
+        outputs[index], counts[index] = output, count
+    return outputs, counts
+
+
+def _padded_batches(model, tokenizer, encoded: list[list[int]], settings: GenerationSettings, stop_ids: set[int],
+                    seeds: list[int]) -> Iterator[tuple[int, list[int]]]:
+    """``(index, new token ids)`` per prompt, from one left-padded ``model.generate`` call per ``batch_size`` prompts
+    (the first prompt's seed seeds a sampled batch)."""
+    pad_id = _pad_token_id(tokenizer)
     sampling = {"do_sample": True, "temperature": settings.temperature, "top_p": settings.top_p}
     greedy = {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
     device = next(model.parameters()).device
-    with torch.inference_mode():
-        sequences = model.generate(
-            input_ids=input_ids.to(device),
-            attention_mask=attention_mask.to(device),
-            max_new_tokens=settings.max_new_tokens,
-            pad_token_id=pad_id,
-            eos_token_id=sorted(stop_ids),
-            **(sampling if settings.temperature > 0 else greedy),
-        )
-    outputs, counts = [], []
-    for new_tokens in sequences[:, width:].tolist():
-        length = next((position for position, token in enumerate(new_tokens) if token in stop_ids), len(new_tokens))
-        outputs.append(tokenizer.decode(new_tokens[:length], skip_special_tokens=True).strip())
-        counts.append(length)
-    return outputs, counts
+    for start in range(0, len(encoded), settings.batch_size):
+        batch = encoded[start:start + settings.batch_size]
+        width = max(len(ids) for ids in batch)
+        input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, ids in enumerate(batch):
+            input_ids[row, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
+            attention_mask[row, width - len(ids):] = 1
+        if settings.temperature > 0:
+            torch.manual_seed(seeds[start])
+        with torch.inference_mode():
+            sequences = model.generate(
+                input_ids=input_ids.to(device),
+                attention_mask=attention_mask.to(device),
+                max_new_tokens=settings.max_new_tokens,
+                pad_token_id=pad_id,
+                eos_token_id=sorted(stop_ids),
+                **(sampling if settings.temperature > 0 else greedy),
+            )
+        for row, new_tokens in enumerate(sequences[:, width:].tolist()):
+            yield start + row, new_tokens
 
 
 def stop_token_ids(tokenizer) -> set[int]:
