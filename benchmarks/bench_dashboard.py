@@ -3,8 +3,9 @@
 Measured on a real ``streamlit run dashboard/app.py`` driven by Playwright with the system Chromium (software
 WebGL), in a private workspace:
 
-- **first render**: from clicking "Margins & Select" (the pairs already loaded on the Data page) until the chart
-  holds all N pairs and the script has finished: margins table read, join, hover labels, figure, transfer, draw.
+- **first render**: from clicking "Margins & Select" (the pairs already loaded on the Data page, whose reply-length
+  chart has loaded plotly.js in the tab) until the chart holds all N pairs and the script has finished: margins
+  table read, join, hover labels, figure, transfer, draw.
   Above ``dashboard.figures.DENSITY_ABOVE`` pairs the page draws rule selections binned (``margin_density``);
 - **selection update**: from moving the external-margin threshold slider until the "Selected pairs" count has
   changed, the script has finished and the redrawn chart holds all N pairs with that many selected (median of

@@ -256,6 +256,24 @@ def selection_marginals(table: pd.DataFrame, selected: np.ndarray) -> go.Figure:
     return fig
 
 
+def response_length_chart(edges: np.ndarray, chosen_counts: np.ndarray, rejected_counts: np.ndarray) -> go.Figure:
+    """Chosen and rejected reply lengths as two step outlines over the same log-spaced bins
+    (`dpo_engine.lengths.length_histograms`: ``edges`` in characters, shape ``(bins + 1,)``; counts ``(bins,)``)."""
+    fig = go.Figure()
+    bounds = np.stack([edges[:-1], edges[1:]], axis=1)
+    for name, counts, color in (("chosen", chosen_counts, PALETTE[2]), ("rejected", rejected_counts, PALETTE[1])):
+        fig.add_trace(go.Scatter(
+            x=edges, y=np.append(counts, counts[-1:]), customdata=np.vstack([bounds, bounds[-1:]]),
+            mode="lines", line=dict(shape="hv", color=color, width=2), fill="tozeroy", name=name,
+            hovertemplate=f"{name}: %{{y:,}} pairs with %{{customdata[0]:,.0f}}–%{{customdata[1]:,.0f}} characters<extra></extra>",
+        ))
+    fig.update_xaxes(type="log", title_text="reply length (characters, log scale)", gridcolor=GRID)
+    fig.update_yaxes(title_text="pairs", gridcolor=GRID, rangemode="tozero")
+    fig.update_layout(height=260, margin=dict(l=10, r=10, t=10, b=10), plot_bgcolor="white",
+                      legend=dict(orientation="h", y=1.02, yanchor="bottom", x=0), hovermode="x unified")
+    return fig
+
+
 CURVES = (("loss", "loss"), ("rewards/margins", "reward margin"), ("rewards/accuracies", "reward accuracy"))
 
 

@@ -240,8 +240,13 @@ def test_a_failed_margin_job_is_reported_with_its_error(workspace):
 def test_data_page_reports_warnings_and_switches_dataset(workspace):
     at = app("views/data.py")
     assert any("1,200 pairs loaded" in item.value and "empty response" in item.value for item in at.warning)
+    # the reply-length chart and its line: UltraFeedback's chosen reply is longer in 643 of 1,200 pairs
+    assert any("longer one in **54%** of pairs, the rejected one in 46%; median 877 vs 808" in item.value
+               for item in at.caption)
+    assert at.get("plotly_chart")
     at.selectbox[0].set_value("hh_rlhf").run()
     assert "hh_rlhf" in at.session_state["data_source"].label
+    assert any("longer one in **60%** of pairs" in item.value for item in at.caption)
     assert any("hh_rlhf" in item.value for item in at.sidebar.caption)
 
 

@@ -5,8 +5,10 @@ from pathlib import Path
 import streamlit as st
 
 from dashboard.components import pair_browser, validation_report
+from dashboard.figures import response_length_chart
 from dashboard.state import DataSource, bundled_source, current_source, load, set_source
 from dpo_engine.data import FIELDS, bundled_datasets
+from dpo_engine.lengths import length_histograms, length_summary, response_lengths
 from dpo_engine.paths import workspace_subdir
 
 BUNDLED_NOTES = {
@@ -91,8 +93,21 @@ if candidate != source:
     st.rerun()  # the sidebar and other pages follow the new dataset
 st.caption(f"Current dataset: **{candidate.label}** · `{candidate.source}`")
 
-st.subheader("Browse pairs")
 pairs = loaded.pairs
+if len(pairs):
+    st.subheader("Reply lengths")
+    chosen_chars, rejected_chars = response_lengths(pairs)
+    lengths = length_summary(chosen_chars, rejected_chars)
+    st.caption(
+        f"The chosen reply is the longer one in **{lengths.chosen_longer:.0%}** of pairs, the rejected one in "
+        f"{lengths.rejected_longer:.0%}; median {lengths.median_chosen:,.0f} vs {lengths.median_rejected:,.0f} "
+        "characters. Reward models and judges favour longer answers, so a set whose chosen replies are mostly the "
+        "longer ones also teaches length; the Results page's length-controlled (LC) win rate shows how much of a "
+        "gain is length."
+    )
+    st.plotly_chart(response_length_chart(*length_histograms(chosen_chars, rejected_chars)), key="reply_lengths")
+
+st.subheader("Browse pairs")
 search, flagged = st.columns([3, 1], vertical_alignment="bottom")
 query = search.text_input("Search prompt and responses", placeholder="a word or phrase")
 only_flagged = flagged.toggle("Only rows with warnings")

@@ -9,8 +9,11 @@ from __future__ import annotations
 import argparse
 import json
 
+import pandas as pd
+
 from dpo_engine.data import COLUMN_ALIASES, WARNING_CODES, ValidationReport, load_pairs
 from dpo_engine.errors import DataError
+from dpo_engine.lengths import length_summary, response_lengths
 
 # How many warning rows the human-readable summary shows per code.
 EXAMPLES_PER_CODE = 5
@@ -71,14 +74,20 @@ def run_validate(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(loaded.report.to_dict(), indent=2))
     else:
-        print(summary(loaded.report, loaded.columns))
+        print(summary(loaded.report, loaded.columns, loaded.pairs))
     return 0
 
 
-def summary(report: ValidationReport, columns: dict[str, str]) -> str:
-    """Human-readable report: pair count, columns used, counts per warning code and the first rows of each."""
+def summary(report: ValidationReport, columns: dict[str, str], pairs: pd.DataFrame | None = None) -> str:
+    """Human-readable report: pair count, columns used, how chosen and rejected lengths compare (given ``pairs``),
+    counts per warning code and the first rows of each."""
     mapping = ", ".join(f"{name}={column}" for name, column in columns.items())
     lines = [f"{report.n_pairs} pairs (columns: {mapping})"]
+    if pairs is not None and len(pairs):
+        lengths = length_summary(*response_lengths(pairs))
+        lines.append(f"lengths: chosen reply longer in {lengths.chosen_longer:.0%} of pairs, rejected in "
+                     f"{lengths.rejected_longer:.0%} (median {lengths.median_chosen:,.0f} vs "
+                     f"{lengths.median_rejected:,.0f} characters)")
     counts = report.warning_counts()
     if not counts:
         lines.append("no warnings")

@@ -29,6 +29,10 @@ def test_a_deep_link_to_the_data_page_works_on_a_fresh_server(page):
     wait_for_app(page)
     page.get_by_text("1,200 pairs loaded").wait_for()
     page.get_by_text("Browse pairs").wait_for()
+    page.locator(".js-plotly-plot").first.wait_for()  # the reply-length chart: chosen and rejected, all 1,200 each
+    drawn = page.evaluate("""() => document.querySelector('.js-plotly-plot')._fullData
+                                 .map(t => [t.name, Array.from(t.y).slice(0, -1).reduce((a, b) => a + b, 0)])""")
+    assert drawn == [["chosen", N_DEMO_PAIRS], ["rejected", N_DEMO_PAIRS]]
     assert page.get_by_test_id("stException").count() == 0
     screenshot(page, "data")
 
