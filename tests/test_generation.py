@@ -17,7 +17,7 @@ from dpo_engine.evaluation.generation import (
     generate,
     load_eval_prompts,
 )
-from dpo_engine.evaluation.decoding import stream_answers, supports_continuous_batching
+from dpo_engine.evaluation.decoding import _common_prefix, stream_answers, supports_continuous_batching
 from dpo_engine.models import TINY_MODEL, load_model
 from dpo_engine.tokenization import prompt_ids
 
@@ -126,6 +126,7 @@ def test_continuous_batching_gives_plain_generate_answers_and_keeps_every_slot_b
                                                                                     monkeypatch):
     model, tokenizer = load_model(TINY_MODEL, adapter=perturbed_adapter)
     encoded = [prompt_ids(tokenizer, [{"role": "user", "content": text}]) for text in INSTRUCTIONS]
+    assert len(_common_prefix(encoded)) >= 5  # the chat template's opening: computed once, then shared
     # The random model seldom says <|im_end|>: also stop at a token it does say, the one whose first appearance
     # varies most across the answers (never in the first two tokens), so answers end at different lengths.
     stop = generation.stop_token_ids(tokenizer)
@@ -141,20 +142,96 @@ def test_continuous_batching_gives_plain_generate_answers_and_keeps_every_slot_b
     lengths = sorted(len(answer) for answer in expected)
     assert lengths[0] < lengths[-1]
     rows_per_step = []
-    forward = model.forward
+    decoder = model.get_decoder()  # every step runs it, through the whole model or on its own (`_DecodingStep`)
+    forward = decoder.forward
 
     def recording(*args, **kwargs):
-        if kwargs.get("past_key_values") is not None:  # a decoding step, not a prompt's prefill
+        if kwargs.get("attention_mask") is not None:  # a decoding step (a prompt's prefill needs no mask)
             rows_per_step.append(kwargs["input_ids"].shape[0])
         return forward(*args, **kwargs)
 
-    monkeypatch.setattr(model, "forward", recording)
+    monkeypatch.setattr(decoder, "forward", recording)
     streamed = dict(stream_answers(model, encoded, slots=slots, max_new_tokens=12, stop_ids=stop))
     assert [streamed[i] for i in range(len(encoded))] == expected
     # Every step decodes one token for each busy row: steps x rows = generated tokens after each prompt's first.
     assert sum(rows_per_step) == sum(lengths) - len(lengths)
     assert max(rows_per_step) == min(slots, len(encoded))
     assert len(rows_per_step) <= -(-sum(lengths) // slots) + max(lengths)  # near the ideal, not a padded batch's
+
+
+def decoding_steps(model, n_steps: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Logits of ``n_steps`` greedy steps after a 3-token prompt (2 rows), from `_DecodingStep` and from the whole
+    model on its own copy of the cache."""
+    from dpo_engine.evaluation.decoding import _DecodingStep
+
+    step, ids = _DecodingStep(model), torch.tensor([[5, 6, 7], [8, 9, 10]])
+    ours, theirs = [], []
+    with torch.inference_mode():
+        cache = model(input_ids=ids, use_cache=True).past_key_values
+        plain_cache = model(input_ids=ids, use_cache=True).past_key_values
+        tokens = torch.tensor([[11], [12]])
+        for _ in range(n_steps):
+            logits, cache = step(input_ids=tokens, past_key_values=cache, use_cache=True)
+            plain = model(input_ids=tokens, past_key_values=plain_cache, use_cache=True)
+            plain_cache = plain.past_key_values
+            ours.append(logits)
+            theirs.append(plain.logits[:, -1])
+            tokens = logits.argmax(-1, keepdim=True)
+    return ours, theirs
+
+
+def test_decoding_steps_compute_the_head_as_the_model_does(perturbed_adapter, monkeypatch):
+    model, _ = load_model(TINY_MODEL, adapter=perturbed_adapter)
+    decoder_calls = []
+    decoder = model.get_decoder()
+    forward = decoder.forward
+    monkeypatch.setattr(decoder, "forward", lambda *a, **k: decoder_calls.append(1) or forward(*a, **k))
+    full_calls = []
+    model_forward = model.forward
+    monkeypatch.setattr(model, "forward", lambda *a, **k: full_calls.append(1) or model_forward(*a, **k))
+    ours, theirs = decoding_steps(model, 4)
+    for logits, expected in zip(ours, theirs):
+        torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-5)
+    # the first step runs the whole model (and checks the head), the other three the decoder alone
+    assert len(full_calls) == 2 + 1 + 4  # the two prefills, our first step, the plain model's four steps
+    assert len(decoder_calls) == len(full_calls) + 3
+
+
+def test_a_model_that_rescales_its_logits_keeps_its_own_forward(perturbed_adapter, monkeypatch):
+    model, _ = load_model(TINY_MODEL, adapter=perturbed_adapter)
+    forward = model.forward
+
+    def scaled(*args, **kwargs):  # like a logit scale or soft cap applied after the head
+        out = forward(*args, **kwargs)
+        out.logits = out.logits * 0.5
+        return out
+
+    monkeypatch.setattr(model, "forward", scaled)
+    ours, theirs = decoding_steps(model, 3)
+    for logits, expected in zip(ours, theirs):
+        torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_common_prefix_of_token_lists():
+    assert _common_prefix([[1, 2, 3], [1, 2, 4, 5], [1, 2]]) == [1, 2]
+    assert _common_prefix([[7, 8], [9]]) == [] and _common_prefix([]) == [] and _common_prefix([[5, 6]]) == [5, 6]
+
+
+def test_roomy_cache_layer_holds_what_concatenation_would():
+    from dpo_engine.evaluation.decoding import _RoomyLayer
+
+    torch.manual_seed(0)
+    keys, values = torch.randn(2, 3, 5, 4), torch.randn(2, 3, 5, 4)
+    layer = _RoomyLayer(keys, values)
+    for step in range(_RoomyLayer.ROOM * 2 + 3):  # past the first buffer's room twice
+        new_keys, new_values = torch.randn(2, 3, 1, 4), torch.randn(2, 3, 1, 4)
+        returned = layer.update(new_keys, new_values)
+        keys, values = torch.cat([keys, new_keys], dim=-2), torch.cat([values, new_values], dim=-2)
+        assert torch.equal(returned[0], keys) and torch.equal(returned[1], values)
+        if step == 10:  # an inherited method that replaces the keys (beam reordering) must not be lost
+            layer.batch_select_indices(torch.tensor([1, 0]))
+            keys, values = keys[[1, 0]], values[[1, 0]]
+    assert layer.get_seq_length() == 5 + _RoomyLayer.ROOM * 2 + 3
 
 
 def test_models_whose_cache_cannot_be_spliced_get_padded_batches(prompts, perturbed_adapter, monkeypatch):

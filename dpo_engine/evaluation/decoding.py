@@ -3,10 +3,12 @@ prompt at once.
 
 A padded batch (one ``model.generate`` call per batch) decodes until its longest answer is done, so the batch makes
 fewer tokens per step as its answers finish; on a CPU a decoding step costs about the same for 2 to 16 rows
-(docs/benchmarks.md §3), so every step with an idle row is throughput lost. Here the prompts that take free slots
-are prefilled together, their keys and values are spliced into the shared cache (left-padded to a common length),
-and every step decodes one token for every busy slot. Greedy answers equal one-prompt-at-a-time ``generate`` up
-to floating point (tests/test_generation.py).
+(docs/benchmarks.md §3), so every step with an idle row is throughput lost. Here each prompt that takes a free slot
+is prefilled on its own (the prefix all prompts share, such as a chat template's system prompt, computed once), its
+keys and values are spliced into the shared cache (left-padded to a common length), and every step decodes one
+token for every busy slot. Greedy answers equal one-prompt-at-a-time ``generate`` up to floating point
+(tests/test_generation.py). Three things make a CPU step cheaper: the language-model head as ``weight @ hidden.T``
+(`_DecodingStep`), cache buffers written in place instead of concatenated (`_RoomyLayer`), and no padded prefill.
 
 Only models whose every layer caches keys and values for the whole sequence (``DynamicLayer``: Llama, Qwen2,
 SmolLM and the like) can be spliced this way; `supports_continuous_batching` says whether a model can.
@@ -53,6 +55,14 @@ def stream_answers(
     queue = iter(range(len(prompts)))
     busy: list[dict] = []  # per row: prompt index, answer so far, sampling generator
     cache, mask = None, None  # the shared cache and its (rows, length) validity mask; left padding is 0
+    step = _DecodingStep(model)
+    # The tokens every prompt starts with (a chat template's system prompt: 24 of SmolLM2's ~80-token AlpacaEval
+    # prompts) are computed once; each prompt keeps at least one token of its own for its first logits.
+    prefix = _common_prefix(prompts)[: min(map(len, prompts), default=1) - 1]
+    if prefix:
+        with torch.inference_mode():
+            prefix_layers = _layers(model(input_ids=torch.tensor([prefix], device=device), use_cache=True,
+                                          logits_to_keep=1).past_key_values)
 
     def choose(logits: torch.Tensor, rows: list[dict]) -> list[int]:
         """Next token per row from last-position logits ``(rows, vocab)``."""
@@ -67,25 +77,24 @@ def stream_answers(
 
     with torch.inference_mode():
         while True:
-            # Fill the free slots: prefill the next prompts together (left-padded) and splice their cache in.
+            # Fill the free slots: prefill each next prompt on its own (no padding to compute) after the prefix all
+            # prompts share, and splice its keys and values into the shared cache. Prefilling 8 prompts of 105-291
+            # tokens left-padded together took 3.7-4.1 s on 2 CPU cores, one at a time 2.4 s (docs/benchmarks.md §3).
             admitted = list(itertools.islice(queue, slots - len(busy)))
             if admitted:
-                width = max(len(prompts[index]) for index in admitted)
-                ids = torch.zeros(len(admitted), width, dtype=torch.long, device=device)
-                new_mask = torch.zeros(len(admitted), width, dtype=torch.long, device=device)
-                for row, index in enumerate(admitted):
-                    ids[row, width - len(prompts[index]):] = torch.tensor(prompts[index], device=device)
-                    new_mask[row, width - len(prompts[index]):] = 1
-                positions = (new_mask.cumsum(1) - 1).clamp(min=0)
-                prefill = model(input_ids=ids, attention_mask=new_mask, position_ids=positions, use_cache=True,
-                                logits_to_keep=1)
-                rows = [{"index": index, "answer": [], "generator": None} for index in admitted]
-                for row in rows if warpers else []:
-                    seed = seeds[row["index"]] if seeds is not None else row["index"]
-                    row["generator"] = torch.Generator(device=device).manual_seed(int(seed))
-                for row, token in zip(rows, choose(prefill.logits[:, -1], rows)):
-                    row["answer"].append(token)
-                cache, mask = _splice(cache, mask, prefill.past_key_values, new_mask)
+                rows, added = [], []
+                for index in admitted:
+                    ids = torch.tensor([prompts[index]], device=device)
+                    prefill = model(input_ids=ids[:, len(prefix):], use_cache=True, logits_to_keep=1,
+                                    past_key_values=DynamicCache(ddp_cache_data=prefix_layers) if prefix else None)
+                    row = {"index": index, "answer": [], "generator": None}
+                    if warpers:
+                        seed = seeds[index] if seeds is not None else index
+                        row["generator"] = torch.Generator(device=device).manual_seed(int(seed))
+                    row["answer"].append(choose(prefill.logits[:, -1], [row])[0])
+                    rows.append(row)
+                    added.append((prefill.past_key_values, torch.ones_like(ids)))
+                cache, mask = _splice(cache, mask, added)
                 busy.extend(rows)
             # Hand back finished answers; drop their rows from the cache.
             finished = [i for i, row in enumerate(busy) if row["answer"][-1] in stop_ids
@@ -100,16 +109,57 @@ def stream_answers(
             if not busy:
                 return
             step_mask = torch.cat([mask, mask.new_ones(len(busy), 1)], dim=1)
-            out = model(
+            logits, cache = step(
                 input_ids=torch.tensor([[row["answer"][-1]] for row in busy], device=device),
                 attention_mask=step_mask,
                 position_ids=mask.sum(dim=1, keepdim=True),  # each row's own count of real tokens so far
                 past_key_values=cache,
                 use_cache=True,
             )
-            cache, mask = out.past_key_values, step_mask
-            for row, token in zip(busy, choose(out.logits[:, -1], busy)):
+            mask = step_mask
+            for row, token in zip(busy, choose(logits, busy)):
                 row["answer"].append(token)
+
+
+def _common_prefix(prompts: Sequence[list[int]]) -> list[int]:
+    """The longest list of token ids that every prompt starts with (empty for no prompts)."""
+    if not prompts:
+        return []
+    shortest = min(prompts, key=len)
+    length = next((i for i, token in enumerate(shortest) if any(p[i] != token for p in prompts)), len(shortest))
+    return list(shortest[:length])
+
+
+class _DecodingStep:
+    """One decoding step: ``step(**model inputs) -> (next-token logits (rows, vocab), cache)``.
+
+    The language-model head is computed as ``weight @ hidden.T`` on the decoder's last hidden state: on a CPU, MKL
+    takes 18 ms for SmolLM2's 49,152 x 576 head applied to 8 rows as ``F.linear`` and 8.6 ms in this layout (the
+    same as for one row; docs/benchmarks.md §3). Only where that is what the model computes: the head is a plain
+    ``nn.Linear`` without bias, and the first step, run through the whole model, gives the same logits (a model
+    that scales or caps its logits, or an adapter on the head, keeps the model's own forward).
+    """
+
+    def __init__(self, model):
+        head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+        plain = type(head) is torch.nn.Linear and head.bias is None and hasattr(model, "get_decoder")
+        self.model, self.weight, self.checked = model, head.weight if plain else None, False
+
+    def __call__(self, **inputs) -> tuple[torch.Tensor, DynamicCache]:
+        if self.weight is not None and self.checked:
+            out = self.model.get_decoder()(**inputs)
+            return self._head(out.last_hidden_state[:, -1]), out.past_key_values
+        out = self.model(**inputs, output_hidden_states=self.weight is not None)
+        logits = out.logits[:, -1]
+        if self.weight is not None:
+            self.checked = True
+            if not torch.allclose(self._head(out.hidden_states[-1][:, -1]).float(), logits.float(), rtol=1e-2, atol=1e-2):
+                self.weight = None
+        return logits, out.past_key_values
+
+    def _head(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Logits ``(rows, vocab)`` of last hidden states ``(rows, hidden)``."""
+        return (self.weight @ hidden.T).T
 
 
 def _layers(cache: DynamicCache) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -117,31 +167,63 @@ def _layers(cache: DynamicCache) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return [(layer.keys, layer.values) for layer in cache.layers]
 
 
+class _RoomyLayer(DynamicLayer):
+    """A full-sequence cache layer whose keys and values sit at the start of buffers with room for ``ROOM`` more
+    positions: a decoding step writes its new position in place, where ``DynamicLayer`` copies the whole cache with
+    ``torch.cat`` (60 copies per step for a 30-layer model; docs/benchmarks.md §3). The buffers grow by ``ROOM``
+    positions when full; `_rebuilt` makes new ones whenever rows join or leave."""
+
+    ROOM = 64
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor):
+        super().__init__()
+        self.lazy_initialization(keys, values)
+        self._buffers = [self._roomy(tensor, tensor.shape[-2], 0) for tensor in (keys, values)]
+        self.keys, self.values = (buffer[:, :, : keys.shape[-2]] for buffer in self._buffers)
+
+    def _roomy(self, tensor: torch.Tensor, length: int, needed: int) -> torch.Tensor:
+        """A buffer holding ``tensor``'s first ``length`` positions, with room for ``needed`` + ``ROOM`` more."""
+        rows, heads, _, dim = tensor.shape
+        buffer = tensor.new_empty(rows, heads, length + needed + self.ROOM, dim)
+        buffer[:, :, :length] = tensor[:, :, :length]
+        return buffer
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        length, added = self.keys.shape[-2], key_states.shape[-2]
+        # Full, or keys replaced by an inherited method (crop, reorder): new buffers from the current keys and values.
+        if length + added > self._buffers[0].shape[-2] or self.keys.data_ptr() != self._buffers[0].data_ptr():
+            self._buffers = [self._roomy(tensor, length, added) for tensor in (self.keys, self.values)]
+        for buffer, states in zip(self._buffers, (key_states, value_states)):
+            buffer[:, :, length : length + added] = states
+        self.keys, self.values = (buffer[:, :, : length + added] for buffer in self._buffers)
+        return self.keys, self.values
+
+
 def _rebuilt(layers: list[tuple[torch.Tensor, torch.Tensor]], mask: torch.Tensor) -> tuple[DynamicCache, torch.Tensor]:
-    """A cache of ``layers`` and its ``mask``, without the leading positions that no row uses."""
+    """A cache of ``layers`` (`_RoomyLayer`s) and its ``mask``, without the leading positions that no row uses."""
     first = int(mask.any(dim=0).nonzero()[0])
-    layers = [(keys[:, :, first:], values[:, :, first:]) for keys, values in layers]
-    return DynamicCache(ddp_cache_data=layers), mask[:, first:]
+    cache = DynamicCache()
+    cache.layers = [_RoomyLayer(keys[:, :, first:], values[:, :, first:]) for keys, values in layers]
+    return cache, mask[:, first:]
 
 
-def _splice(cache: DynamicCache | None, mask: torch.Tensor | None, added_cache: DynamicCache,
-            added_mask: torch.Tensor) -> tuple[DynamicCache, torch.Tensor]:
-    """The shared cache with ``added_cache``'s rows (new prompts, left-padded as ``added_mask`` says) appended; the
-    shorter side is left-padded with zeros that the mask marks 0 (attention never reads them)."""
-    added = _layers(added_cache)
-    if cache is None:
-        return _rebuilt(added, added_mask)
-    width = max(mask.shape[1], added_mask.shape[1])
+def _splice(cache: DynamicCache | None, mask: torch.Tensor | None,
+            added: list[tuple[DynamicCache, torch.Tensor]]) -> tuple[DynamicCache, torch.Tensor]:
+    """The shared cache with the rows of each ``(cache, mask)`` in ``added`` (new prompts) appended, in order; every
+    part is left-padded to the longest with zeros that the mask marks 0 (attention never reads them)."""
+    parts = ([(_layers(cache), mask)] if cache is not None else []) + [(_layers(c), m) for c, m in added]
+    width = max(part_mask.shape[1] for _, part_mask in parts)
 
     def left_pad(tensor: torch.Tensor, dim_from_end: int) -> torch.Tensor:
         missing = width - tensor.shape[-dim_from_end]
         return F.pad(tensor, (0, 0) * (dim_from_end - 1) + (missing, 0)) if missing else tensor
 
     layers = [
-        (torch.cat([left_pad(keys, 2), left_pad(new_keys, 2)]), torch.cat([left_pad(values, 2), left_pad(new_values, 2)]))
-        for (keys, values), (new_keys, new_values) in zip(_layers(cache), added)
+        (torch.cat([left_pad(layers[i][0], 2) for layers, _ in parts]),
+         torch.cat([left_pad(layers[i][1], 2) for layers, _ in parts]))
+        for i in range(len(parts[0][0]))
     ]
-    return _rebuilt(layers, torch.cat([left_pad(mask, 1), left_pad(added_mask, 1)]))
+    return _rebuilt(layers, torch.cat([left_pad(part_mask, 1) for _, part_mask in parts]))
 
 
 def _keep_rows(cache: DynamicCache, mask: torch.Tensor, keep: list[int]) -> tuple[DynamicCache, torch.Tensor]:
