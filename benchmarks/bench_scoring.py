@@ -124,8 +124,13 @@ def main(argv=None) -> dict:
             print(f"\n## scoring, {dtype}, {len(pairs)} pairs, max_length {max_length}, batch {args.batch_size}, "
                   f"{device}, {n_tokens} input tokens (policy + reference = 2 passes)")
             print(_common.table(["contender", "median s", "pairs/s", "tokens/s", "time / ours", "max |logp diff| vs naive"], rows))
+            work = multiply_adds(reference, encoded)
+            print(f"multiply-adds per model pass (linear layers + LM head, attention left out): ours "
+                  f"{work['ours'] / 1e9:.0f} G, naive {work['naive'] / 1e9:.0f} G: naive does "
+                  f"{work['naive'] / work['ours']:.2f}x ours' work, the ratio a compute-bound machine allows")
             results[dtype] = {name: {"median_s": e["median"], "times_s": e["times"], "max_abs_diff": agreement[name]}
                               for name, e in timed.items()}
+            results.setdefault("multiply_adds", {})[dtype] = work
             vs = {"naive": timed.get("naive loop", {}).get("median"), "TRL": timed["TRL precompute"]["median"]}
             part = f"{dtype}:" + " ".join(f"{k}/ours={v / ours_time:.2f}x" for k, v in vs.items() if v)
             ratio_parts.append(part)
@@ -149,6 +154,30 @@ def perturbed_copy(model, scale: float = 0.02, seed: int = 0):
             noise = torch.randn(parameter.shape, generator=generator, dtype=torch.float32)
             parameter.add_((noise * scale * parameter.float().std()).to(parameter.dtype).to(parameter.device))
     return policy.eval()
+
+
+def multiply_adds(model, encoded) -> dict[str, float]:
+    """Multiply-adds of one model pass over ``encoded``, linear layers and LM head only, for ours and the naive loop.
+
+    Naive: every token of ``prompt + chosen`` and ``prompt + rejected`` through the body and the head. Ours: each pair
+    in the layout ``prefer_packed`` picks (the prompt once when packed), no padding, the head only at positions that
+    predict a response token.
+    """
+    from dpo_engine.logps import _logit_positions, prefer_packed
+
+    config = model.config
+    hidden, heads, kv_heads = config.hidden_size, config.num_attention_heads, config.num_key_value_heads
+    head_dim = getattr(config, "head_dim", None) or hidden // heads
+    body = config.num_hidden_layers * (
+        hidden * (2 * heads * head_dim + 2 * kv_heads * head_dim) + 3 * hidden * config.intermediate_size
+    )
+    head = hidden * config.vocab_size
+    naive = ours = 0.0
+    for pair in encoded:
+        p, c, r = len(pair.prompt_ids), len(pair.chosen_ids), len(pair.rejected_ids)
+        naive += (2 * p + c + r) * (body + head)
+        ours += (p + c + r if prefer_packed(model, pair) else 2 * p + c + r) * body + _logit_positions(pair) * head
+    return {"ours": ours, "naive": naive}
 
 
 def naive_logps(policy, reference, encoded):

@@ -5,20 +5,24 @@ dashboard shows are the numbers the trainer optimises.
 
 How a batch of pairs is scored (``pair_logps``; ``policy_logps`` is the same on a collated batch):
 
-- **Shared prompt, one row per pair.** A pair's prompt, chosen and rejected responses are packed into one row
-  ``[prompt | chosen | rejected]``. A 4-D attention mask lets the rejected tokens see the prompt but not the chosen
-  ones, and the rejected positions restart where the prompt ends, so each token sees exactly what it would see in
-  ``prompt + response`` alone. The prompt is computed once instead of twice. Packing lengthens rows, and attention
-  grows with the square of a row's length, so each group of pairs takes the cheaper layout (``prefer_packed``):
-  packed when prompts are long next to the responses, one row per response otherwise.
+- **No padding.** All pairs of a batch are laid end to end in a single row, each in its own segment(s), and
+  attention stays inside a segment (``dpo_engine.segment_attention``: SDPA per segment). The linear layers, most of
+  the cost, see only real tokens; a padded batch of pairs of different lengths spends a third or more of them on
+  padding.
+- **Shared prompt.** A pair's prompt, chosen and rejected responses can share one segment
+  ``[prompt | chosen | rejected]``: a mask lets the rejected tokens see the prompt but not the chosen ones, and the
+  rejected positions restart where the prompt ends, so each token sees exactly what it would see in
+  ``prompt + response`` alone, and the prompt is computed once instead of twice. That segment's attention is a
+  whole square (masked) instead of a causal half, so each pair takes the cheaper layout (``prefer_packed``):
+  packed when its prompt is long next to its responses, two plain ``prompt + response`` segments otherwise.
 - **Response-only logits.** The vocabulary projection (the largest single cost of a small model) runs only at the
   positions that predict a response token: the last prompt token (it predicts both first response tokens) and
-  each response token but the last. Padding and prompt positions get no logits.
+  each response token but the last. Prompt positions get no logits.
 - **Bounded memory.** A batch whose logits would exceed ``MAX_LOGIT_ELEMENTS`` values is split into smaller
   forwards, and the log-softmax normaliser is taken in chunks, so the peak memory does not grow with ``max_length``
   times the batch size.
 
-Models whose attention cannot take a custom 4-D mask (flash-attention kernels) use the plain concatenated forward
+Models with another attention implementation (flash-attention kernels) use the plain concatenated forward
 (``concatenated_logps``): chosen and rejected rows, left-padded, logits for the last response columns.
 """
 
@@ -28,13 +32,15 @@ from typing import Sequence
 
 import torch
 
+from dpo_engine.segment_attention import segment_attention
+
 # Logits (positions x vocabulary) one forward may produce: 2**27 fp32 values = 512 MB, i.e. 2,730 positions of
 # SmolLM2's 49,152-word vocabulary. A larger batch is split into several forwards.
 MAX_LOGIT_ELEMENTS = 2**27
 # Rows of logits normalised at a time (logsumexp makes a temporary copy of what it reduces).
 _LSE_CHUNK = 512
-# Attention implementations that accept a custom 4-D mask (boolean for sdpa, additive float for eager).
-_MASKABLE_ATTENTION = ("sdpa", "eager")
+# Attention implementations the segment path stands in for (it computes the same attention with SDPA).
+_SEGMENTABLE_ATTENTION = ("sdpa", "eager")
 
 
 def sequence_logps(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor, average: bool = False) -> torch.Tensor:
@@ -63,8 +69,8 @@ def sequence_logps(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tenso
 def policy_logps(model, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Summed response log-probs of a collated batch (``dpo_engine.tokenization.collate``).
 
-    The batch is unpacked into its pairs and scored by :func:`pair_logps` (shared prompt, response-only logits);
-    models that cannot take a custom attention mask get :func:`concatenated_logps`. Both give the same numbers.
+    The batch is unpacked into its pairs and scored by :func:`pair_logps` (no padding, shared prompt, response-only
+    logits); models with another attention implementation get :func:`concatenated_logps`. Both give the same numbers.
 
     Returns ``chosen_logps``, ``rejected_logps`` (float32 nats) and ``chosen_tokens``, ``rejected_tokens``
     (response lengths), each ``(B,)``. Gradients flow unless called under ``torch.no_grad``/``inference_mode``.
@@ -83,8 +89,9 @@ def pair_logps(
 ) -> dict[str, torch.Tensor]:
     """Summed response log-probs of ``pairs`` (``EncodedPair``-like: ``prompt_ids``, ``chosen_ids``, ``rejected_ids``).
 
-    One packed forward per group of pairs (see the module docstring); a group is cut when its logits would exceed
-    ``max_logit_elements`` values. Same return value as :func:`policy_logps`.
+    One padding-free forward per group of pairs (see the module docstring); a group is cut when its logits would
+    exceed ``max_logit_elements`` values. ``pad_token_id`` is only used by the concatenated fallback. Same return
+    value as :func:`policy_logps`.
     """
     if not supports_packing(model):
         from dpo_engine.tokenization import collate
@@ -93,7 +100,7 @@ def pair_logps(
     device = next(model.parameters()).device
     chosen, rejected = [], []
     for group in _groups(pairs, max(1, max_logit_elements // _vocab_size(model))):
-        c, r = _packed_forward(model, group, pad_token_id, device, packed=prefer_packed(model, group))
+        c, r = _segments_forward(model, group, device)
         chosen.append(c)
         rejected.append(r)
     tokens_c = torch.tensor([len(p.chosen_ids) for p in pairs], dtype=torch.long, device=device)
@@ -107,9 +114,9 @@ def pair_logps(
 
 
 def supports_packing(model) -> bool:
-    """Whether the model's attention takes a custom 4-D mask (needed for the shared-prompt layout)."""
+    """Whether the model's attention is one the padding-free segment path can stand in for (sdpa or eager)."""
     config = getattr(model, "config", None)
-    return getattr(config, "_attn_implementation", None) in _MASKABLE_ATTENTION
+    return getattr(config, "_attn_implementation", None) in _SEGMENTABLE_ATTENTION
 
 
 def concatenated_logps(model, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -191,13 +198,13 @@ def _groups(pairs: Sequence, max_logit_tokens: int):
         yield group
 
 
-def prefer_packed(model, pairs: Sequence) -> bool:
-    """Whether the shared-prompt layout is cheaper than one row per response for this group of pairs.
+def prefer_packed(model, pair) -> bool:
+    """Whether one ``[prompt | chosen | rejected]`` segment is cheaper than ``[prompt | chosen]``, ``[prompt | rejected]``.
 
-    Packing saves the prompt's second pass but makes each row as long as prompt + both responses, and attention
-    cost grows with the square of a row's length: short prompts with long responses are cheaper unpacked. The
-    estimate counts the model's linear work per token and attention work per (query, key) position, padding
-    included (the logits are the same in both layouts).
+    Packing saves the prompt's second pass, but its segment needs a mask (the rejected tokens must not see the
+    chosen ones), so SDPA computes its whole square of query-key positions, while the two plain segments are causal
+    and cost half their squares. Short prompts with long responses are therefore cheaper unpacked. The estimate
+    counts the model's linear work per token and attention work per (query, key) position, from its config.
     """
     config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
     hidden = getattr(config, "hidden_size", 1024)
@@ -207,91 +214,74 @@ def prefer_packed(model, pairs: Sequence) -> bool:
     intermediate = getattr(config, "intermediate_size", None) or 4 * hidden
     linear = hidden * (2 * heads * head_dim + 2 * kv_heads * head_dim) + 3 * hidden * intermediate
     attention = 2 * heads * head_dim / linear  # one (query, key) position, in units of one token's linear work
-    packed_width = max(len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids) for p in pairs)
-    split_width = max(len(p.prompt_ids) + max(len(p.chosen_ids), len(p.rejected_ids)) for p in pairs)
-    packed = packed_width * (1 + attention * packed_width)
-    split = 2 * split_width * (1 + attention * split_width)
+    p, c, r = len(pair.prompt_ids), len(pair.chosen_ids), len(pair.rejected_ids)
+    packed = (p + c + r) * (1 + attention * (p + c + r))
+    split = (p + c) * (1 + attention * (p + c) / 2) + (p + r) * (1 + attention * (p + r) / 2)
     return packed <= split
 
 
-def _packed_forward(model, pairs: Sequence, pad_token_id: int, device, packed: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """Chosen and rejected log-probs of ``pairs`` from one forward.
+def _segments_forward(model, pairs: Sequence, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Chosen and rejected log-probs of ``pairs`` from one forward over a single padding-free row.
 
-    ``packed``: one ``[prompt | chosen | rejected]`` row per pair; otherwise ``[prompt | chosen]`` rows then
-    ``[prompt | rejected]`` rows (the plain layout), still with logits only where a response token is predicted.
+    Each pair becomes one packed segment ``[prompt | chosen | rejected]`` or two plain ones (``prefer_packed``);
+    the segments are laid end to end and attend only within themselves (``dpo_engine.segment_attention``).
     """
     n = len(pairs)
-    if packed:  # (prompt, [(response, output slot)]) per row: pair i's chosen goes to slot i, its rejected to n + i
-        specs = [(p.prompt_ids, [(p.chosen_ids, i), (p.rejected_ids, n + i)]) for i, p in enumerate(pairs)]
-    else:
-        specs = [(p.prompt_ids, [(p.chosen_ids, i)]) for i, p in enumerate(pairs)]
-        specs += [(p.prompt_ids, [(p.rejected_ids, n + i)]) for i, p in enumerate(pairs)]
-    width = max(len(prompt) + sum(len(r) for r, _ in responses) for prompt, responses in specs)
-    input_ids = torch.full((len(specs), width), pad_token_id, dtype=torch.long)
-    position_ids = torch.zeros((len(specs), width), dtype=torch.long)
-    segment = torch.full((len(specs), width), -1, dtype=torch.long)  # -1 pad, 0 prompt, k = k-th response
-    keep = torch.zeros((len(specs), width), dtype=torch.bool)
-    # Each scored token: (row, column whose logits predict it, label, output slot)
-    rows, columns, labels, slots = [], [], [], []
-    for i, (prompt, responses) in enumerate(specs):
+    specs = []  # (prompt, [(response, output slot)]): pair i's chosen goes to slot i, its rejected to n + i
+    for i, p in enumerate(pairs):
+        if prefer_packed(model, p):
+            specs.append((p.prompt_ids, [(p.chosen_ids, i), (p.rejected_ids, n + i)]))
+        else:
+            specs += [(p.prompt_ids, [(p.chosen_ids, i)]), (p.prompt_ids, [(p.rejected_ids, n + i)])]
+    input_ids, position_ids, segments = [], [], []
+    # Each scored token: (column whose logits predict it, label, output slot)
+    columns, labels, slots = [], [], []
+    for prompt, responses in specs:
+        start = len(input_ids)
         p = len(prompt)
-        start = width - p - sum(len(r) for r, _ in responses)
-        input_ids[i, start:] = torch.tensor(prompt + [t for r, _ in responses for t in r], dtype=torch.long)
-        position_ids[i, start : start + p] = torch.arange(p)
-        segment[i, start : start + p] = 0
-        last_prompt = start + p - 1
-        offset = start + p
+        input_ids += prompt
+        position_ids += range(p)
+        segment_of = [0] * p  # 0 prompt, k = k-th response (for the packed segment's mask)
         for k, (response, slot) in enumerate(responses, start=1):
-            length = len(response)
-            position_ids[i, offset : offset + length] = torch.arange(p, p + length)
-            segment[i, offset : offset + length] = k
+            offset = len(input_ids)
             for j, token in enumerate(response):
-                column = last_prompt if j == 0 else offset + j - 1
-                if column < start:  # no prompt: the first response token has no context to be predicted from
+                if p == 0 and j == 0:  # no prompt: the first response token has no context to be predicted from
                     continue
-                rows.append(i)
-                columns.append(column)
+                columns.append(start + p - 1 if j == 0 else offset + j - 1)
                 labels.append(token)
                 slots.append(slot)
-                keep[i, column] = True
-            offset += length
+            input_ids += response
+            position_ids += range(p, p + len(response))
+            segment_of += [k] * len(response)
+        segments.append((start, len(input_ids), _segment_mask(segment_of, device) if len(responses) > 1 else None))
 
     out = torch.zeros(2 * n, dtype=torch.float32, device=device)
-    if not rows:
+    if not columns:
         return out[:n], out[n:]
-    mask = _attention_mask(segment, model, device)
-    outputs = model(
-        input_ids=input_ids.to(device),
-        attention_mask=mask,
-        position_ids=position_ids.to(device),
-        logits_to_keep=keep.to(device),
-        use_cache=False,
-    )
-    logits = outputs.logits  # (number of kept positions, V), in row-major order of `keep`
+    keep = torch.zeros(1, len(input_ids), dtype=torch.bool)
+    keep[0, columns] = True
+    with segment_attention(model):
+        outputs = model(
+            input_ids=torch.tensor([input_ids], device=device),
+            position_ids=torch.tensor([position_ids], device=device),
+            logits_to_keep=keep.to(device),
+            segments=segments,
+            use_cache=False,
+        )
+    logits = outputs.logits  # (number of kept positions, V), in column order
     if logits.dim() == 3:  # a model that ignores boolean logits_to_keep: select the positions here
         logits = logits[keep.to(device)]
-    # Index of each scored token's logits row among the kept positions.
-    order = torch.cumsum(keep.flatten(), 0) - 1
-    index = order[torch.tensor(rows) * width + torch.tensor(columns)].to(device)
-    labels_t = torch.tensor(labels, device=device)
-    picked = logits[index, labels_t].float()
+    index = (torch.cumsum(keep[0], 0) - 1)[torch.tensor(columns)].to(device)
+    picked = logits[index, torch.tensor(labels, device=device)].float()
     normaliser = torch.cat([torch.logsumexp(chunk.float(), dim=-1) for chunk in logits.split(_LSE_CHUNK)])
     token_logps = picked - normaliser[index]
     out = out.index_add(0, torch.tensor(slots, device=device), token_logps)
     return out[:n], out[n:]
 
 
-def _attention_mask(segment: torch.Tensor, model, device) -> torch.Tensor:
-    """``(B, 1, L, L)`` mask: causal, no padding keys, and chosen/rejected tokens blind to each other."""
-    segment = segment.to(device)
-    valid = segment >= 0
-    width = segment.shape[1]
-    causal = torch.ones(width, width, dtype=torch.bool, device=device).tril()
-    same_or_prompt = (segment[:, None, :] == 0) | (segment[:, None, :] == segment[:, :, None])
-    allowed = causal[None] & valid[:, None, :] & same_or_prompt
-    allowed |= torch.eye(width, dtype=torch.bool, device=device)[None]  # padding rows see themselves: no NaN
-    allowed = allowed[:, None]
-    if model.config._attn_implementation == "sdpa":
-        return allowed
-    dtype = next(model.parameters()).dtype
-    return torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill(~allowed, torch.finfo(dtype).min)
+def _segment_mask(segment_of: list[int], device) -> torch.Tensor:
+    """``(1, 1, L, L)`` mask of a packed segment: causal, and chosen/rejected tokens blind to each other."""
+    segment = torch.tensor(segment_of, device=device)
+    causal = torch.ones(len(segment_of), len(segment_of), dtype=torch.bool, device=device).tril()
+    same_or_prompt = (segment[None, :] == 0) | (segment[None, :] == segment[:, None])
+    return (causal & same_or_prompt)[None, None]

@@ -137,7 +137,7 @@ def test_policy_logps_equals_a_naive_per_sequence_loop(tiny):
 
 @pytest.mark.parametrize("packed", [True, False], ids=["shared-prompt rows", "one row per response"])
 def test_both_layouts_of_pair_logps_give_the_naive_numbers(tiny, monkeypatch, packed):
-    """``prefer_packed`` picks a layout per group by cost; whichever it picks, the log-probs are the same."""
+    """``prefer_packed`` picks a layout per pair by cost; whichever it picks, the log-probs are the same."""
     from dpo_engine import logps
 
     model, tokenizer = tiny
@@ -145,7 +145,7 @@ def test_both_layouts_of_pair_logps_give_the_naive_numbers(tiny, monkeypatch, pa
         encode_pair(tokenizer, USER, "4", "five, I think"),
         encode_pair(tokenizer, [{"role": "user", "content": "Say hi to me please"}], "hi there, friend", "no"),
     ]
-    monkeypatch.setattr(logps, "prefer_packed", lambda model, group: packed)
+    monkeypatch.setattr(logps, "prefer_packed", lambda model, pair: packed)
     with torch.no_grad():
         out = logps.pair_logps(model, pairs, tokenizer.pad_token_id)
         reference = logps.concatenated_logps(model, collate(pairs, tokenizer.pad_token_id))
@@ -161,8 +161,8 @@ def test_prefer_packed_packs_long_prompts_and_splits_long_responses(tiny):
     model, _ = tiny
     long_prompt = SimpleNamespace(prompt_ids=[1] * 200, chosen_ids=[1] * 5, rejected_ids=[1] * 5)
     long_responses = SimpleNamespace(prompt_ids=[1] * 5, chosen_ids=[1] * 400, rejected_ids=[1] * 400)
-    assert prefer_packed(model, [long_prompt]) is True  # 210 tokens once beats 2 x 205
-    assert prefer_packed(model, [long_responses]) is False  # an 805-token row costs more than 2 x 405 in attention
+    assert prefer_packed(model, long_prompt) is True  # 210 tokens once beats 2 x 205
+    assert prefer_packed(model, long_responses) is False  # an 805-token square costs more than 2 causal 405-token halves
 
 
 def test_policy_logps_carries_gradients(tiny):
@@ -171,3 +171,55 @@ def test_policy_logps_carries_gradients(tiny):
     (out["chosen_logps"] - out["rejected_logps"]).sum().backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
     model.zero_grad()
+
+
+def test_one_padding_free_row_of_mixed_lengths_and_layouts_gives_the_naive_numbers(tiny, monkeypatch):
+    """Pairs of very different lengths share one row, packed and plain segments side by side, and nothing leaks."""
+    from dpo_engine import logps
+
+    model, tokenizer = tiny
+    pairs = [
+        encode_pair(tokenizer, [{"role": "user", "content": "word " * 40}], "a b c " * 15, "no"),
+        encode_pair(tokenizer, USER, "4", "five, I think, or maybe six"),
+        encode_pair(tokenizer, [{"role": "user", "content": "Say hi"}], "hi " * 30, "hello " * 3),
+    ]
+    layouts = iter([True, False, True])
+    monkeypatch.setattr(logps, "prefer_packed", lambda model, pair: next(layouts))
+
+    def naive(prompt, response):
+        ids = torch.tensor([prompt + response])
+        logp = model(ids).logits[0].log_softmax(-1)
+        return sum(logp[t - 1, ids[0, t]].item() for t in range(len(prompt), ids.shape[1]))
+
+    with torch.no_grad():
+        out = logps.pair_logps(model, pairs, tokenizer.pad_token_id)
+        for i, pair in enumerate(pairs):
+            assert out["chosen_logps"][i].item() == pytest.approx(naive(pair.prompt_ids, pair.chosen_ids), rel=1e-4)
+            assert out["rejected_logps"][i].item() == pytest.approx(naive(pair.prompt_ids, pair.rejected_ids), rel=1e-4)
+
+
+def test_segment_attention_hands_the_model_its_own_attention_back(tiny):
+    from peft import LoraConfig, get_peft_model
+
+    from dpo_engine.logps import pair_logps
+    from dpo_engine.segment_attention import SEGMENT_ATTENTION, segment_attention
+
+    model, tokenizer = tiny
+    pair = encode_pair(tokenizer, USER, "4", "five")
+    with torch.no_grad():
+        pair_logps(model, [pair], tokenizer.pad_token_id)
+    assert model.config._attn_implementation == "sdpa"
+    with pytest.raises(RuntimeError, match="boom"), segment_attention(model):
+        assert model.config._attn_implementation == SEGMENT_ATTENTION
+        raise RuntimeError("boom")
+    assert model.config._attn_implementation == "sdpa"
+
+    import copy
+
+    lora = get_peft_model(copy.deepcopy(model), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    with torch.no_grad():
+        out = pair_logps(lora, [pair], tokenizer.pad_token_id)
+        with lora.disable_adapter():
+            plain = pair_logps(lora, [pair], tokenizer.pad_token_id)
+    assert lora.get_base_model().config._attn_implementation == "sdpa"
+    torch.testing.assert_close(out["chosen_logps"], plain["chosen_logps"])  # LoRA's B starts at zero

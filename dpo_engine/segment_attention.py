@@ -1,0 +1,69 @@
+"""Padding-free attention: many sequences laid end to end in one row, each attending only within itself.
+
+A batch of pairs with different lengths, padded to its longest row, spends the model's linear work (most of its
+cost) on padding: 35 % of the tokens of 8 bundled UltraFeedback pairs at 192 tokens, more at 512. Laid end to end
+in a single row, every position is a real token. Attention must then stay inside each sequence, which a 4-D mask
+over the whole row could say but SDPA would compute as one square of the row's full length. Instead this module
+registers an attention function with transformers' public ``AttentionInterface``: it runs SDPA on each segment
+separately (causal, or under the segment's own mask), so attention costs what it would for the sequences alone.
+
+Use::
+
+    with segment_attention(model):
+        model(input_ids=row, position_ids=positions, segments=segments, use_cache=False)
+
+``segments`` is a list of ``(start, end, mask)``: the columns ``[start, end)`` of the row, and ``mask`` either
+``None`` (plain causal attention) or a ``(1, 1, end - start, end - start)`` boolean mask (True = may attend).
+Position ids restart in each segment. transformers passes extra forward keyword arguments down to the attention
+function; outside the ``segments`` keyword the function is transformers' own SDPA.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface
+
+SEGMENT_ATTENTION = "margin_lab_segments"
+
+
+def segment_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, segments=None, **kwargs):
+    """SDPA per segment of a single row; plain SDPA when no ``segments`` are given.
+
+    ``query`` is ``(1, heads, L, head_dim)``, ``key`` and ``value`` ``(1, kv_heads, L, head_dim)``; returns
+    ``(1, L, heads, head_dim)`` as transformers' attention functions do.
+    """
+    if segments is None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+    outputs = [
+        sdpa_attention_forward(
+            module, query[:, :, start:end], key[:, :, start:end], value[:, :, start:end], mask,
+            dropout=dropout, scaling=scaling, is_causal=mask is None,
+        )[0]
+        for start, end, mask in segments
+    ]
+    return torch.cat(outputs, dim=1), None
+
+
+def _no_mask(*args, **kwargs):
+    """Each segment brings its own mask (or is causal), so the model builds none for the whole row."""
+    return None
+
+
+AttentionInterface.register(SEGMENT_ATTENTION, segment_sdpa)
+AttentionMaskInterface.register(SEGMENT_ATTENTION, _no_mask)
+
+
+@contextmanager
+def segment_attention(model):
+    """Route ``model``'s attention through :func:`segment_sdpa` inside the block, then restore its own."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a peft model: its transformer
+    previous = base.config._attn_implementation
+    base.set_attn_implementation(SEGMENT_ATTENTION)
+    try:
+        yield
+    finally:
+        base.set_attn_implementation(previous)
