@@ -14,7 +14,8 @@ Use::
 
 ``segments`` is a list of ``(start, end, mask)``: the columns ``[start, end)`` of the row, and ``mask`` either
 ``None`` (plain causal attention) or a ``(1, 1, end - start, end - start)`` boolean mask (True = may attend).
-Position ids restart in each segment. transformers passes extra forward keyword arguments down to the attention
+Position ids restart in each segment. With a cache holding a shared prefix (``past_key_values``), every segment
+also sees the prefix: several prompts after one system prompt are prefilled in a single padding-free forward. transformers passes extra forward keyword arguments down to the attention
 function; outside the ``segments`` keyword the function is transformers' own SDPA.
 """
 
@@ -33,18 +34,25 @@ SEGMENT_ATTENTION = "margin_lab_segments"
 def segment_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, segments=None, **kwargs):
     """SDPA per segment of a single row; plain SDPA when no ``segments`` are given.
 
-    ``query`` is ``(1, heads, L, head_dim)``, ``key`` and ``value`` ``(1, kv_heads, L, head_dim)``; returns
+    ``query`` is ``(1, heads, L, head_dim)``, ``key`` and ``value`` ``(1, kv_heads, past + L, head_dim)``, where
+    ``past`` positions were cached before this row (a prefix every segment shares, such as a chat template's system
+    prompt): each segment sees all of them, then its own tokens causally or under its own mask. Returns
     ``(1, L, heads, head_dim)`` as transformers' attention functions do.
     """
     if segments is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
-    outputs = [
-        sdpa_attention_forward(
-            module, query[:, :, start:end], key[:, :, start:end], value[:, :, start:end], mask,
-            dropout=dropout, scaling=scaling, is_causal=mask is None,
-        )[0]
-        for start, end, mask in segments
-    ]
+    past = key.shape[2] - query.shape[2]
+    outputs = []
+    for start, end, mask in segments:
+        keys, values = key[:, :, past + start : past + end], value[:, :, past + start : past + end]
+        if past:
+            keys = torch.cat([key[:, :, :past], keys], dim=2)
+            values = torch.cat([value[:, :, :past], values], dim=2)
+            own = mask if mask is not None else torch.ones(end - start, end - start, dtype=torch.bool, device=query.device).tril()
+            mask = torch.cat([own.new_ones(*own.shape[:-1], past), own], dim=-1)
+        outputs.append(sdpa_attention_forward(
+            module, query[:, :, start:end], keys, values, mask, dropout=dropout, scaling=scaling, is_causal=mask is None,
+        )[0])
     return torch.cat(outputs, dim=1), None
 
 

@@ -3,12 +3,13 @@ prompt at once.
 
 A padded batch (one ``model.generate`` call per batch) decodes until its longest answer is done, so the batch makes
 fewer tokens per step as its answers finish; on a CPU a decoding step costs about the same for 2 to 16 rows
-(docs/benchmarks.md §3), so every step with an idle row is throughput lost. Here each prompt that takes a free slot
-is prefilled on its own (the prefix all prompts share, such as a chat template's system prompt, computed once), its
-keys and values are spliced into the shared cache (left-padded to a common length), and every step decodes one
-token for every busy slot. Greedy answers equal one-prompt-at-a-time ``generate`` up to floating point
-(tests/test_generation.py). Three things make a CPU step cheaper: the language-model head as ``weight @ hidden.T``
-(`_DecodingStep`), cache buffers written in place instead of concatenated (`_RoomyLayer`), and no padded prefill.
+(docs/benchmarks.md §3), so every step with an idle row is throughput lost. Here the prompts that take free slots
+are prefilled together in one padding-free forward (each sees the prefix all prompts share, such as a chat
+template's system prompt, computed once, and itself: ``dpo_engine.segment_attention``), their keys and values are
+spliced into the shared cache (left-padded to a common length), and every step decodes one token for every busy
+slot. Greedy answers equal one-prompt-at-a-time ``generate`` up to floating point (tests/test_generation.py). Two
+things make a CPU step cheaper: the language-model head as ``weight @ hidden.T`` (`_DecodingStep`) and cache
+buffers written in place instead of concatenated (`_RoomyLayer`).
 
 Only models whose every layer caches keys and values for the whole sequence (``DynamicLayer``: Llama, Qwen2,
 SmolLM and the like) can be spliced this way; `supports_continuous_batching` says whether a model can.
@@ -23,6 +24,9 @@ import torch
 import torch.nn.functional as F
 from transformers import DynamicCache, TemperatureLogitsWarper, TopPLogitsWarper
 from transformers.cache_utils import DynamicLayer
+
+from dpo_engine.logps import supports_packing
+from dpo_engine.segment_attention import segment_attention
 
 
 def supports_continuous_batching(model) -> bool:
@@ -75,25 +79,55 @@ def stream_answers(
             tokens.append(int(torch.multinomial(scores.softmax(-1), 1, generator=row["generator"])))
         return tokens
 
+    def prefill(suffixes: list[list[int]]) -> tuple[torch.Tensor, list[tuple[list, torch.Tensor]]]:
+        """First-token logits ``(prompts, vocab)`` and per prompt its cache layers and mask, after the prefix."""
+        past = DynamicCache(ddp_cache_data=prefix_layers) if prefix else None
+        if not supports_packing(model):  # one forward per prompt
+            logits, added = [], []
+            for suffix in suffixes:
+                out = model(input_ids=torch.tensor([suffix], device=device), use_cache=True, logits_to_keep=1,
+                            past_key_values=DynamicCache(ddp_cache_data=prefix_layers) if prefix else None)
+                logits.append(out.logits[0, -1])
+                added.append((_layers(out.past_key_values), torch.ones(1, len(prefix) + len(suffix), dtype=torch.long, device=device)))
+            return torch.stack(logits), added
+        bounds = list(itertools.accumulate(map(len, suffixes), initial=0))
+        keep = torch.zeros(1, bounds[-1], dtype=torch.bool)
+        keep[0, [end - 1 for end in bounds[1:]]] = True
+        with segment_attention(model):
+            out = model(
+                input_ids=torch.tensor([[token for suffix in suffixes for token in suffix]], device=device),
+                position_ids=torch.tensor([[len(prefix) + i for suffix in suffixes for i in range(len(suffix))]], device=device),
+                past_key_values=past, use_cache=True, logits_to_keep=keep.to(device),
+                segments=[(start, end, None) for start, end in zip(bounds, bounds[1:])],
+            )
+        p = len(prefix)
+        added = [
+            ([(torch.cat([keys[:, :, :p], keys[:, :, p + start : p + end]], dim=2),
+               torch.cat([values[:, :, :p], values[:, :, p + start : p + end]], dim=2))
+              for keys, values in _layers(out.past_key_values)],
+             torch.ones(1, p + end - start, dtype=torch.long, device=device))
+            for start, end in zip(bounds, bounds[1:])
+        ]
+        return out.logits.reshape(len(suffixes), -1), added
+
     with torch.inference_mode():
         while True:
-            # Fill the free slots: prefill each next prompt on its own (no padding to compute) after the prefix all
-            # prompts share, and splice its keys and values into the shared cache. Prefilling 8 prompts of 105-291
-            # tokens left-padded together took 3.7-4.1 s on 2 CPU cores, one at a time 2.4 s (docs/benchmarks.md §3).
+            # Fill the free slots: prefill the next prompts together in one padding-free forward (each attends to
+            # the prefix all prompts share and to itself: dpo_engine.segment_attention), and splice their keys and
+            # values into the shared cache. 8 prompts of 105-291 tokens took 3.7-4.1 s left-padded together on 2 CPU
+            # cores, one at a time 2.4 s (docs/benchmarks.md §3).
             admitted = list(itertools.islice(queue, slots - len(busy)))
             if admitted:
-                rows, added = [], []
+                rows = []
                 for index in admitted:
-                    ids = torch.tensor([prompts[index]], device=device)
-                    prefill = model(input_ids=ids[:, len(prefix):], use_cache=True, logits_to_keep=1,
-                                    past_key_values=DynamicCache(ddp_cache_data=prefix_layers) if prefix else None)
                     row = {"index": index, "answer": [], "generator": None}
                     if warpers:
                         seed = seeds[index] if seeds is not None else index
                         row["generator"] = torch.Generator(device=device).manual_seed(int(seed))
-                    row["answer"].append(choose(prefill.logits[:, -1], [row])[0])
                     rows.append(row)
-                    added.append((prefill.past_key_values, torch.ones_like(ids)))
+                first_logits, added = prefill([prompts[index][len(prefix):] for index in admitted])
+                for row, logits in zip(rows, first_logits):
+                    row["answer"].append(choose(logits[None], [row])[0])
                 cache, mask = _splice(cache, mask, added)
                 busy.extend(rows)
             # Hand back finished answers; drop their rows from the cache.
@@ -208,10 +242,10 @@ def _rebuilt(layers: list[tuple[torch.Tensor, torch.Tensor]], mask: torch.Tensor
 
 
 def _splice(cache: DynamicCache | None, mask: torch.Tensor | None,
-            added: list[tuple[DynamicCache, torch.Tensor]]) -> tuple[DynamicCache, torch.Tensor]:
-    """The shared cache with the rows of each ``(cache, mask)`` in ``added`` (new prompts) appended, in order; every
+            added: list[tuple[list, torch.Tensor]]) -> tuple[DynamicCache, torch.Tensor]:
+    """The shared cache with the rows of each ``(layers, mask)`` in ``added`` (new prompts) appended, in order; every
     part is left-padded to the longest with zeros that the mask marks 0 (attention never reads them)."""
-    parts = ([(_layers(cache), mask)] if cache is not None else []) + [(_layers(c), m) for c, m in added]
+    parts = ([(_layers(cache), mask)] if cache is not None else []) + list(added)
     width = max(part_mask.shape[1] for _, part_mask in parts)
 
     def left_pad(tensor: torch.Tensor, dim_from_end: int) -> torch.Tensor:
