@@ -77,3 +77,20 @@ def test_run_all_passes_arguments_on_and_summarises(tmp_path):
     assert generation["benchmark"] == "generation" and generation["ratio"].startswith("RATIO generation")
     bad = subprocess.run([sys.executable, str(BENCH / "run_all.py"), "--only", "nope"], capture_output=True, text=True)
     assert bad.returncode != 0 and "unknown benchmark" in bad.stderr
+
+
+def test_scoring_work_count_by_hand():
+    """The multiply-add count behind the scoring benchmark's 'ratio a compute-bound machine allows' line."""
+    from types import SimpleNamespace
+
+    sys.path.insert(0, str(BENCH))
+    from bench_scoring import multiply_adds
+
+    config = SimpleNamespace(hidden_size=4, num_attention_heads=2, num_key_value_heads=1, head_dim=2,
+                             intermediate_size=8, num_hidden_layers=3, vocab_size=10)
+    pair = SimpleNamespace(prompt_ids=[1, 2], chosen_ids=[3, 4, 5], rejected_ids=[6])
+    # Per token: 3 layers x (4 x (2x2x2 + 2x1x2) + 3 x 4 x 8) = 432 in the body; the head 4 x 10 = 40.
+    # Naive: (2 + 3) + (2 + 1) tokens, body and head each. Ours: packed (the cheaper layout here), 6 tokens once,
+    # head at 3 positions (the last prompt token, 2 chosen tokens but the last; the 1-token rejected adds none).
+    work = multiply_adds(SimpleNamespace(config=config), [pair])
+    assert work == {"naive": 8 * (432 + 40), "ours": 6 * 432 + 3 * 40}

@@ -159,6 +159,31 @@ def test_continuous_batching_gives_plain_generate_answers_and_keeps_every_slot_b
     assert len(rows_per_step) <= -(-sum(lengths) // slots) + max(lengths)  # near the ideal, not a padded batch's
 
 
+@pytest.mark.parametrize("padding_free", [True, False], ids=["one padding-free prefill", "a prefill per prompt"])
+def test_prompts_admitted_together_are_prefilled_as_if_alone(perturbed_adapter, padding_free, monkeypatch):
+    """Several prompts admitted at once share one padding-free prefill after the common prefix (models with another
+    attention implementation prefill them one by one); either way each answer is the one it gets alone."""
+    from dpo_engine.evaluation import decoding
+
+    model, tokenizer = load_model(TINY_MODEL, adapter=perturbed_adapter)
+    encoded = [prompt_ids(tokenizer, [{"role": "user", "content": text}]) for text in INSTRUCTIONS]
+    stop = generation.stop_token_ids(tokenizer)
+    expected = reference_answers(model, encoded, 8, stop)
+    monkeypatch.setattr(decoding, "supports_packing", lambda model: padding_free)
+    prefill_rows = []
+    forward = model.forward
+
+    def recording(*args, **kwargs):
+        if "segments" in kwargs:
+            prefill_rows.append(len(kwargs["segments"]))
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(model, "forward", recording)
+    streamed = dict(stream_answers(model, encoded, slots=len(encoded), max_new_tokens=8, stop_ids=stop))
+    assert [streamed[i] for i in range(len(encoded))] == expected
+    assert prefill_rows == ([len(encoded)] if padding_free else [])  # all six in one forward, or none that way
+
+
 def decoding_steps(model, n_steps: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Logits of ``n_steps`` greedy steps after a 3-token prompt (2 rows), from `_DecodingStep` and from the whole
     model on its own copy of the cache."""

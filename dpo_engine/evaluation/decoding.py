@@ -81,12 +81,14 @@ def stream_answers(
 
     def prefill(suffixes: list[list[int]]) -> tuple[torch.Tensor, list[tuple[list, torch.Tensor]]]:
         """First-token logits ``(prompts, vocab)`` and per prompt its cache layers and mask, after the prefix."""
-        past = DynamicCache(ddp_cache_data=prefix_layers) if prefix else None
+        def prefix_cache() -> DynamicCache | None:  # a new one per forward: the forward appends to it
+            return DynamicCache(ddp_cache_data=prefix_layers) if prefix else None
+
         if not supports_packing(model):  # one forward per prompt
             logits, added = [], []
             for suffix in suffixes:
                 out = model(input_ids=torch.tensor([suffix], device=device), use_cache=True, logits_to_keep=1,
-                            past_key_values=DynamicCache(ddp_cache_data=prefix_layers) if prefix else None)
+                            past_key_values=prefix_cache())
                 logits.append(out.logits[0, -1])
                 added.append((_layers(out.past_key_values), torch.ones(1, len(prefix) + len(suffix), dtype=torch.long, device=device)))
             return torch.stack(logits), added
@@ -97,7 +99,7 @@ def stream_answers(
             out = model(
                 input_ids=torch.tensor([[token for suffix in suffixes for token in suffix]], device=device),
                 position_ids=torch.tensor([[len(prefix) + i for suffix in suffixes for i in range(len(suffix))]], device=device),
-                past_key_values=past, use_cache=True, logits_to_keep=keep.to(device),
+                past_key_values=prefix_cache(), use_cache=True, logits_to_keep=keep.to(device),
                 segments=[(start, end, None) for start, end in zip(bounds, bounds[1:])],
             )
         p = len(prefix)
