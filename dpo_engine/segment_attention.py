@@ -15,8 +15,9 @@ Use::
 ``segments`` is a list of ``(start, end, mask)``: the columns ``[start, end)`` of the row, and ``mask`` either
 ``None`` (plain causal attention) or a ``(1, 1, end - start, end - start)`` boolean mask (True = may attend).
 Position ids restart in each segment. With a cache holding a shared prefix (``past_key_values``), every segment
-also sees the prefix: several prompts after one system prompt are prefilled in a single padding-free forward. transformers passes extra forward keyword arguments down to the attention
-function; outside the ``segments`` keyword the function is transformers' own SDPA.
+also sees the prefix: several prompts after one system prompt are prefilled in a single padding-free forward.
+transformers passes extra forward keyword arguments down to the attention function; without the ``segments``
+keyword the function is transformers' own SDPA.
 """
 
 from __future__ import annotations

@@ -90,7 +90,8 @@ def stream_answers(
                 out = model(input_ids=torch.tensor([suffix], device=device), use_cache=True, logits_to_keep=1,
                             past_key_values=prefix_cache())
                 logits.append(out.logits[0, -1])
-                added.append((_layers(out.past_key_values), torch.ones(1, len(prefix) + len(suffix), dtype=torch.long, device=device)))
+                valid = torch.ones(1, len(prefix) + len(suffix), dtype=torch.long, device=device)
+                added.append((_layers(out.past_key_values), valid))
             return torch.stack(logits), added
         bounds = list(itertools.accumulate(map(len, suffixes), initial=0))
         keep = torch.zeros(1, bounds[-1], dtype=torch.bool)
@@ -116,8 +117,9 @@ def stream_answers(
         while True:
             # Fill the free slots: prefill the next prompts together in one padding-free forward (each attends to
             # the prefix all prompts share and to itself: dpo_engine.segment_attention), and splice their keys and
-            # values into the shared cache. 8 prompts of 105-291 tokens took 3.7-4.1 s left-padded together on 2 CPU
-            # cores, one at a time 2.4 s (docs/benchmarks.md §3).
+            # values into the shared cache. On 2 CPU cores 8 prompts of 105-291 tokens took 3.7-4.1 s left-padded
+            # together and 2.4 s one at a time; 32 prompts 4.7-4.9 s one at a time and 3.0-3.5 s padding-free
+            # together (docs/benchmarks.md §3).
             admitted = list(itertools.islice(queue, slots - len(busy)))
             if admitted:
                 rows = []
