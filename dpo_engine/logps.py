@@ -114,8 +114,14 @@ def pair_logps(
 
 
 def supports_packing(model) -> bool:
-    """Whether the model's attention is one the padding-free segment path can stand in for (sdpa or eager)."""
+    """Whether the padding-free segment path can stand in for the model's attention (sdpa or eager).
+
+    Not while activation checkpointing would recompute the forward during backward: the recomputation runs
+    outside ``segment_attention``, with the model's own attention over the whole row.
+    """
     config = getattr(model, "config", None)
+    if torch.is_grad_enabled() and getattr(model, "is_activation_checkpointing", False):
+        return False
     return getattr(config, "_attn_implementation", None) in _SEGMENTABLE_ATTENTION
 
 

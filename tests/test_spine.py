@@ -223,3 +223,24 @@ def test_segment_attention_hands_the_model_its_own_attention_back(tiny):
             plain = pair_logps(lora, [pair], tokenizer.pad_token_id)
     assert lora.get_base_model().config._attn_implementation == "sdpa"
     torch.testing.assert_close(out["chosen_logps"], plain["chosen_logps"])  # LoRA's B starts at zero
+
+
+def test_activation_checkpointing_gets_the_gradients_of_a_plain_forward(tiny):
+    """Checkpointing recomputes the forward during backward, outside ``segment_attention``; the gradients must still
+    be those of the forward that was taken."""
+    import copy
+
+    model, tokenizer = tiny
+    batch = collate([
+        encode_pair(tokenizer, USER, "4", "five, I think"),
+        encode_pair(tokenizer, [{"role": "user", "content": "Say hi to me please"}], "hi there, friend", "no"),
+    ], tokenizer.pad_token_id)
+    grads = []
+    for checkpointing in (False, True):
+        copy_ = copy.deepcopy(model).train()
+        if checkpointing:
+            copy_.activation_checkpointing_enable()
+        out = policy_logps(copy_, batch)
+        (out["chosen_logps"] - out["rejected_logps"]).sum().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in copy_.parameters() if p.grad is not None]))
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-5)
