@@ -7,9 +7,10 @@ Each contender runs in a fresh child process (so its peak RSS is its own), with 
 - **baseline**: the plain batched transformers way: chosen and rejected rows right-padded, full logits,
   ``log_softmax``, gather (what a user writes without response-only logits or prompt sharing).
 
-``score_logps`` scores the longest pairs first, so the peak is reached in the first batches. ``--quick`` therefore
-scores the 8 longest pairs (the first, largest batch a full run starts with); the full mode scores all 1,200 pairs
-with ours (the baseline gets the 32 longest: its peak is also set by the longest batch). Target: <= 3 GB.
+``score_logps`` scores the longest pairs first. ``--quick`` scores the 8 longest pairs (the first, largest batch a
+full run starts with): a lower bound on the full run's peak (1,586 vs 1,935 MB measured, docs/benchmarks.md §5).
+The full mode scores all 1,200 pairs with ours (the baseline gets the 32 longest: its peak is set by the longest
+batch, whose full logits dominate). Target: <= 3 GB.
 
 The last line printed is the ratio line (baseline peak / ours peak).
 """
