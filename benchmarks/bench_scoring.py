@@ -163,15 +163,11 @@ def multiply_adds(model, encoded) -> dict[str, float]:
     in the layout ``prefer_packed`` picks (the prompt once when packed), no padding, the head only at positions that
     predict a response token.
     """
-    from dpo_engine.logps import _logit_positions, prefer_packed
+    from dpo_engine.logps import _logit_positions, layer_multiply_adds, prefer_packed
 
     config = model.config
-    hidden, heads, kv_heads = config.hidden_size, config.num_attention_heads, config.num_key_value_heads
-    head_dim = getattr(config, "head_dim", None) or hidden // heads
-    body = config.num_hidden_layers * (
-        hidden * (2 * heads * head_dim + 2 * kv_heads * head_dim) + 3 * hidden * config.intermediate_size
-    )
-    head = hidden * config.vocab_size
+    body = config.num_hidden_layers * layer_multiply_adds(model)[0]
+    head = config.hidden_size * config.vocab_size
     naive = ours = 0.0
     for pair in encoded:
         p, c, r = len(pair.prompt_ids), len(pair.chosen_ids), len(pair.rejected_ids)

@@ -204,6 +204,19 @@ def _groups(pairs: Sequence, max_logit_tokens: int):
         yield group
 
 
+def layer_multiply_adds(model) -> tuple[int, int]:
+    """Multiply-adds of one decoder layer, from the model's config: ``(linear work per token, attention work per
+    (query, key) position)``. The linear work is the q/k/v/o projections and a gated MLP (Llama-style)."""
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    hidden = getattr(config, "hidden_size", 1024)
+    heads = getattr(config, "num_attention_heads", 16)
+    head_dim = getattr(config, "head_dim", None) or hidden // heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    intermediate = getattr(config, "intermediate_size", None) or 4 * hidden
+    linear = hidden * (2 * heads * head_dim + 2 * kv_heads * head_dim) + 3 * hidden * intermediate
+    return linear, 2 * heads * head_dim
+
+
 def prefer_packed(model, pair) -> bool:
     """Whether one ``[prompt | chosen | rejected]`` segment is cheaper than ``[prompt | chosen]``, ``[prompt | rejected]``.
 
@@ -212,14 +225,8 @@ def prefer_packed(model, pair) -> bool:
     and cost half their squares. Short prompts with long responses are therefore cheaper unpacked. The estimate
     counts the model's linear work per token and attention work per (query, key) position, from its config.
     """
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    hidden = getattr(config, "hidden_size", 1024)
-    heads = getattr(config, "num_attention_heads", 16)
-    head_dim = getattr(config, "head_dim", None) or hidden // heads
-    kv_heads = getattr(config, "num_key_value_heads", None) or heads
-    intermediate = getattr(config, "intermediate_size", None) or 4 * hidden
-    linear = hidden * (2 * heads * head_dim + 2 * kv_heads * head_dim) + 3 * hidden * intermediate
-    attention = 2 * heads * head_dim / linear  # one (query, key) position, in units of one token's linear work
+    linear, attention = layer_multiply_adds(model)
+    attention /= linear  # one (query, key) position, in units of one token's linear work
     p, c, r = len(pair.prompt_ids), len(pair.chosen_ids), len(pair.rejected_ids)
     packed = (p + c + r) * (1 + attention * (p + c + r))
     split = (p + c) * (1 + attention * (p + c) / 2) + (p + r) * (1 + attention * (p + r) / 2)
