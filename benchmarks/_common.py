@@ -60,7 +60,7 @@ def setup_environment() -> None:
 
 
 def resolve_device(device: str) -> str:
-    from dpo_engine.models import detect_device
+    from dpo_engine.models.loading import detect_device
 
     return detect_device() if device == "auto" else device
 

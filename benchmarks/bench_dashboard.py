@@ -105,8 +105,8 @@ def make_data(n: int, workdir: Path, home: Path) -> tuple[Path, Path]:
     import numpy as np
     import pandas as pd
 
-    from dpo_engine.data import fingerprint, load_pairs
-    from dpo_engine.margins_table import build_margins_table, save_margins_table
+    from dpo_engine.data.pairs import fingerprint, load_pairs
+    from dpo_engine.margins.table import build_margins_table, save_margins_table
 
     rng = np.random.default_rng(0)
     words = np.array("the model answer data pair margin reward policy token prompt response better worse clear "

@@ -49,8 +49,8 @@ def main(argv=None) -> dict:
         load_eval_prompts,
         stop_token_ids,
     )
-    from dpo_engine.models import load_model
-    from dpo_engine.tokenization import prompt_ids
+    from dpo_engine.models.loading import load_model
+    from dpo_engine.models.tokenization import prompt_ids
 
     device = _common.resolve_device(args.device)
     prompts = load_eval_prompts(n=n_prompts, seed=0)

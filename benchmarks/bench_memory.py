@@ -70,10 +70,10 @@ def child(args) -> dict:
 
     import torch
 
-    from dpo_engine import scoring
-    from dpo_engine.data import bundled_datasets, load_pairs
-    from dpo_engine.models import load_model
-    from dpo_engine.tokenization import encode_pair
+    from dpo_engine.margins import scoring
+    from dpo_engine.data.pairs import bundled_datasets, load_pairs
+    from dpo_engine.models.loading import load_model
+    from dpo_engine.models.tokenization import encode_pair
 
     model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
     pairs = load_pairs(bundled_datasets()["ultrafeedback"]).pairs

@@ -52,10 +52,10 @@ def main(argv=None) -> dict:
 
     import torch
 
-    from dpo_engine import scoring
-    from dpo_engine.data import bundled_datasets, load_pairs
-    from dpo_engine.models import load_model
-    from dpo_engine.tokenization import encode_pair
+    from dpo_engine.margins import scoring
+    from dpo_engine.data.pairs import bundled_datasets, load_pairs
+    from dpo_engine.models.loading import load_model
+    from dpo_engine.models.tokenization import encode_pair
 
     device = _common.resolve_device(args.device)
     source = bundled_datasets().get(args.dataset, args.dataset)
@@ -163,7 +163,7 @@ def multiply_adds(model, encoded) -> dict[str, float]:
     in the layout ``prefer_packed`` picks (the prompt once when packed), no padding, the head only at positions that
     predict a response token.
     """
-    from dpo_engine.logps import _logit_positions, layer_multiply_adds, prefer_packed
+    from dpo_engine.models.logps import _logit_positions, layer_multiply_adds, prefer_packed
 
     config = model.config
     body = config.num_hidden_layers * layer_multiply_adds(model)[0]

@@ -97,9 +97,9 @@ def main(argv=None) -> dict:
 
 def write_pairs(model: str, n: int, max_length: int, max_prompt_length: int, path: Path) -> Path:
     """``n`` bundled UltraFeedback pairs (seeded sample) that neither trainer truncates, as conversational jsonl."""
-    from dpo_engine.data import bundled_datasets, load_pairs
-    from dpo_engine.models import load_tokenizer
-    from dpo_engine.tokenization import encode_pair
+    from dpo_engine.data.pairs import bundled_datasets, load_pairs
+    from dpo_engine.models.loading import load_tokenizer
+    from dpo_engine.models.tokenization import encode_pair
 
     tokenizer = load_tokenizer(model)
     pairs = load_pairs(bundled_datasets()["ultrafeedback"]).pairs
@@ -127,9 +127,9 @@ def child(args, batch_size: int, max_length: int, max_prompt_length: int, dtype:
     device = _common.resolve_device(args.device)
     run_dir = Path(tempfile.mkdtemp(dir=args.workdir, prefix=f"{args.child}-"))
     if args.child == "ours":
-        from dpo_engine.io import read_jsonl
-        from dpo_engine.train_config import TrainConfig
-        from dpo_engine.training import train
+        from dpo_engine.files import read_jsonl
+        from dpo_engine.training.config import TrainConfig
+        from dpo_engine.training.trainer import train
 
         config = TrainConfig(
             model=args.model, subset=args.data, max_length=max_length, max_prompt_length=max_prompt_length,
@@ -150,8 +150,8 @@ def child(args, batch_size: int, max_length: int, max_prompt_length: int, dtype:
         from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
         from trl import DPOConfig, DPOTrainer
 
-        from dpo_engine.io import read_jsonl
-        from dpo_engine.models import resolve_model
+        from dpo_engine.files import read_jsonl
+        from dpo_engine.models.loading import resolve_model
 
         class Clock(TrainerCallback):
             def on_train_begin(self, *a, **k):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from dpo_engine.data import ValidationReport
+from dpo_engine.data.pairs import ValidationReport
 
 PAIR_TABLE_COLUMNS = {
     "pair_id": st.column_config.TextColumn("pair id", width="medium"),

@@ -12,9 +12,9 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from dpo_engine.data import LoadedPairs, ValidationReport, bundled_datasets, fingerprint, load_pairs, save_pairs
+from dpo_engine.data.pairs import LoadedPairs, ValidationReport, bundled_datasets, fingerprint, load_pairs, save_pairs
 from dpo_engine.errors import DataError
-from dpo_engine.margins_table import load_margins_table
+from dpo_engine.margins.table import load_margins_table
 from dpo_engine.paths import ASSETS_DIR, workspace_subdir
 
 DEFAULT_DATASET = "ultrafeedback"

@@ -22,7 +22,7 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-from dpo_engine.io import atomic_write_json, read_json
+from dpo_engine.files import atomic_write_json, read_json
 from dpo_engine.paths import ASSETS_DIR, home_dir, workspace_subdir
 
 DEMO_DIR = ASSETS_DIR / "demo"
@@ -79,7 +79,7 @@ def install_demo(source: str | Path = DEMO_DIR, *, force: bool = False) -> dict:
             shutil.copy2(selection, target)
             result["selections"].append(selection.name)
     if result["runs"]:
-        from dpo_engine.runs import rebuild_registry
+        from dpo_engine.runs.manager import rebuild_registry
 
         rebuild_registry()
     atomic_write_json(marker, {

@@ -28,7 +28,7 @@ import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
-from dpo_engine.io import atomic_write_json, read_json
+from dpo_engine.files import atomic_write_json, read_json
 from dpo_engine.paths import workspace_subdir
 
 

@@ -25,10 +25,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from dpo_engine.data import bundled_datasets, load_pairs
-from dpo_engine.io import atomic_write_text
+from dpo_engine.data.pairs import bundled_datasets, load_pairs
+from dpo_engine.files import atomic_write_text
 from dpo_engine.paths import ASSETS_DIR
-from dpo_engine.reward_head import PairEmbeddings, cross_fit_differences, embed_pairs, train_judge_head
+from dpo_engine.models.reward_head import PairEmbeddings, cross_fit_differences, embed_pairs, train_judge_head
 
 JUDGE_DIR = ASSETS_DIR / "judge"
 ARTIFACT = JUDGE_DIR / "embedding_judge_uf.npz"

@@ -24,7 +24,7 @@ def workspace(tmp_path, monkeypatch) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model_dir() -> Path:
     """The tiny random Llama (byte-level tokenizer, ChatML template), built once."""
-    from dpo_engine.models import ensure_tiny_model
+    from dpo_engine.models.loading import ensure_tiny_model
 
     return ensure_tiny_model()
 

@@ -12,7 +12,7 @@ import os
 import time
 from pathlib import Path
 
-from dpo_engine.io import append_jsonl, atomic_write_json
+from dpo_engine.files import append_jsonl, atomic_write_json
 
 
 def train(config: dict, run_dir, *, resume=False, should_stop=None, on_progress=None) -> dict:

@@ -19,8 +19,8 @@ from streamlit.testing.v1 import AppTest
 from dashboard import figures
 from dashboard.figures import hover_texts, margin_density, margin_scatter, selection_marginals, training_curves
 from dpo_engine import jobs
-from dpo_engine.data import bundled_datasets, fingerprint, load_pairs, save_pairs
-from dpo_engine.selection import list_selections
+from dpo_engine.data.pairs import bundled_datasets, fingerprint, load_pairs, save_pairs
+from dpo_engine.selection.store import list_selections
 
 APP = str(Path(__file__).resolve().parent.parent / "dashboard" / "app.py")
 SHIPPED = Path(__file__).resolve().parent.parent / "assets" / "margins" / "ultrafeedback.parquet"
@@ -32,8 +32,8 @@ def write_test_margins(home: Path) -> str:
 
     External margins come from the data's scores; the implicit margin and log-probs are random numbers.
     """
-    from dpo_engine.margins_table import build_margins_table, save_margins_table
-    from dpo_engine.scoring import external_margins
+    from dpo_engine.margins.table import build_margins_table, save_margins_table
+    from dpo_engine.margins.scoring import external_margins
 
     pairs = load_pairs(bundled_datasets()["ultrafeedback"]).pairs
     dataset_fp = fingerprint(pairs)

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from dpo_engine.cli import main
-from dpo_engine.data import (
+from dpo_engine.data.pairs import (
     PAIR_COLUMNS,
     bundled_datasets,
     fingerprint,

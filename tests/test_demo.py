@@ -16,12 +16,13 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from dpo_engine import runs
+from dpo_engine.runs import manager as runs
 from dpo_engine.demo import DEMO_DIR, demo_manifest, install_demo
 from dpo_engine.evaluation import report
 from dpo_engine.evaluation.metrics import bootstrap_ci, win_rate
-from dpo_engine.margins_table import load_margins_table
-from dpo_engine.selection import load_selection, select_pairs
+from dpo_engine.margins.table import load_margins_table
+from dpo_engine.selection.rules import select_pairs
+from dpo_engine.selection.store import load_selection
 from test_dashboard_pages import APP, TIMEOUT, plotly_array
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -18,8 +18,8 @@ from dpo_engine.evaluation.generation import (
     load_eval_prompts,
 )
 from dpo_engine.evaluation.decoding import _common_prefix, stream_answers, supports_continuous_batching
-from dpo_engine.models import TINY_MODEL, load_model
-from dpo_engine.tokenization import prompt_ids
+from dpo_engine.models.loading import TINY_MODEL, load_model
+from dpo_engine.models.tokenization import prompt_ids
 
 INSTRUCTIONS = [
     "Name a colour.",

@@ -6,8 +6,8 @@ import pytest
 
 from dashboard.figures import response_length_chart
 from dpo_engine.cli import main
-from dpo_engine.data import bundled_datasets, load_pairs
-from dpo_engine.lengths import length_histograms, length_summary, response_lengths
+from dpo_engine.data.pairs import bundled_datasets, load_pairs
+from dpo_engine.data.lengths import length_histograms, length_summary, response_lengths
 
 
 def test_response_lengths_are_characters_of_each_reply():

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from dpo_engine.errors import ConfigError
-from dpo_engine.loss_catalog import LOSS_DEFAULTS, LOSS_DOCS, LOSS_NAMES
-from dpo_engine.losses import (
+from dpo_engine.losses.catalog import LOSS_DEFAULTS, LOSS_DOCS, LOSS_NAMES
+from dpo_engine.losses.functions import (
     AlphaDPOLoss,
     is_stateful,
     make_loss,

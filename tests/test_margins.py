@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from dpo_engine.errors import UserError
-from dpo_engine.margins import (
+from dpo_engine.margins.formulas import (
     alignment_potential,
     bayes_aggregate,
     bees,

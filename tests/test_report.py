@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from dpo_engine import runs
+from dpo_engine.runs import manager as runs
 from dpo_engine.cli import eval as eval_cli
 from dpo_engine.cli import main
 from dpo_engine.errors import ConfigError
@@ -28,7 +28,7 @@ from dpo_engine.evaluation.metrics import (
     paired_difference,
     win_rate,
 )
-from dpo_engine.models import DEFAULT_MODEL, TINY_MODEL
+from dpo_engine.models.loading import DEFAULT_MODEL, TINY_MODEL
 
 # Sampling: the tiny random model's greedy answers are newlines only, the same for every run.
 SETTINGS = GenerationSettings(max_new_tokens=12, batch_size=3, temperature=1.0, seed=0)

@@ -9,10 +9,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dpo_engine.data import bundled_datasets, load_pairs
+from dpo_engine.data.pairs import bundled_datasets, load_pairs
 from dpo_engine.errors import UserError
 from dpo_engine.paths import ASSETS_DIR
-from dpo_engine.reward_head import (
+from dpo_engine.models.reward_head import (
     FEATURE_DIM,
     EmbeddingRewardModel,
     assign_folds,

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from dpo_engine import runs
+from dpo_engine.runs import manager as runs
 from dpo_engine.cli import main
 from dpo_engine.errors import ConfigError
-from dpo_engine.io import atomic_write_json, read_json, read_jsonl
+from dpo_engine.files import atomic_write_json, read_json, read_jsonl
 
 TESTS_DIR = Path(__file__).resolve().parent
 
@@ -196,7 +196,7 @@ def test_run_outlives_the_process_that_launched_it(pairs_file, fake_trainer, mon
     monkeypatch.setenv("FAKE_STEP_SECONDS", "0.05")
     run_id = runs.create_run(config_for(pairs_file, max_steps=40))
 
-    launcher = [sys.executable, "-c", f"from dpo_engine import runs; runs.launch({run_id!r})"]
+    launcher = [sys.executable, "-c", f"from dpo_engine.runs import manager as runs; runs.launch({run_id!r})"]
     subprocess.run(launcher, check=True, timeout=60)
 
     info = runs.get_run(run_id)

@@ -7,11 +7,11 @@ import pandas as pd
 import pytest
 import torch
 
-from dpo_engine import scoring
-from dpo_engine.margins_table import build_margins_table, load_margins_table, save_margins_table
-from dpo_engine.logps import policy_logps
-from dpo_engine.models import TINY_MODEL, load_model
-from dpo_engine.tokenization import collate, encode_pair
+from dpo_engine.margins import scoring
+from dpo_engine.margins.table import build_margins_table, load_margins_table, save_margins_table
+from dpo_engine.models.logps import policy_logps
+from dpo_engine.models.loading import TINY_MODEL, load_model
+from dpo_engine.models.tokenization import collate, encode_pair
 
 
 def make_pairs(n: int) -> pd.DataFrame:
@@ -155,7 +155,7 @@ def test_score_cli_trains_a_warmup_proxy_and_writes_the_table(tmp_path):
     import json
 
     from dpo_engine.cli import main
-    from dpo_engine.data import save_pairs
+    from dpo_engine.data.pairs import save_pairs
 
     pairs_file = save_pairs(make_pairs(12), tmp_path / "pairs.jsonl")
     out = tmp_path / "margins.parquet"
@@ -193,8 +193,8 @@ def test_default_model_scores_twenty_bundled_pairs(tmp_path, monkeypatch):
 
     from peft import LoraConfig, get_peft_model
 
-    from dpo_engine.data import bundled_datasets, load_pairs
-    from dpo_engine.models import DEFAULT_MODEL, resolve_model
+    from dpo_engine.data.pairs import bundled_datasets, load_pairs
+    from dpo_engine.models.loading import DEFAULT_MODEL, resolve_model
     from transformers import AutoModelForCausalLM
 
     pairs = load_pairs(bundled_datasets()["ultrafeedback"]).pairs.iloc[:20]

@@ -11,25 +11,9 @@ import torch
 
 from dpo_engine.cli import main
 from dpo_engine.errors import UserError
-from dpo_engine.margins import fused_scores
-from dpo_engine.selection import (
-    Selection,
-    column_stats,
-    margin_correlations,
-    export_selection,
-    filter_by_ids,
-    ids_mask,
-    list_selections,
-    load_selection,
-    save_selection,
-    select_bottom_k,
-    select_pairs,
-    select_partition,
-    select_random,
-    select_threshold,
-    select_top_k,
-    selection_summary,
-)
+from dpo_engine.margins.formulas import fused_scores
+from dpo_engine.selection.rules import column_stats, margin_correlations, filter_by_ids, ids_mask, select_bottom_k, select_pairs, select_partition, select_random, select_threshold, select_top_k, selection_summary
+from dpo_engine.selection.store import Selection, export_selection, list_selections, load_selection, save_selection
 
 nan = float("nan")
 
@@ -276,7 +260,7 @@ def test_load_selection_errors(workspace, tmp_path):
 
 
 def test_export_selection_writes_pairs_that_load_back(tmp_path):
-    from dpo_engine.data import load_pairs
+    from dpo_engine.data.pairs import load_pairs
 
     source = tmp_path / "pairs.jsonl"
     rows = [{"id": name, "prompt": f"q {name}", "chosen": f"good {name}", "rejected": f"bad {name}"} for name in "abcd"]

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from dpo_engine.errors import ConfigError, ModelError
-from dpo_engine.logps import policy_logps, sequence_logps
-from dpo_engine.models import TINY_MODEL, detect_device, load_model, load_tokenizer, resolve_model
-from dpo_engine.tokenization import collate, encode_pair, prompt_ids
+from dpo_engine.models.logps import policy_logps, sequence_logps
+from dpo_engine.models.loading import TINY_MODEL, detect_device, load_model, load_tokenizer, resolve_model
+from dpo_engine.models.tokenization import collate, encode_pair, prompt_ids
 
 USER = [{"role": "user", "content": "What is 2+2?"}]
 
@@ -138,7 +138,7 @@ def test_policy_logps_equals_a_naive_per_sequence_loop(tiny):
 @pytest.mark.parametrize("packed", [True, False], ids=["shared-prompt rows", "one row per response"])
 def test_both_layouts_of_pair_logps_give_the_naive_numbers(tiny, monkeypatch, packed):
     """``prefer_packed`` picks a layout per pair by cost; whichever it picks, the log-probs are the same."""
-    from dpo_engine import logps
+    from dpo_engine.models import logps
 
     model, tokenizer = tiny
     pairs = [
@@ -156,7 +156,7 @@ def test_both_layouts_of_pair_logps_give_the_naive_numbers(tiny, monkeypatch, pa
 def test_prefer_packed_packs_long_prompts_and_splits_long_responses(tiny):
     from types import SimpleNamespace
 
-    from dpo_engine.logps import prefer_packed
+    from dpo_engine.models.logps import prefer_packed
 
     model, _ = tiny
     long_prompt = SimpleNamespace(prompt_ids=[1] * 200, chosen_ids=[1] * 5, rejected_ids=[1] * 5)
@@ -175,7 +175,7 @@ def test_policy_logps_carries_gradients(tiny):
 
 def test_one_padding_free_row_of_mixed_lengths_and_layouts_gives_the_naive_numbers(tiny, monkeypatch):
     """Pairs of very different lengths share one row, packed and plain segments side by side, and nothing leaks."""
-    from dpo_engine import logps
+    from dpo_engine.models import logps
 
     model, tokenizer = tiny
     pairs = [
@@ -201,8 +201,8 @@ def test_one_padding_free_row_of_mixed_lengths_and_layouts_gives_the_naive_numbe
 def test_segment_attention_hands_the_model_its_own_attention_back(tiny):
     from peft import LoraConfig, get_peft_model
 
-    from dpo_engine.logps import pair_logps
-    from dpo_engine.segment_attention import SEGMENT_ATTENTION, segment_attention
+    from dpo_engine.models.logps import pair_logps
+    from dpo_engine.models.segment_attention import SEGMENT_ATTENTION, segment_attention
 
     model, tokenizer = tiny
     pair = encode_pair(tokenizer, USER, "4", "five")

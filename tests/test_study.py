@@ -21,12 +21,12 @@ import pandas as pd
 import pytest
 import torch
 
-from dpo_engine import runs
+from dpo_engine.runs import manager as runs
 from dpo_engine.demo import install_demo
 from dpo_engine.errors import UserError
 from dpo_engine.evaluation import report
-from dpo_engine.margins_table import load_margins_table
-from dpo_engine.selection import load_selection
+from dpo_engine.margins.table import load_margins_table
+from dpo_engine.selection.store import load_selection
 from experiments.dm_small.cli import main
 from experiments.dm_small.pipeline import workspace_env
 

@@ -12,15 +12,15 @@ import pandas as pd
 import pytest
 import torch
 
-from dpo_engine import margins
+from dpo_engine.margins import formulas as margins
 from dpo_engine.errors import ConfigError
-from dpo_engine.io import read_jsonl
-from dpo_engine.logps import policy_logps
-from dpo_engine.loss_catalog import LOSS_NAMES
-from dpo_engine.models import DEFAULT_MODEL, TINY_MODEL, adapter_base, load_model
+from dpo_engine.files import read_jsonl
+from dpo_engine.models.logps import policy_logps
+from dpo_engine.losses.catalog import LOSS_NAMES
+from dpo_engine.models.loading import DEFAULT_MODEL, TINY_MODEL, adapter_base, load_model
 from dpo_engine.paths import ASSETS_DIR
-from dpo_engine.tokenization import collate, encode_pair
-from dpo_engine.training import LOSS_STATE_FILE, METRIC_KEYS, TrainConfig, train, train_foreground
+from dpo_engine.models.tokenization import collate, encode_pair
+from dpo_engine.training.trainer import LOSS_STATE_FILE, METRIC_KEYS, TrainConfig, train, train_foreground
 
 
 
@@ -295,7 +295,7 @@ def test_default_model_trains_on_ultrafeedback_pairs(tmp_path):
 
 
 def test_resume_skips_a_checkpoint_a_kill_left_half_written(tmp_path):
-    from dpo_engine.training import last_complete_checkpoint
+    from dpo_engine.training.trainer import last_complete_checkpoint
 
     assert last_complete_checkpoint(tmp_path / "missing") is None
     complete, torn = tmp_path / "checkpoint-2", tmp_path / "checkpoint-4"

@@ -7,8 +7,8 @@ import streamlit as st
 from dashboard.components import pair_browser, validation_report
 from dashboard.figures import response_length_chart
 from dashboard.state import DataSource, bundled_source, current_source, load, set_source
-from dpo_engine.data import FIELDS, bundled_datasets
-from dpo_engine.lengths import length_histograms, length_summary, response_lengths
+from dpo_engine.data.pairs import FIELDS, bundled_datasets
+from dpo_engine.data.lengths import length_histograms, length_summary, response_lengths
 from dpo_engine.paths import workspace_subdir
 
 BUNDLED_NOTES = {

@@ -21,17 +21,8 @@ from dashboard.state import (
 )
 from dpo_engine import jobs
 from dpo_engine.errors import UserError
-from dpo_engine.selection import (
-    Selection,
-    column_stats,
-    export_selection,
-    ids_mask,
-    list_selections,
-    margin_correlations,
-    save_selection,
-    select_pairs,
-    selection_summary,
-)
+from dpo_engine.selection.rules import column_stats, ids_mask, margin_correlations, select_pairs, selection_summary
+from dpo_engine.selection.store import Selection, export_selection, list_selections, save_selection
 
 CHART_KEY = "margin_scatter"
 HOVER_TEXT_LIMIT = 10_000  # above this many pairs the hover shows id and margins only (~400 bytes of text per point)

@@ -3,7 +3,8 @@
 import pandas as pd
 import streamlit as st
 
-from dpo_engine import jobs, runs
+from dpo_engine import jobs
+from dpo_engine.runs import manager as runs
 
 JUDGES = {
     "builtin": "built-in offline judge (embedding reward head trained on GPT-4-scored UltraFeedback)",

@@ -14,11 +14,12 @@ import yaml
 
 from dashboard.figures import training_curves
 from dashboard.state import current_source, dataset_fingerprint, load, pairs_file
-from dpo_engine import jobs, runs
+from dpo_engine import jobs
+from dpo_engine.runs import manager as runs
 from dpo_engine.errors import UserError
-from dpo_engine.loss_catalog import LOSS_DEFAULTS, LOSS_DOCS, LOSS_NAMES
+from dpo_engine.losses.catalog import LOSS_DEFAULTS, LOSS_DOCS, LOSS_NAMES
 from dpo_engine.paths import workspace_subdir
-from dpo_engine.selection import export_selection, list_selections
+from dpo_engine.selection.store import export_selection, list_selections
 
 ALL_PAIRS = "__all__"
 FORM_GROUPS = {
@@ -33,7 +34,7 @@ CHOICES = {"precision": ["fp32", "bf16"], "device": ["auto", "cpu", "cuda", "mps
 @st.cache_resource
 def config_fields() -> dict[str, tuple[object, str]]:
     """``{field: (default, help)}`` of `TrainConfig`."""
-    from dpo_engine.train_config import TrainConfig
+    from dpo_engine.training.config import TrainConfig
 
     defaults = TrainConfig()
     return {f.name: (getattr(defaults, f.name), f.metadata.get("help", "")) for f in fields(TrainConfig)}

@@ -11,9 +11,9 @@ import json
 
 import pandas as pd
 
-from dpo_engine.data import COLUMN_ALIASES, WARNING_CODES, ValidationReport, load_pairs
+from dpo_engine.data.pairs import COLUMN_ALIASES, WARNING_CODES, ValidationReport, load_pairs
 from dpo_engine.errors import DataError
-from dpo_engine.lengths import length_summary, response_lengths
+from dpo_engine.data.lengths import length_summary, response_lengths
 
 # How many warning rows the human-readable summary shows per code.
 EXAMPLES_PER_CODE = 5

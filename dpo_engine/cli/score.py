@@ -7,7 +7,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from dpo_engine.io import atomic_write_json
+from dpo_engine.files import atomic_write_json
 
 
 def add_parser(subparsers) -> None:
@@ -56,9 +56,10 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    from dpo_engine.data import fingerprint, load_pairs
-    from dpo_engine.margins_table import build_margins_table, save_margins_table
-    from dpo_engine.scoring import external_margins, implicit_margins, warmup_proxy
+    from dpo_engine.data.pairs import fingerprint, load_pairs
+    from dpo_engine.margins.table import build_margins_table, save_margins_table
+    from dpo_engine.margins.scoring import external_margins, implicit_margins
+    from dpo_engine.training.warmup import warmup_proxy
 
     reporter = _Progress(args.progress_file)
     pairs = load_pairs(args.pairs).pairs

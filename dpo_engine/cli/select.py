@@ -13,8 +13,9 @@ from pathlib import Path
 
 
 from dpo_engine.errors import UserError
-from dpo_engine.margins_table import load_margins_table
-from dpo_engine.selection import DEFAULT_SCORE, PARTS, Selection, save_selection, select_pairs
+from dpo_engine.margins.table import load_margins_table
+from dpo_engine.selection.rules import DEFAULT_SCORE, PARTS, select_pairs
+from dpo_engine.selection.store import Selection, save_selection
 
 CLI_RULES = ("top_k", "bottom_k", "random", "partition", "threshold")
 

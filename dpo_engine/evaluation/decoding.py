@@ -25,8 +25,8 @@ import torch.nn.functional as F
 from transformers import DynamicCache, TemperatureLogitsWarper, TopPLogitsWarper
 from transformers.cache_utils import DynamicLayer
 
-from dpo_engine.logps import supports_packing
-from dpo_engine.segment_attention import segment_attention
+from dpo_engine.models.logps import supports_packing
+from dpo_engine.models.segment_attention import segment_attention
 
 
 def supports_continuous_batching(model) -> bool:

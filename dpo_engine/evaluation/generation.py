@@ -29,14 +29,14 @@ import torch
 
 from dpo_engine.errors import ConfigError, DataError
 from dpo_engine.evaluation.decoding import stream_answers, supports_continuous_batching
-from dpo_engine.io import (
+from dpo_engine.files import (
     atomic_write_json,
     part_path,
     read_parts,
     weights_identity,
     write_part,
 )
-from dpo_engine.models import (
+from dpo_engine.models.loading import (
     DTYPES,
     adapter_base,
     detect_device,
@@ -44,7 +44,7 @@ from dpo_engine.models import (
     resolve_model,
 )
 from dpo_engine.paths import ASSETS_DIR, workspace_subdir
-from dpo_engine.tokenization import prompt_ids
+from dpo_engine.models.tokenization import prompt_ids
 
 Progress = Callable[[int, int], None]
 
@@ -107,7 +107,7 @@ def load_eval_prompts(source: str | Path | None = None, n: int | None = None, se
     Raises ``DataError`` naming the file, row (0-based) and column of the first problem. ``df.attrs["prompt_set"]``
     describes the set (source, seed, sizes, fingerprint).
     """
-    from dpo_engine.data import (
+    from dpo_engine.data.pairs import (
         _read_records,  # the pairs loader's readers: same formats, same located errors
     )
 

@@ -31,7 +31,7 @@ from typing import Callable, Protocol, Sequence, runtime_checkable
 import numpy as np
 
 from dpo_engine.errors import ModelError
-from dpo_engine.io import atomic_write_json, atomic_write_text, read_json, read_jsonl
+from dpo_engine.files import atomic_write_json, atomic_write_text, read_json, read_jsonl
 
 ScoreFn = Callable[[Sequence[str], Sequence[str]], np.ndarray]
 

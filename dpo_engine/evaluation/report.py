@@ -50,7 +50,7 @@ from dpo_engine.evaluation.metrics import (
     paired_difference,
     win_rate,
 )
-from dpo_engine.io import atomic_write_json, atomic_write_text, read_json
+from dpo_engine.files import atomic_write_json, atomic_write_text, read_json
 from dpo_engine.paths import ASSETS_DIR, workspace_subdir
 
 JUDGE_ARTIFACT = ASSETS_DIR / "judge" / "embedding_judge_uf.npz"
@@ -108,7 +108,7 @@ def offline_judge(path: str | Path = JUDGE_ARTIFACT) -> ScoreFunctionJudge:
     ``extra["heldout_agreement"]`` is the fraction of held-out GPT-4-labelled UltraFeedback pairs the head orders
     like GPT-4 did (from the artifact's metadata).
     """
-    from dpo_engine.reward_head import STAND_IN_NOTE, EmbeddingRewardModel
+    from dpo_engine.models.reward_head import STAND_IN_NOTE, EmbeddingRewardModel
 
     path = Path(path)
     if not path.exists():
@@ -240,7 +240,7 @@ def describe_run(run_id: str) -> dict:
     selection is saved in this workspace, else ""), ``subset_size`` (training pairs), ``loss``, ``loss_params``,
     ``learning_rate``, ``num_epochs``.
     """
-    from dpo_engine.runs import get_run
+    from dpo_engine.runs.manager import get_run
 
     run = get_run(run_id)
     config = run.config
@@ -273,7 +273,7 @@ def _selection_rule(selection_name: str | None) -> str:
     """``rule(param=value, ...)`` of a saved selection (explicit id lists left out); "" when it is not saved here."""
     if not selection_name:
         return ""
-    from dpo_engine.selection import load_selection
+    from dpo_engine.selection.store import load_selection
 
     try:
         selection = load_selection(selection_name)

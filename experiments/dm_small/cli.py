@@ -116,7 +116,7 @@ def estimate(profile: Profile, variants) -> list[tuple[str, int, float, float]]:
     """``(variant, pairs, training s, generation s)`` per variant (plus the base model's generation), from the
     measured CPU figures: training ``2 s`` per pair per epoch at 256 tokens (scaled linearly with max_length),
     generation ``50`` tokens/s at batch 8, every answer assumed to run to ``max_new_tokens`` (an upper bound)."""
-    from dpo_engine.data import load_pairs
+    from dpo_engine.data.pairs import load_pairs
 
     n_total = int(profile.get("data_limit") or 0) or len(load_pairs(profile.data_path).pairs)
     train, evaluation = profile["train"], profile["eval"]

@@ -23,7 +23,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from dpo_engine.io import atomic_write_json, atomic_write_text, read_json
+from dpo_engine.files import atomic_write_json, atomic_write_text, read_json
 from dpo_engine.paths import REPO_ROOT
 
 from .config import STUDY

@@ -34,7 +34,7 @@ from pathlib import Path
 import pandas as pd
 
 from dpo_engine.errors import UserError
-from dpo_engine.io import atomic_write_json, read_json
+from dpo_engine.files import atomic_write_json, read_json
 
 from .config import STUDY, Profile, Variant, resolve_path, stamp
 
@@ -161,7 +161,7 @@ class Study:
 
     def prepare_data(self) -> tuple[Path, pd.DataFrame, str]:
         """The pairs the study trains on: the data file, or its first ``data_limit`` pairs (written once)."""
-        from dpo_engine.data import fingerprint, load_pairs, save_pairs
+        from dpo_engine.data.pairs import fingerprint, load_pairs, save_pairs
 
         source = self.profile.data_path
         pairs = load_pairs(source).pairs
@@ -183,7 +183,7 @@ class Study:
         The profile's ``margins`` table when it exists; otherwise one computed with ``dpo-engine score`` under
         ``out_dir/margins/`` (skipped when a table made from the same pairs and settings is there).
         """
-        from dpo_engine.margins_table import load_margins_table
+        from dpo_engine.margins.table import load_margins_table
 
         given = self.profile.margins_path
         if given is not None and given.exists():
@@ -241,7 +241,8 @@ class Study:
         Returns ``{subset key: exported pairs file}``. A selection whose rule, parameters, data and ids did not
         change keeps its file (and creation time).
         """
-        from dpo_engine.selection import Selection, export_selection, load_selection, save_selection, select_pairs
+        from dpo_engine.selection.rules import select_pairs
+        from dpo_engine.selection.store import Selection, export_selection, load_selection, save_selection
 
         exported = {}
         for spec in {variant.subset.key: variant.subset for variant in variants}.values():
@@ -283,7 +284,7 @@ class Study:
 
     def subset_fingerprint(self, path: Path) -> str:
         """`dpo_engine.data.fingerprint` of a pairs file, memoised by (path, mtime)."""
-        from dpo_engine.data import fingerprint, load_pairs
+        from dpo_engine.data.pairs import fingerprint, load_pairs
 
         key = (str(path), path.stat().st_mtime_ns)
         if key not in self._fingerprints:
@@ -295,7 +296,7 @@ class Study:
         return stamp({"config": values, "subset": self.subset_fingerprint(subset_path)})
 
     def _desired_stamp(self, config: dict, subset_path: Path) -> str:
-        from dpo_engine.train_config import TrainConfig
+        from dpo_engine.training.config import TrainConfig
 
         resolved = TrainConfig.from_dict(config).to_dict()
         model_path = Path(resolved["model"]).expanduser()
@@ -305,7 +306,7 @@ class Study:
 
     def current_runs(self, variant: Variant, wanted: str) -> list:
         """Runs of this variant made with the wanted settings, newest first."""
-        from dpo_engine import runs
+        from dpo_engine.runs import manager as runs
 
         found = []
         for run in runs.list_runs():
@@ -319,7 +320,7 @@ class Study:
 
     def train(self, variant: Variant, subset_path: Path) -> str:
         """The variant's completed run id: an existing one, a resumed one, or a new one trained in this process."""
-        from dpo_engine import runs
+        from dpo_engine.runs import manager as runs
 
         config = self.train_config(variant, subset_path)
         wanted = self._desired_stamp(config, subset_path)
@@ -355,13 +356,13 @@ class Study:
         return final.run_id
 
     def _foreground(self, run_id: str) -> None:
-        from dpo_engine import runs
+        from dpo_engine.runs import manager as runs
 
         final = runs.run_foreground(run_id)
         self.log(f"run {run_id}: {final['state']}: {(final.get('message') or '').splitlines()[0]}")
 
     def _wait(self, run_id: str) -> None:
-        from dpo_engine import runs
+        from dpo_engine.runs import manager as runs
 
         last, logged = None, 0.0
         while True:

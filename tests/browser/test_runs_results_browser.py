@@ -16,8 +16,8 @@ def saved_selection(server_env) -> str:
     """A small saved selection of the demo dataset in the server's workspace, as the Margins page would save it."""
     import os
 
-    from dpo_engine.data import bundled_datasets, fingerprint, load_pairs
-    from dpo_engine.selection import Selection, save_selection
+    from dpo_engine.data.pairs import bundled_datasets, fingerprint, load_pairs
+    from dpo_engine.selection.store import Selection, save_selection
 
     pairs = load_pairs(bundled_datasets()["ultrafeedback"]).pairs
     selection = Selection("tiny-eight", "manual", {"pair_ids": list(pairs.pair_id[:8])}, fingerprint(pairs), list(pairs.pair_id[:8]))

@@ -22,16 +22,15 @@ import numpy as np
 import pandas as pd
 import torch
 
-from dpo_engine import margins as margin_math
-from dpo_engine.data import fingerprint
-from dpo_engine.io import atomic_write_json, read_json, read_parts, weights_identity, write_part
-from dpo_engine.logps import pair_logps
-from dpo_engine.models import adapter_base, load_model, resolve_model
+from dpo_engine.margins import formulas as margin_math
+from dpo_engine.data.pairs import fingerprint
+from dpo_engine.files import read_parts, weights_identity, write_part
+from dpo_engine.models.logps import pair_logps
+from dpo_engine.models.loading import adapter_base, load_model, resolve_model
 from dpo_engine.paths import cache_dir
-from dpo_engine.tokenization import encode_pair
+from dpo_engine.models.tokenization import encode_pair
 
 Progress = Callable[[int, int], None]
-WARMUP_STAMP = "warmup.json"  # settings and seed pairs of a finished warm-up proxy, for reuse
 LOGP_COLUMNS = ["pair_id", "chosen_logps", "rejected_logps", "chosen_tokens", "rejected_tokens"]
 
 
@@ -190,7 +189,7 @@ def external_margins(
         margin = margin_math.external_margin(chosen, rejected)
         meta = {"source": "reward-model", "reward_model": str(reward_model), "description": "RM logit difference"}
     elif source == "builtin":
-        from dpo_engine.reward_head import STAND_IN_NOTE, cross_fitted_margins
+        from dpo_engine.models.reward_head import STAND_IN_NOTE, cross_fitted_margins
 
         result = cross_fitted_margins(list(pairs.prompt), list(pairs.chosen), list(pairs.rejected), progress=progress)
         margin = result.margins
@@ -213,7 +212,7 @@ def _reward_scores(pairs, column, reward_model, batch_size, device, progress) ->
     """Raw reward-model logits of ``prompt_messages + [assistant: column]``, batched."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from dpo_engine.models import detect_device
+    from dpo_engine.models.loading import detect_device
 
     device = detect_device() if device == "auto" else device
     tokenizer = AutoTokenizer.from_pretrained(reward_model)
@@ -246,44 +245,3 @@ def _length_sorted(encoded: dict) -> list[str]:
         return len(pair.prompt_ids) + len(pair.chosen_ids) + len(pair.rejected_ids)
 
     return sorted(encoded, key=length, reverse=True)
-
-
-def warmup_proxy(
-    pairs: pd.DataFrame,
-    base_model: str,
-    out_dir: str | Path,
-    *,
-    seed_size: int | None = None,
-    seed: int = 42,
-    progress: Progress | None = None,
-    **train_overrides,
-) -> Path:
-    """DM's step 1 (methods §1.4): DPO-train a LoRA proxy on a random seed subset; return its adapter directory.
-
-    The seed subset defaults to ``min(2000, 10 %)`` of the pairs, drawn with ``seed``. Training settings are the
-    trainer's defaults with 2 epochs (DM trains its proxy for 2), overridable through ``train_overrides``.
-    ``progress(step, total_steps)`` reports training steps.
-    """
-    from dpo_engine.data import save_pairs
-    from dpo_engine.selection import select_random
-    from dpo_engine.training import TrainConfig, train
-
-    out_dir = Path(out_dir)
-    n_seed = seed_size or max(2, min(2000, round(0.1 * len(pairs))))
-    seed_pairs = pairs.iloc[select_random(len(pairs), n_seed, seed)]
-    subset_path = save_pairs(seed_pairs, out_dir / "seed_subset.jsonl")
-    config = TrainConfig.from_dict(
-        {"model": base_model, "subset": str(subset_path), "loss": "dpo", "num_epochs": 2, "seed": seed, **train_overrides}
-    )
-    config.validate()
-    # A finished proxy is reused when it was trained on the same seed pairs with the same settings: the warm-up is
-    # the slowest step of scoring on a CPU, and re-scoring (another external margin, a longer max length) is common.
-    stamp = json.loads(json.dumps({"config": config.to_dict(), "seed_subset": fingerprint(seed_pairs)}))
-    stamp_path = out_dir / WARMUP_STAMP
-    adapter = out_dir / "adapter"
-    if read_json(stamp_path) == stamp and (adapter / "adapter_config.json").is_file():
-        return adapter
-    stamp_path.unlink(missing_ok=True)
-    train(config, out_dir, on_progress=progress)
-    atomic_write_json(stamp_path, stamp)
-    return adapter

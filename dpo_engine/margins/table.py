@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from dpo_engine import margins as margin_math
+from dpo_engine.margins import formulas as margin_math
 from dpo_engine.errors import UserError
-from dpo_engine.io import atomic_write_json, read_json
+from dpo_engine.files import atomic_write_json, read_json
 
 IMPLICIT_COLUMNS = [
     "implicit_margin", "policy_chosen_logps", "policy_rejected_logps", "ref_chosen_logps", "ref_rejected_logps",

@@ -32,7 +32,7 @@ from typing import Any, Mapping
 import pandas as pd
 
 from dpo_engine.errors import DataError
-from dpo_engine.io import atomic_write_text
+from dpo_engine.files import atomic_write_text
 from dpo_engine.paths import ASSETS_DIR
 
 PAIR_COLUMNS = [

@@ -32,7 +32,7 @@ from typing import Sequence
 
 import torch
 
-from dpo_engine.segment_attention import segment_attention
+from dpo_engine.models.segment_attention import segment_attention
 
 # Logits (positions x vocabulary) one forward may produce: 2**27 fp32 values = 512 MB, i.e. 2,730 positions of
 # SmolLM2's 49,152-word vocabulary. A larger batch is split into several forwards.
@@ -94,7 +94,7 @@ def pair_logps(
     value as :func:`policy_logps`.
     """
     if not supports_packing(model):
-        from dpo_engine.tokenization import collate
+        from dpo_engine.models.tokenization import collate
 
         return concatenated_logps(model, collate(list(pairs), pad_token_id))
     device = next(model.parameters()).device

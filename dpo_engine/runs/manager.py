@@ -17,7 +17,7 @@ A run is the directory ``$MARGIN_LAB_HOME/runs/<run_id>/`` (or any directory giv
 `rebuild_registry` re-creates the index from them, and `list_runs` does so by itself when the index is missing
 or out of date.
 
-`launch` starts ``python -m dpo_engine.runs worker RUN_DIR`` in its own session (process group), with its output
+`launch` starts ``python -m dpo_engine.runs.manager worker RUN_DIR`` in its own session (process group), with its output
 going to ``train.log``: closing the dashboard or the terminal does not touch it (field-notes §2.2, §7). The worker
 
 1. turns SIGTERM and SIGINT into a stop request that the trainer polls after each step (checkpoint, then return);
@@ -58,13 +58,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
 
 from dpo_engine.errors import UserError
-from dpo_engine.io import atomic_write_json, atomic_write_text, read_json, read_jsonl
+from dpo_engine.files import atomic_write_json, atomic_write_text, read_json, read_jsonl
 from dpo_engine.paths import home_dir, workspace_subdir
 
 if TYPE_CHECKING:  # both are heavy imports, made only where needed
     import pandas as pd
 
-    from dpo_engine.train_config import TrainConfig
+    from dpo_engine.training.config import TrainConfig
 
 STATES = ("queued", "running", "completed", "failed", "stopped")
 ACTIVE_STATES = ("queued", "running")
@@ -238,7 +238,7 @@ def _validated_config(config: TrainConfig | dict | str | os.PathLike) -> tuple[T
     """``(TrainConfig, text for config.yaml)`` from any accepted form, after ``validate()``."""
     import yaml
 
-    from dpo_engine.train_config import TrainConfig
+    from dpo_engine.training.config import TrainConfig
 
     if isinstance(config, TrainConfig):
         train_config = config
@@ -257,8 +257,8 @@ def _write_run_files(
     directory: Path, final_dir: Path, train_config: TrainConfig, config_text: str, run_record: dict
 ) -> None:
     """Fill ``directory`` (later renamed to ``final_dir``) with everything a run starts with."""
-    from dpo_engine.data import save_pairs
-    from dpo_engine.train_config import load_subset
+    from dpo_engine.data.pairs import save_pairs
+    from dpo_engine.training.config import load_subset
 
     # load_pairs + save_pairs rather than a byte copy: any input format becomes jsonl that load_pairs reads back.
     save_pairs(load_subset(train_config), directory / SUBSET_FILE)
@@ -538,13 +538,13 @@ def delete(run_id: str) -> None:
 
 
 def _spawn_worker(run_dir: Path, *, resume: bool) -> None:
-    """``python -m dpo_engine.runs worker RUN_DIR`` in a new session, output appended to train.log."""
+    """``python -m dpo_engine.runs.manager worker RUN_DIR`` in a new session, output appended to train.log."""
     now = time.time()
     _update_status(
         run_dir, state="queued", pid=None, pgid=None, launched=now, heartbeat=now, started=None, finished=None,
         message="starting the worker",
     )
-    command = [sys.executable, "-m", "dpo_engine.runs", "worker", str(run_dir)] + (["--resume"] if resume else [])
+    command = [sys.executable, "-m", "dpo_engine.runs.manager", "worker", str(run_dir)] + (["--resume"] if resume else [])
     try:
         with open(run_dir / LOG_FILE, "ab") as log:
             process = subprocess.Popen(
@@ -666,7 +666,8 @@ def _replace_registry_rows(rows: list[tuple]) -> None:
 
 def train_resolved(config: dict, run_dir: str | os.PathLike, **kwargs) -> dict:
     """The default training function: ``dpo_engine.training.train`` on a resolved config dict."""
-    from dpo_engine.training import TrainConfig, train
+    from dpo_engine.training.config import TrainConfig
+    from dpo_engine.training.trainer import train
 
     return train(TrainConfig.from_dict(config), run_dir, **kwargs)
 
@@ -703,7 +704,8 @@ def run_foreground(run_id: str) -> dict:
     Ctrl-C stops after the current step (a second one aborts); SIGTERM (e.g. `stop` from another terminal) acts
     like the first Ctrl-C. The status is kept up to date as for a detached run, so `resume` can continue it.
     """
-    from dpo_engine.training import TrainConfig, train_foreground
+    from dpo_engine.training.config import TrainConfig
+    from dpo_engine.training.trainer import train_foreground
 
     info = get_run(run_id)
     if info.status.get("launched") is not None:
@@ -772,7 +774,7 @@ def _final_status(summary: dict, heartbeat: "_Heartbeat") -> dict:
 def _resolve_device(device: str) -> str:
     """The config's device, with ``auto`` resolved the way the trainer resolves it."""
     if device in (None, "", "auto"):
-        from dpo_engine.models import detect_device  # imports torch: only when needed
+        from dpo_engine.models.loading import detect_device  # imports torch: only when needed
 
         return detect_device()
     return device
@@ -857,7 +859,7 @@ class _Heartbeat:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m dpo_engine.runs worker RUN_DIR [--resume]``: started by `launch` and `resume`, not by hand."""
+    """``python -m dpo_engine.runs.manager worker RUN_DIR [--resume]``: started by `launch` and `resume`, not by hand."""
     parser = argparse.ArgumentParser(
         prog="python -m dpo_engine.runs",
         description="Margin Lab's detached training worker. `dpo-engine runs launch` starts it; use that instead.",

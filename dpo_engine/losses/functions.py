@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from dpo_engine.errors import ConfigError
-from dpo_engine.loss_catalog import LOSS_DEFAULTS, LOSS_NAMES
+from dpo_engine.losses.catalog import LOSS_DEFAULTS, LOSS_NAMES
 
 
 class LossOutput(NamedTuple):

@@ -15,7 +15,7 @@ from typing import Any
 import pandas as pd
 
 from dpo_engine.errors import ConfigError, DataError, ModelError, UserError
-from dpo_engine.loss_catalog import LOSS_DEFAULTS, LOSS_NAMES
+from dpo_engine.losses.catalog import LOSS_DEFAULTS, LOSS_NAMES
 
 DEFAULT_MODEL = "smollm2-135m-instruct"  # dpo_engine.models.DEFAULT_MODEL, repeated to avoid importing torch
 PRECISIONS = ("fp32", "bf16")
@@ -144,8 +144,8 @@ class TrainConfig:
         from transformers.trainer_utils import SchedulerType
         from transformers.training_args import OptimizerNames
 
-        from dpo_engine.losses import make_loss
-        from dpo_engine.models import adapter_base, resolve_model
+        from dpo_engine.losses.functions import make_loss
+        from dpo_engine.models.loading import adapter_base, resolve_model
 
         def require(ok: bool, name: str, rule: str) -> None:
             if not ok:
@@ -225,7 +225,7 @@ def _coerce(name: str, value: Any, kind: str) -> Any:
 
 def load_subset(config: TrainConfig) -> pd.DataFrame:
     """The training pairs of ``config.subset``; ``ConfigError('subset', ...)`` when missing, unreadable or empty."""
-    from dpo_engine.data import load_pairs
+    from dpo_engine.data.pairs import load_pairs
 
     if not config.subset:
         raise ConfigError("subset", "is empty: give the path of a pairs file")

@@ -35,13 +35,13 @@ from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
-from dpo_engine import margins
-from dpo_engine.io import append_jsonl, atomic_write_json, atomic_write_text, read_json, read_jsonl
-from dpo_engine.logps import policy_logps
-from dpo_engine.losses import is_stateful, make_loss, uses_reference
-from dpo_engine.models import detect_device, load_model, resolve_model
-from dpo_engine.tokenization import EncodedPair, collate, encode_pair
-from dpo_engine.train_config import TrainConfig, load_subset
+from dpo_engine.margins import formulas as margins
+from dpo_engine.files import append_jsonl, atomic_write_json, atomic_write_text, read_json, read_jsonl
+from dpo_engine.models.logps import policy_logps
+from dpo_engine.losses.functions import is_stateful, make_loss, uses_reference
+from dpo_engine.models.loading import detect_device, load_model, resolve_model
+from dpo_engine.models.tokenization import EncodedPair, collate, encode_pair
+from dpo_engine.training.config import TrainConfig, load_subset
 
 METRICS_FILE = "metrics.jsonl"
 PAIR_REWARDS_FILE = "pair_rewards.parquet"
@@ -467,7 +467,7 @@ def _autocast(config: TrainConfig, device: str):
 
 def _reference_table(model, tokenizer, pairs: pd.DataFrame, config: TrainConfig, device: str) -> pd.DataFrame:
     """Reference log-probs of every pair (the model before training), in ``pairs`` order; cached on disk."""
-    from dpo_engine.scoring import logps_cache_key, score_logps
+    from dpo_engine.margins.scoring import logps_cache_key, score_logps
 
     # bf16 runs score under the training step's autocast, which differs from scoring's plain bf16: separate keys.
     dtype_key = "fp32" if config.precision == "fp32" else f"bf16-autocast-{'full' if config.full_finetune else 'lora'}"
