@@ -278,7 +278,7 @@ def test_runs_on_one_device_wait_in_turn(pairs_file, fake_trainer, monkeypatch):
     runs.launch(third)
 
     for run_id in (second, third):
-        wait_for(lambda: runs.get_run(run_id).message == "waiting for cpu", what=f"{run_id} to queue")
+        wait_for(lambda run_id=run_id: runs.get_run(run_id).message == "waiting for cpu", what=f"{run_id} to queue")
     assert runs.get_run(first).state == "running" and runs.get_run(second).state == "queued"
     stopped = runs.stop(third, timeout=10)
     assert (stopped.state, stopped.message) == ("stopped", "stopped while waiting for cpu")

@@ -306,7 +306,8 @@ def train(
     if checkpoint is not None and is_stateful(loss_fn):
         state = read_json(Path(checkpoint) / LOSS_STATE_FILE)
         if state is None:  # the process died between the Trainer's save and ours
-            warnings.warn(f"{checkpoint} has no {LOSS_STATE_FILE}: the {config.loss} statistics restart from zero")
+            warnings.warn(f"{checkpoint} has no {LOSS_STATE_FILE}: the {config.loss} statistics restart from zero",
+                          stacklevel=2)
         else:
             loss_fn.load_state_dict(state)
 
