@@ -282,24 +282,12 @@ def test_difficulty_gap_by_hand():
 # ---- array kinds and shapes -------------------------------------------------------------------------------------
 
 
-def test_torch_in_torch_out_with_the_input_float_dtype():
-    chosen, rejected = torch.tensor([2.0, nan]), torch.tensor([0.5, 1.0])
-    result = external_margin(chosen, rejected)
-    assert isinstance(result, torch.Tensor) and result.dtype == torch.float32
-    assert result.tolist() == [1.5, 0.0]
-
-    pc, pr, rc, rr = (torch.tensor(values, dtype=torch.float64) for values in ([-10.0], [-12.0], [-11.0], [-11.0]))
-    assert implicit_margin(pc, pr, rc, rr).dtype == torch.float64
-    assert dm_mul(torch.tensor([1.0]), torch.tensor([6.0]), upper_external=4.0, upper_implicit=8.0).dtype == torch.float32
-    counts = margin_to_prob(torch.tensor([0, 2, 4]), upper=2.0)  # integer in, default float dtype out
-    assert counts.dtype == torch.get_default_dtype() and counts.tolist() == [0.5, 1.0, 1.0]
-
-
-def test_torch_and_numpy_inputs_agree():
+def test_tensor_inputs_are_read_as_arrays():
     rng = np.random.default_rng(7)
     external, implicit = rng.normal(2.0, 1.5, 200), rng.normal(5.0, 10.0, 200)
     from_torch = dm_mul(torch.from_numpy(external), torch.from_numpy(implicit))
-    np.testing.assert_allclose(from_torch.numpy(), dm_mul(external, implicit))
+    assert isinstance(from_torch, np.ndarray)
+    np.testing.assert_allclose(from_torch, dm_mul(external, implicit))
     assert dynamic_upper_bound(torch.from_numpy(implicit), 2.0) == dynamic_upper_bound(implicit, 2.0)
 
 

@@ -59,9 +59,9 @@ def test_bottom_k_is_a_stable_ascending_sort_that_never_selects_nan():
     np.testing.assert_array_equal(select_bottom_k(score, k=6), [0, 5, 4, 2, 3])
 
 
-def test_top_k_takes_and_returns_torch():
+def test_top_k_reads_a_tensor_and_returns_numpy_indices():
     result = select_top_k(torch.tensor([0.1, float("nan"), 0.9]), k=2)
-    assert isinstance(result, torch.Tensor) and result.dtype == torch.long
+    assert isinstance(result, np.ndarray) and result.dtype == np.int64
     assert result.tolist() == [2, 0]
 
 

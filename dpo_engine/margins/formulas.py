@@ -4,10 +4,8 @@ Formulas follow ../shared/docs/methods.md: §1.3–§1.5 (Deng et al.: external 
 DM-MUL and its data-driven upper bound, read from the official ``m_sampler.py``), §1.5 BeeS (the K-source form
 of DM-MUL), §6 (Huang et al.: alignment potential) and §7 (Qi et al.: difficulty gap).
 
-Every function takes 1-D arrays of shape ``(n_pairs,)``: numpy arrays or torch tensors (lists and pandas Series
-also work and come back as numpy). It returns the same kind it was given: a numpy float64 array, or a torch tensor
-on the input's device with the input's float dtype. Work is done in float64 numpy; these are selection signals,
-not training losses, so no gradient flows through them.
+Every function takes 1-D array-likes of shape ``(n_pairs,)`` (numpy arrays, pandas Series, lists) and returns a
+numpy float64 array: these are selection signals computed from tables, not training losses.
 
 Units: reward-model scores and their differences are raw logits; log-probs are summed over response tokens in
 nats (``avg`` in a name means per-token mean); probabilities are in [0, 1].
@@ -19,7 +17,6 @@ data-driven bounds and z-scores are computed over the pairs that do have values.
 
 from __future__ import annotations
 
-import sys
 from typing import Sequence
 
 import numpy as np
@@ -37,41 +34,12 @@ _MIN_TAIL = 30
 # ---- array plumbing -------------------------------------------------------------------------------------------
 
 
-def _torch_tensor_type():
-    """``torch.Tensor`` if torch is already imported, else None: a torch input implies torch is loaded, so this
-    module never pays torch's import time itself."""
-    torch = sys.modules.get("torch")
-    return torch.Tensor if torch is not None else None
-
-
 def _as_array(values) -> np.ndarray:
-    """A 1-D float64 numpy view or copy of a numpy array, torch tensor, pandas Series or list."""
-    tensor_type = _torch_tensor_type()
-    if tensor_type is not None and isinstance(values, tensor_type):
-        values = values.detach().cpu().double().numpy()
+    """A 1-D float64 numpy view or copy of anything array-like (numpy array, pandas Series, list, CPU tensor)."""
     array = np.asarray(values, dtype=np.float64)
     if array.ndim != 1:
         raise ValueError(f"expected a 1-D array of shape (n_pairs,), got shape {array.shape}")
     return array
-
-
-def _like(result: np.ndarray, template):
-    """``result`` as the kind of ``template``: a torch tensor on its device, else the numpy array itself.
-
-    Float results take the template's float dtype (the default float dtype for an integer template); integer
-    results (indices) become int64.
-    """
-    tensor_type = _torch_tensor_type()
-    if tensor_type is None or not isinstance(template, tensor_type):
-        return result
-    torch = sys.modules["torch"]
-    if result.dtype.kind in "iu":
-        dtype = torch.long
-    elif template.is_floating_point():
-        dtype = template.dtype
-    else:
-        dtype = torch.get_default_dtype()
-    return torch.as_tensor(result).to(device=template.device, dtype=dtype)
 
 
 def _as_arrays(*values) -> list[np.ndarray]:
@@ -112,7 +80,7 @@ def external_margin(score_chosen, score_rejected):
     chosen, rejected = _as_arrays(score_chosen, score_rejected)
     difference = chosen - rejected
     # np.where rather than np.nan_to_num: the latter would also turn +-inf into +-1.8e308.
-    return _like(np.where(np.isnan(difference), 0.0, difference), score_chosen)
+    return np.where(np.isnan(difference), 0.0, difference)
 
 
 def implicit_margin(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps):
@@ -123,7 +91,7 @@ def implicit_margin(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps
     towards the chosen response relative to the rejected one. NaN (a pair not scored yet) stays NaN.
     """
     pc, pr, rc, rr = _as_arrays(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps)
-    return _like((pc - pr) - (rc - rr), policy_chosen_logps)
+    return (pc - pr) - (rc - rr)
 
 
 # ---- DM / BeeS fusion -------------------------------------------------------------------------------------------
@@ -135,7 +103,7 @@ def dm_add(external, implicit):
     Mixed units (logits + nats) exactly as in the official code.
     """
     ex, im = _as_arrays(external, implicit)
-    return _like(ex + im, external)
+    return ex + im
 
 
 def dynamic_upper_bound(m, start_divisor: float, lower: float = _LOWER_BOUND, min_tail: int = _MIN_TAIL) -> float:
@@ -196,7 +164,7 @@ def margin_to_prob(m, lower: float = _LOWER_BOUND, upper: float | None = None):
         upper = float(finite.max())
     if not upper > lower:
         raise UserError(f"margin upper bound ({upper}) must be greater than the lower bound ({lower})")
-    return _like((np.clip(values, lower, upper) - lower) / (upper - lower), m)
+    return (np.clip(values, lower, upper) - lower) / (upper - lower)
 
 
 def bayes_aggregate(probs: Sequence, eps: float = 1e-6):
@@ -216,7 +184,7 @@ def bayes_aggregate(probs: Sequence, eps: float = 1e-6):
         raise ValueError("bayes_aggregate needs at least one probability array")
     arrays = [np.clip(p, eps, 1.0 - eps) for p in _as_arrays(*probs)]
     total_log_odds = sum(np.log(p) - np.log1p(-p) for p in arrays)
-    return _like(_sigmoid(total_log_odds), probs[0])
+    return _sigmoid(total_log_odds)
 
 
 def bees(margins: Sequence, lowers: Sequence[float] | None = None, uppers: Sequence[float | None] | None = None):
@@ -243,7 +211,7 @@ def bees(margins: Sequence, lowers: Sequence[float] | None = None, uppers: Seque
         if upper is None:
             upper = dynamic_upper_bound(values, _IMPLICIT_START_DIVISOR, lower)
         probs.append(margin_to_prob(values, lower, upper))
-    return _like(bayes_aggregate(probs), margins[0])
+    return bayes_aggregate(probs)
 
 
 def dm_mul(external, implicit, lower: float = _LOWER_BOUND, upper_external: float | None = None,
@@ -259,7 +227,7 @@ def dm_mul(external, implicit, lower: float = _LOWER_BOUND, upper_external: floa
     if upper_implicit is None:
         upper_implicit = dynamic_upper_bound(im, _IMPLICIT_START_DIVISOR, lower)
     fused = bees([ex, im], lowers=[lower, lower], uppers=[upper_external, upper_implicit])
-    return _like(fused, external)
+    return fused
 
 
 # ---- other selection metrics ------------------------------------------------------------------------------------
@@ -274,7 +242,7 @@ def alignment_potential(external, policy_avg_logp_chosen, policy_avg_logp_reject
     """
     rm_margin, avg_chosen, avg_rejected = _as_arrays(external, policy_avg_logp_chosen, policy_avg_logp_rejected)
     potential = _zscore(rm_margin) - weight * _zscore(np.abs(avg_chosen - avg_rejected))
-    return _like(potential, external)
+    return potential
 
 
 def difficulty_gap(dpo_logp_chosen, dpo_logp_rejected, ref_logp_chosen, ref_logp_rejected, beta: float = 0.1):
@@ -284,7 +252,7 @@ def difficulty_gap(dpo_logp_chosen, dpo_logp_rejected, ref_logp_chosen, ref_logp
     gaps are the hardest pairs), e.g. ``selection.select_bottom_k(gap, frac=0.1)``.
     """
     dc, dr, rc, rr = _as_arrays(dpo_logp_chosen, dpo_logp_rejected, ref_logp_chosen, ref_logp_rejected)
-    return _like(beta * ((dc - rc) - (dr - rr)), dpo_logp_chosen)
+    return beta * ((dc - rc) - (dr - rr))
 
 
 # ---- margins table ----------------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """Choosing which pairs to train on: index rules, threshold masks, and summaries of a selection.
 
-Index rules (pure, ``(n_pairs,)`` arrays in, int64 indices out, the input's kind as in `dpo_engine.margins`):
+Index rules (pure, ``(n_pairs,)`` array-likes in, numpy int64 indices out):
 `select_top_k`, `select_bottom_k`, `select_random`, `select_partition`. `select_threshold` gives a boolean mask
 over a table. `select_pairs` runs one named rule over a margins table and returns pair ids: the CLI, the dashboard
 and the stored `Selection` all go through it, so a saved ``(rule, params)`` reproduces its ``pair_ids``.
@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from dpo_engine.errors import UserError
-from dpo_engine.margins.formulas import _as_array, _like, fused_scores
+from dpo_engine.margins.formulas import _as_array, fused_scores
 
 RULES = ("top_k", "bottom_k", "random", "partition", "threshold", "manual")
 PARTS = ("top", "mid", "bot")
@@ -70,7 +70,7 @@ def select_top_k(score, k: int | None = None, frac: float | None = None):
     count = _resolve_k(values.size, k, frac)
     order = np.argsort(-values, kind="stable")  # NaN sorts last
     ranked = order[~np.isnan(values[order])]
-    return _like(ranked[:count], score)
+    return ranked[:count]
 
 
 def select_bottom_k(score, k: int | None = None, frac: float | None = None):
@@ -79,7 +79,7 @@ def select_bottom_k(score, k: int | None = None, frac: float | None = None):
     count = _resolve_k(values.size, k, frac)
     order = np.argsort(values, kind="stable")  # NaN sorts last
     ranked = order[~np.isnan(values[order])]
-    return _like(ranked[:count], score)
+    return ranked[:count]
 
 
 def select_random(n: int, k: int, seed: int = 42) -> np.ndarray:
@@ -113,7 +113,7 @@ def select_partition(margin, part: str, k: int, tau: float = 1.0, seed: int = 42
     band = np.flatnonzero((values >= -tau) & (values <= tau))
     if band.size > count:
         band = np.sort(np.random.default_rng(seed).choice(band, size=count, replace=False))
-    return _like(band.astype(np.int64), margin)
+    return band.astype(np.int64)
 
 
 def select_threshold(table: pd.DataFrame, rules: dict[str, Sequence[float | None]]) -> np.ndarray:
