@@ -19,11 +19,11 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
-from datetime import datetime, timezone
 from pathlib import Path
 
 from dpo_engine.files import atomic_write_json, read_json
 from dpo_engine.paths import ASSETS_DIR, home_dir, workspace_subdir
+from dpo_engine.timestamps import utc_now_iso
 
 DEMO_DIR = ASSETS_DIR / "demo"
 MANIFEST_FILE = "manifest.json"
@@ -85,7 +85,7 @@ def install_demo(source: str | Path = DEMO_DIR, *, force: bool = False) -> dict:
     atomic_write_json(marker, {
         "demo_id": manifest.get("demo_id"),
         "source": str(source),
-        "installed": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "installed": utc_now_iso(),
         "study": manifest.get("study"),
         "profile": manifest.get("profile"),
         "runs": sorted(set(previous.get("runs", [])) | set(result["runs"])),

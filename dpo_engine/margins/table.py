@@ -6,15 +6,15 @@ No torch here: the dashboard and ``dpo-engine select`` read tables without loadi
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from dpo_engine.margins import formulas as margin_math
 from dpo_engine.errors import UserError
 from dpo_engine.files import atomic_write_json, read_json
+from dpo_engine.margins import formulas as margin_math
+from dpo_engine.timestamps import utc_now_iso
 
 IMPLICIT_COLUMNS = [
     "implicit_margin", "policy_chosen_logps", "policy_rejected_logps", "ref_chosen_logps", "ref_rejected_logps",
@@ -56,7 +56,7 @@ def save_margins_table(table: pd.DataFrame, path: str | Path, meta: dict) -> Pat
         table.to_csv(path, index=False)
     else:
         table.to_parquet(path, index=False)
-    meta = {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "n_pairs": len(table), **meta}
+    meta = {"created": utc_now_iso(), "n_pairs": len(table), **meta}
     atomic_write_json(meta_path(path), meta)
     return path
 

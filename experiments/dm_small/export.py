@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dpo_engine.files import atomic_write_json, atomic_write_text, read_json
 from dpo_engine.paths import REPO_ROOT
+from dpo_engine.timestamps import utc_now_iso
 
 from .config import STUDY
 from .pipeline import StudyError
@@ -105,7 +105,7 @@ def export_demo(study: Study, target: Path = DEFAULT_TARGET, command: str = "") 
 def _fill(study: Study, staging: Path, evaluated: list[tuple[str, dict]], command: str) -> dict:
     workspace = staging / "workspace"
     max_adapter_mb = float((study.profile.get("export") or {}).get("max_adapter_mb", 1.0))
-    created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    created = utc_now_iso()
 
     margins = Path(study.state["margins"]["path"])
     (staging / "margins").mkdir()

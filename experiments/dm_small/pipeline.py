@@ -28,13 +28,14 @@ import shutil
 import sys
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 
 import pandas as pd
 
 from dpo_engine.errors import UserError
 from dpo_engine.files import atomic_write_json, read_json
+from dpo_engine.timestamps import utc_now_iso
 
 from .config import STUDY, Profile, Variant, resolve_path, stamp
 
@@ -111,7 +112,7 @@ class Study:
             "settings": self.profile.values,
             "out_dir": str(self.out_dir),
             "workspace": str(self.workspace),
-            "updated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "updated": utc_now_iso(),
         })
         if self.command and self.command not in self.state.setdefault("invocations", []):
             self.state["invocations"].append(self.command)

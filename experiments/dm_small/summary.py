@@ -15,7 +15,6 @@ steps), summary.md (tables, orderings, settings), summary.json, win_rates.html, 
 from __future__ import annotations
 
 import math
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,6 +23,7 @@ import pandas as pd
 
 from dpo_engine.errors import UserError
 from dpo_engine.files import atomic_write_json, atomic_write_text
+from dpo_engine.timestamps import utc_now_iso
 
 from .config import LOSS_LABELS, STUDY
 
@@ -146,7 +146,7 @@ def write_summary(study: Study) -> Path | None:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return utc_now_iso()
 
 
 def markdown_table(rows: list[dict], pooled_row: dict | None) -> str:
