@@ -101,3 +101,27 @@ def test_random_at_its_default_seed_no_longer_draws_the_warmup_subset():
     overlap = len(set(drawn) & set(ids))
     assert 3 <= overlap <= 25  # chance: 120 * 120 / 1200 = 12; the hypergeometric 99.9 % range is about 3-23
     assert len(set(select_pairs(table, "random", {"frac": 0.1, "seed": 42})) & set(ids)) == 120  # the old default
+
+
+def test_selective_dpo_validation_losses_come_from_proxies_that_never_saw_the_pair(tmp_path):
+    from dpo_engine.selection.hypotheses import fold_assignment
+    from dpo_engine.training.selective_dpo import selective_dpo_order, validation_losses
+
+    pairs = small_pairs(tmp_path, n=8)
+    table = selective_dpo_order(pairs, TINY_MODEL, tmp_path / "sdpo", n_folds=2, seeds=(41, 42), beta=0.1,
+                                scoring=SCORING, **TRAINING)
+    assert table.pair_id.tolist() == pairs.pair_id.tolist()
+    assert list(table.columns) == ["pair_id", "val_loss_seed41", "val_loss_seed42", "learning_order"]
+    np.testing.assert_allclose(table.learning_order, (table.val_loss_seed41 + table.val_loss_seed42) / 2)
+
+    folds = fold_assignment(8, 2, 41)
+    row = int(np.flatnonzero(folds == 0)[0])  # held out by proxy (41, 0), which trained on fold 1 only
+    trained_on = seed_ids(tmp_path / "sdpo" / "seed-41" / "fold-0")
+    assert pairs.pair_id.iloc[row] not in trained_on and len(trained_on) == 4
+    margin = implicit_margins(pairs.iloc[[row]], str(tmp_path / "sdpo" / "seed-41" / "fold-0" / "adapter"), **SCORING)
+    expected = -np.log(1 / (1 + np.exp(-0.1 * margin.implicit_margin.iloc[0])))  # -log sigmoid(beta * h)
+    assert table.val_loss_seed41.iloc[row] == pytest.approx(expected, rel=1e-6)
+    assert validation_losses([0.0], 0.1)[0] == pytest.approx(np.log(2))
+
+    subset = select_pairs(table, "selective_dpo", {"tau": 0.5})
+    assert len(subset) == 4 and table.set_index("pair_id").learning_order[subset].is_monotonic_increasing
