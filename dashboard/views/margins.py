@@ -43,7 +43,7 @@ RULE_LABELS = {
     "manual": "Box / lasso",
     "random": "Random",
     "partition": "Partition",
-    "hypothesis": "Field hypotheses",
+    "hypothesis": "Hypotheses",
 }
 # The field's selectors (dpo_engine.selection.hypotheses), with the columns each needs in the margins table.
 HYPOTHESIS_LABELS = {
