@@ -304,3 +304,17 @@ def test_every_hypothesis_rule_is_a_select_rule():
     from dpo_engine.selection.rules import RULE_PARAMS, RULES
 
     assert set(hypotheses.HYPOTHESIS_RULES) <= set(RULES) and set(hypotheses.HYPOTHESIS_RULES) <= set(RULE_PARAMS)
+
+
+def test_cli_random_stores_the_new_default_seed_and_selective_dpo_its_tau(tmp_path):
+    from dpo_engine.selection.rules import DEFAULT_RANDOM_SEED
+
+    table = pd.DataFrame({"pair_id": [f"p{i}" for i in range(10)], "learning_order": np.arange(10.0)[::-1]})
+    path = tmp_path / "margins.csv"
+    table.to_csv(path, index=False)
+    assert main(["select", str(path), "--rule", "random", "--k", "3", "--name", "r", "--out", str(tmp_path / "r.json")]) == 0
+    assert json.loads((tmp_path / "r.json").read_text())["params"] == {"k": 3, "seed": DEFAULT_RANDOM_SEED}
+    assert main(["select", str(path), "--rule", "selective_dpo", "--name", "s", "--out", str(tmp_path / "s.json")]) == 0
+    saved = json.loads((tmp_path / "s.json").read_text())
+    assert saved["params"] == {"score": "learning_order", "tau": 0.5}
+    assert saved["pair_ids"] == ["p9", "p8", "p7", "p6", "p5"]  # easy (low order) to hard, hardest half dropped
