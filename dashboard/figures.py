@@ -13,6 +13,7 @@ from plotly.subplots import make_subplots
 SELECTED = "#3b5bdb"
 UNSELECTED = "#b8bfcc"
 GRID = "#e6e9ef"
+WARMUP = "#d6336c"  # rings around the warm-up proxy's own pairs
 # Above this many pairs the Margins page draws a rule's selection with `margin_density` unless the user asks for
 # points: each selection change draws a new chart, and a software-WebGL browser takes seconds for 60,000 points
 # (docs/benchmarks.md §4).
@@ -100,6 +101,7 @@ def _finish_margins_frame(
         plot_bgcolor="white",
         hoverlabel=dict(align="left", bgcolor="white", font_size=12),
         uirevision="margins",
+        legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1.0, bgcolor="rgba(255,255,255,0.8)"),
     )
     fig.update_xaxes(gridcolor=GRID, zerolinecolor="#c9ced8")
     fig.update_yaxes(gridcolor=GRID, zerolinecolor="#c9ced8")
@@ -121,6 +123,7 @@ def margin_scatter(
     color_label: str = "",
     thresholds: dict[str, tuple[float | None, float | None]] | None = None,
     selected_marginals: bool = True,
+    warmup: np.ndarray | None = None,
 ) -> go.Figure:
     """External vs implicit margin, one ``go.Scattergl`` trace (``data[0]``) with pair ids in ``customdata``.
 
@@ -132,7 +135,9 @@ def margin_scatter(
     the figure a few MB at 60,000 pairs instead of tens (every rerun sends the whole figure to the browser).
     Marginal histograms of all pairs sit above and to the right, with the selected pairs' counts over them unless
     ``selected_marginals`` is False (the box/lasso chart, whose figure must not change with the selection: see
-    `selection_marginals`). ``thresholds`` draws the bounds of a threshold rule as dashed lines.
+    `selection_marginals`). ``thresholds`` draws the bounds of a threshold rule as dashed lines. ``warmup`` (a
+    boolean mask) rings the warm-up proxy's own pairs, whose implicit margins are in-sample, in a second,
+    unselectable trace with a legend entry.
     """
     fig = _margins_frame()
     x = table["external_margin"].to_numpy(dtype=float)
@@ -163,7 +168,18 @@ def margin_scatter(
         row=2,
         col=1,
     )
+    if warmup is not None and warmup.any():
+        fig.add_trace(_warmup_rings(x[warmup], y[warmup]), row=2, col=1)
     return _finish_margins_frame(fig, x, y, selected if selected_marginals else None, thresholds)
+
+
+def _warmup_rings(x: np.ndarray, y: np.ndarray) -> go.Scattergl:
+    """Open rings over the warm-up pairs: drawn on top, not hoverable or selectable (the page reads trace 0 only)."""
+    return go.Scattergl(
+        x=x, y=y, mode="markers", name=f"warm-up pairs ({x.size:,}): implicit margin in-sample",
+        marker=dict(symbol="circle-open", size=9, color=WARMUP, line=dict(width=1.2)),
+        hoverinfo="skip", showlegend=True,
+    )
 
 
 def margin_density(

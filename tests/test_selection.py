@@ -13,6 +13,7 @@ from dpo_engine.cli import main
 from dpo_engine.errors import UserError
 from dpo_engine.margins.formulas import fused_scores
 from dpo_engine.selection.rules import column_stats, margin_correlations, filter_by_ids, ids_mask, select_bottom_k, select_pairs, select_partition, select_random, select_threshold, select_top_k, selection_summary
+from dpo_engine.selection.rules import DEFAULT_RANDOM_SEED
 from dpo_engine.selection.store import Selection, export_selection, list_selections, load_selection, save_selection
 
 nan = float("nan")
@@ -145,7 +146,7 @@ def test_select_pairs_where_filters_first_and_frac_counts_the_whole_table(table)
 
 
 def test_select_pairs_random_partition_and_manual(table):
-    assert select_pairs(table, "random", {"k": 3}) == table["pair_id"].to_numpy()[select_random(6, 3)].tolist()
+    assert select_pairs(table, "random", {"k": 3}) == table["pair_id"].to_numpy()[select_random(6, 3, DEFAULT_RANDOM_SEED)].tolist()
     mid = select_pairs(table, "partition", {"score": "external_margin", "part": "mid", "k": 6, "tau": 1.0})
     assert mid == ["a", "b", "c", "e"]
     assert select_pairs(table, "manual", {"pair_ids": ["f", "a", "f"]}) == ["f", "a"]

@@ -21,7 +21,15 @@ from dashboard.state import (
 )
 from dpo_engine import jobs
 from dpo_engine.errors import UserError
-from dpo_engine.selection.rules import column_stats, ids_mask, margin_correlations, select_pairs, selection_summary
+from dpo_engine.selection.hypotheses import DEFAULT_COLUMNS, SELECTIVE_DPO_TAU
+from dpo_engine.selection.rules import (
+    DEFAULT_RANDOM_SEED,
+    column_stats,
+    ids_mask,
+    margin_correlations,
+    select_pairs,
+    selection_summary,
+)
 from dpo_engine.selection.store import Selection, export_selection, list_selections, save_selection
 
 CHART_KEY = "margin_scatter"
@@ -35,6 +43,17 @@ RULE_LABELS = {
     "manual": "Box / lasso",
     "random": "Random",
     "partition": "Partition",
+    "hypothesis": "Hypotheses",
+}
+# The field's selectors (dpo_engine.selection.hypotheses), with the columns each needs in the margins table.
+HYPOTHESIS_LABELS = {
+    "smallest_gap": ("Smallest implicit gap (Qi et al.)", ("implicit_margin",)),
+    "alignment_potential": ("Alignment potential (Huang et al.)", ("external_margin", "ref_chosen_logps")),
+    "medium_band": ("Medium band of one score (Zhang et al.)", ()),
+    "lossdiff_irm": ("LossDiff-IRM medium band (Zhang et al.)", ("loss_diff", "irm")),
+    "bees_k": ("BeeS over K margin columns", ()),
+    "chosen_quality": ("Chosen-only quality", ("chosen_score",)),
+    "selective_dpo": ("Selective DPO: easy → hard, hardest τ dropped (Gao et al.)", ("learning_order",)),
 }
 SCORE_LABELS = {
     "dm_mul": "DM-MUL",
@@ -266,7 +285,13 @@ def rule_controls(rule: str, table: pd.DataFrame, dataset_fp: str) -> tuple[dict
         if middle.checkbox("Only pairs with both margins ≥ 0 (BeeS filter)", key=f"pos-{dataset_fp}"):
             params["where"] = {"external_margin": [0.0, None], "implicit_margin": [0.0, None]}
     elif rule == "random":
-        params["seed"] = int(left.number_input("Seed", value=42, step=1, key=f"seed-{dataset_fp}"))
+        params["seed"] = int(left.number_input("Seed", value=DEFAULT_RANDOM_SEED, step=1, key=f"seed-{dataset_fp}",
+                                               help="Not 42 by default: the warm-up proxy's seed subset is drawn "
+                                                    "with 42, and random at 42 would be exactly those pairs."))
+    elif rule == "hypothesis":
+        params.update(hypothesis_controls(table, dataset_fp, (left, middle)))
+        if params["rule"] == "selective_dpo":  # its size is tau, the hardest share dropped, not a share kept
+            params.pop("frac")
     else:
         params["score"] = left.selectbox("Margin", scores, format_func=SCORE_LABELS.get, key=f"pscore-{dataset_fp}")
         params["part"] = middle.radio("Part", ["top", "mid", "bot"], horizontal=True, key=f"part-{dataset_fp}",
@@ -274,6 +299,44 @@ def rule_controls(rule: str, table: pd.DataFrame, dataset_fp: str) -> tuple[dict
         if params["part"] == "mid":
             params["tau"] = float(middle.number_input("τ", value=1.0, min_value=0.0, step=0.1, key=f"tau-{dataset_fp}"))
     return params, {}
+
+
+def hypothesis_controls(table: pd.DataFrame, dataset_fp: str, columns) -> dict:
+    """A field selector and its own parameters; ``rule`` is the `select_pairs` rule to run."""
+    left, middle = columns
+    numeric = [name for name in table.columns if pd.api.types.is_numeric_dtype(table[name]) and table[name].notna().any()
+               and name not in ("in_warmup",)]
+    offered = [rule for rule, (_, needs) in HYPOTHESIS_LABELS.items() if all(column in numeric for column in needs)]
+    rule = left.selectbox("Hypothesis", offered, format_func=lambda name: HYPOTHESIS_LABELS[name][0],
+                          key=f"hyp-{dataset_fp}")
+    params: dict = {"rule": rule}
+    if rule in ("smallest_gap", "medium_band"):
+        params["score"] = middle.selectbox("Score", numeric, index=numeric.index("implicit_margin")
+                                           if "implicit_margin" in numeric else 0, key=f"hscore-{dataset_fp}")
+    elif rule == "alignment_potential":
+        params["weight"] = float(middle.number_input("Weight of the implicit term", value=1.0, min_value=0.0,
+                                                     step=0.1, key=f"apw-{dataset_fp}"))
+    elif rule == "bees_k":
+        margins = [name for name in numeric if "margin" in name]
+        defaults = [name for name in DEFAULT_COLUMNS["bees_k"] if name in margins]
+        params["scores"] = middle.multiselect("Margin columns (K sources)", margins, default=defaults,
+                                              key=f"bees-{dataset_fp}")
+    elif rule == "selective_dpo":
+        params["tau"] = float(middle.slider("Hardest share dropped (τ)", 0.0, 0.9, SELECTIVE_DPO_TAU, 0.05,
+                                            key=f"tau-sdpo-{dataset_fp}"))
+    return params
+
+
+def warmup_mask(table: pd.DataFrame) -> np.ndarray | None:
+    """The ``in_warmup`` mask to ring on the chart (None without one), with a caption on why it matters."""
+    if "in_warmup" not in table.columns or not table["in_warmup"].any():
+        return None
+    warmup = table["in_warmup"].to_numpy(bool)
+    st.caption(f"Ringed: the {warmup.sum():,} pairs the warm-up proxy trained on. Their implicit margins are "
+               f"in-sample (mean {table.implicit_margin[warmup].mean():.2f} against "
+               f"{table.implicit_margin[~warmup].mean():.2f} for the rest), so rules on the implicit margin "
+               "over-pick them; cross-fitted margins (dpo_engine.training.crossfit) avoid this.")
+    return warmup
 
 
 def summary_frame(summary: dict) -> pd.DataFrame:
@@ -311,6 +374,7 @@ def select_section(table: pd.DataFrame, pairs: pd.DataFrame, dataset_fp: str, ca
         persist_state="session",
     )
     params, lines = rule_controls(rule, table, dataset_fp)
+    rule = params.pop("rule", rule)  # "hypothesis" names the field selector it runs
     try:
         ids = select_pairs(table, rule, params) if rule != "manual" or params["pair_ids"] else []
     except UserError as error:
@@ -346,7 +410,9 @@ def select_section(table: pd.DataFrame, pairs: pd.DataFrame, dataset_fp: str, ca
             figure, key=CHART_KEY, on_select=lambda: mirror_chart_selection(dataset_fp), selection_mode=("box", "lasso")
         )
     else:
-        st.plotly_chart(margin_scatter(table, hover, selected=selected, color=color, color_label=color_title, thresholds=lines))
+        warmup = warmup_mask(table)
+        st.plotly_chart(margin_scatter(table, hover, selected=selected, color=color, color_label=color_title,
+                                       thresholds=lines, warmup=warmup))
 
     whole = table_statistics(table, cache_key)
     size, share, pearson, spearman = st.columns(4)

@@ -59,7 +59,7 @@ def run(args) -> int:
     from dpo_engine.data.pairs import fingerprint, load_pairs
     from dpo_engine.margins.table import build_margins_table, save_margins_table
     from dpo_engine.margins.scoring import external_margins, implicit_margins
-    from dpo_engine.training.warmup import warmup_proxy
+    from dpo_engine.training.warmup import warmup_proxy, warmup_seed_ids
 
     reporter = _Progress(args.progress_file)
     pairs = load_pairs(args.pairs).pairs
@@ -108,7 +108,8 @@ def run(args) -> int:
         }
         if implicit_source == "warmup":
             meta["implicit"]["seed_size"] = args.seed_size or "min(2000, 10%)"
-    table = build_margins_table(pairs, external, implicit)
+    in_sample = warmup_seed_ids(pairs, args.seed_size, args.seed) if implicit_source == "warmup" else None
+    table = build_margins_table(pairs, external, implicit, warmup_ids=in_sample)
     path = save_margins_table(table, args.out, meta)
     reporter.finish(str(path))
     print(f"wrote {len(table)} rows to {path}")

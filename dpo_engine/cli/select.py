@@ -3,6 +3,8 @@
     dpo-engine select margins.parquet --rule top_k --score dm_mul --k 2000 --name dm-mul-2k
     dpo-engine select margins.parquet --rule top_k --frac 0.1 --where external_margin:0: --where implicit_margin:0: --name bees-pos
     dpo-engine select margins.csv --rule partition --score external_margin --part mid --k 500 --tau 1.0 --name ex-mid
+    dpo-engine select margins.parquet --rule bees_k --scores external_margin,rm2_margin,implicit_margin --frac 0.1 --name bees3
+    dpo-engine select margins.parquet --rule selective_dpo --tau 0.5 --name sdpo
 """
 
 from __future__ import annotations
@@ -14,10 +16,13 @@ from pathlib import Path
 
 from dpo_engine.errors import UserError
 from dpo_engine.margins.table import load_margins_table
-from dpo_engine.selection.rules import DEFAULT_SCORE, PARTS, select_pairs
+from dpo_engine.selection.hypotheses import DEFAULT_COLUMNS, HYPOTHESIS_RULES, SELECTIVE_DPO_TAU
+from dpo_engine.selection.rules import DEFAULT_RANDOM_SEED, DEFAULT_SCORE, PARTS, select_pairs
 from dpo_engine.selection.store import Selection, save_selection
 
-CLI_RULES = ("top_k", "bottom_k", "random", "partition", "threshold")
+CLI_RULES = ("top_k", "bottom_k", "random", "partition", "threshold", *HYPOTHESIS_RULES)
+_SCORE_RULES = ("top_k", "bottom_k", "partition", "smallest_gap", "medium_band", "chosen_quality", "selective_dpo")
+_SIZED_RULES = tuple(rule for rule in CLI_RULES if rule not in ("threshold", "selective_dpo"))
 
 
 def add_parser(subparsers) -> None:
@@ -29,13 +34,18 @@ def add_parser(subparsers) -> None:
     )
     parser.add_argument("margins_table", type=Path, metavar="MARGINS_TABLE", help="parquet or csv, one row per pair")
     parser.add_argument("--rule", required=True, choices=CLI_RULES)
-    parser.add_argument("--score", default=DEFAULT_SCORE, help=f"score column for top_k, bottom_k, partition (default {DEFAULT_SCORE})")
+    parser.add_argument("--score", help=f"score column for top_k, bottom_k, partition (default {DEFAULT_SCORE}) and the "
+                        "one-column hypotheses (default: the rule's own, e.g. implicit_margin for smallest_gap)")
+    parser.add_argument("--scores", help="comma-separated score columns for bees_k and lossdiff_irm")
+    parser.add_argument("--weight", type=float, help="alignment_potential: weight of the implicit term (default 1.0)")
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--k", type=int, help="number of pairs")
     size.add_argument("--frac", type=float, help="share of the whole table, in (0, 1]")
     parser.add_argument("--part", choices=PARTS, default="top", help="partition: top, mid (random from [-tau, tau]) or bot")
-    parser.add_argument("--tau", type=float, default=1.0, help="partition mid band half-width (default 1.0)")
-    parser.add_argument("--seed", type=int, default=42, help="random and partition mid (default 42)")
+    parser.add_argument("--tau", type=float, help="partition mid band half-width (default 1.0); selective_dpo: the "
+                        f"hardest share dropped (default {SELECTIVE_DPO_TAU})")
+    parser.add_argument("--seed", type=int, help=f"random (default {DEFAULT_RANDOM_SEED}, independent of the warm-up's "
+                        "42) and partition mid (default 42)")
     parser.add_argument(
         "--where", action="append", default=[], metavar="COLUMN:LOW:HIGH",
         help="keep rows with LOW <= COLUMN <= HIGH before the rule; an empty or infinite bound is open; repeatable",
@@ -65,17 +75,26 @@ def run(args: argparse.Namespace) -> int:
 def rule_params(args: argparse.Namespace) -> dict:
     """The ``select_pairs`` params of the chosen rule, only those it takes (they are stored with the selection)."""
     params: dict = {}
-    if args.rule in ("top_k", "bottom_k", "partition"):
-        params["score"] = args.score
+    if args.rule in _SCORE_RULES:
+        params["score"] = args.score or DEFAULT_COLUMNS.get(args.rule, DEFAULT_SCORE)
+    if args.rule in ("bees_k", "lossdiff_irm"):
+        columns = args.scores.split(",") if args.scores else DEFAULT_COLUMNS[args.rule]
+        params["scores"] = [column.strip() for column in columns]
+    if args.rule == "alignment_potential" and args.weight is not None:
+        params["weight"] = args.weight
     if args.rule == "partition":
-        params.update(part=args.part, tau=args.tau)
-    if args.rule != "threshold":
+        params.update(part=args.part, tau=1.0 if args.tau is None else args.tau)
+    if args.rule == "selective_dpo":
+        params["tau"] = SELECTIVE_DPO_TAU if args.tau is None else args.tau
+    if args.rule in _SIZED_RULES:
         if args.k is not None:
             params["k"] = args.k
         if args.frac is not None:
             params["frac"] = args.frac
-    if args.rule in ("random", "partition"):
-        params["seed"] = args.seed
+    if args.rule == "random":
+        params["seed"] = DEFAULT_RANDOM_SEED if args.seed is None else args.seed
+    if args.rule == "partition":
+        params["seed"] = 42 if args.seed is None else args.seed
     if args.where:
         params["where"] = dict(parse_where(text) for text in args.where)
     return params

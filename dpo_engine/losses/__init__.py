@@ -7,7 +7,7 @@ that reading the catalog (the dashboard's forms) does not load torch.
 
 from dpo_engine.losses.catalog import LOSS_DEFAULTS, LOSS_DOCS, LOSS_NAMES
 
-_FUNCTIONS = ("LossOutput", "make_loss", "uses_reference", "is_stateful")
+_FUNCTIONS = ("LossOutput", "make_loss", "uses_reference", "is_stateful", "weighted_batch_loss", "madpo_weights")
 
 __all__ = ["LOSS_DEFAULTS", "LOSS_DOCS", "LOSS_NAMES", *_FUNCTIONS]
 

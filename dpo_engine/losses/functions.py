@@ -11,8 +11,10 @@ work on per-token averages (ipo, simpo, alpha_dpo) divide by the lengths themsel
 Reference log-probs are constants: they are detached, so no gradient reaches them. SimPO ignores them, and the
 caller may pass None (see `uses_reference`).
 
-The returned loss is per pair, shape (B,); the caller takes `.mean()`. Only α-DPO keeps state (an EMA of the gap
-statistics): `is_stateful(loss_fn)` says when `loss_fn.state_dict()` has to be saved with checkpoints.
+The returned loss is per pair, shape (B,); the caller reduces it with `weighted_batch_loss` (the mean, or with
+per-pair weights their weighted mean), so a per-pair ``weight`` is honoured by every loss alike. `madpo_weights`
+turns a reward margin into such weights. Only α-DPO keeps state (an EMA of the gap statistics):
+`is_stateful(loss_fn)` says when `loss_fn.state_dict()` has to be saved with checkpoints.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import functools
 import math
 from typing import Callable, NamedTuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -216,6 +219,36 @@ class AlphaDPOLoss:
         """Restore the EMA statistics saved by `state_dict()` (on resume)."""
         self.gap_mean = float(state["gap_mean"])
         self.gap_std = float(state["gap_std"])
+
+
+def weighted_batch_loss(loss: Tensor, weight: Tensor | None = None) -> Tensor:
+    """One batch loss from per-pair losses ``loss`` (B,): the mean, or with ``weight`` (B,) ``Σ wᵢ·lᵢ / Σ wᵢ``.
+
+    Normalising by the batch's weight sum keeps the loss scale (and so the learning rate's meaning) independent of
+    the weights' scale; only their ratios within the batch matter. Weights are constants (detached); a batch whose
+    weights are all zero contributes a zero loss with zero gradient rather than 0/0.
+    """
+    if weight is None:
+        return loss.mean()
+    weight = weight.detach().to(loss.dtype)
+    return (loss * weight).sum() / weight.sum().clamp(min=torch.finfo(loss.dtype).tiny)
+
+
+def madpo_weights(reward_margin, *, strength: float = 0.5, scale: float = 1.0) -> Tensor:
+    """MADPO-style per-pair weights from a reward-model margin: ``1 − strength·tanh(margin / (2·scale))``, (B,).
+
+    Continuous and positive for ``0 <= strength < 1``, in ``(1 − strength, 1 + strength)``: pairs the reward model
+    finds easy (large margin, in its logits) are damped, hard or mislabelled-looking ones (small or negative margin)
+    amplified, and a zero margin keeps weight 1. This has the shape Rho (arXiv 2510.05342) describes; the paper's
+    exact weight function was not available here, so check it before quoting MADPO numbers. NaN margins give weight 1.
+    """
+    margin = torch.from_numpy(np.array(reward_margin, dtype=np.float64))  # a copy: inputs may be read-only
+    if not 0 <= strength < 1:
+        raise ConfigError("madpo_strength", f"must be in [0, 1), got {strength!r}")
+    if not scale > 0:
+        raise ConfigError("madpo_scale", f"must be > 0, got {scale!r}")
+    weights = 1.0 - strength * torch.tanh(margin / (2.0 * scale))
+    return torch.where(torch.isnan(margin), torch.ones_like(weights), weights)
 
 
 _LOSS_FUNCTIONS: dict[str, Callable[..., LossOutput]] = {

@@ -19,10 +19,15 @@ import pandas as pd
 
 from dpo_engine.errors import UserError
 from dpo_engine.margins.formulas import _as_array, fused_scores
+from dpo_engine.selection import hypotheses
+from dpo_engine.selection.hypotheses import HYPOTHESIS_PARAMS, HYPOTHESIS_RULES, check_score_column
 
-RULES = ("top_k", "bottom_k", "random", "partition", "threshold", "manual")
+RULES = ("top_k", "bottom_k", "random", "partition", "threshold", "manual", *HYPOTHESIS_RULES)
 PARTS = ("top", "mid", "bot")
 DEFAULT_SCORE = "dm_mul"
+# The random rule's default seed. Not 42: the warm-up proxy draws its seed subset with seed 42 from the same
+# permutation, so random at 42 would be exactly the warm-up pairs, whose implicit margins are in-sample.
+DEFAULT_RANDOM_SEED = 20250219
 # Parameters each rule accepts in `select_pairs`; anything else is a typo worth reporting.
 RULE_PARAMS: dict[str, frozenset[str]] = {
     "top_k": frozenset({"score", "k", "frac", "where"}),
@@ -31,6 +36,7 @@ RULE_PARAMS: dict[str, frozenset[str]] = {
     "partition": frozenset({"score", "part", "k", "frac", "tau", "seed", "where"}),
     "threshold": frozenset({"where"}),
     "manual": frozenset({"pair_ids"}),
+    **HYPOTHESIS_PARAMS,
 }
 _FUSED_COLUMNS = ("dm_add", "dm_mul", "bees")
 _SCORED_RULES = ("top_k", "bottom_k", "partition")
@@ -146,27 +152,22 @@ def select_threshold(table: pd.DataFrame, rules: dict[str, Sequence[float | None
 # ---- named rules over a margins table ---------------------------------------------------------------------------
 
 
-def _check_score_column(table: pd.DataFrame, name: str) -> None:
-    """Fail with a message that says what to do when a score column is missing, not numeric or empty."""
-    if name not in table.columns:
-        raise UserError(f"score column '{name}' is not in the margins table (have: {', '.join(map(str, table.columns))})")
-    if not pd.api.types.is_numeric_dtype(table[name]):
-        raise UserError(f"score column '{name}' is not numeric")
-    if table[name].isna().all():
-        raise UserError(f"score column '{name}' has no values: score that margin source first")
-
-
 def select_pairs(table: pd.DataFrame, rule: str, params: dict) -> list[str]:
     """Run one named rule over a margins table (one row per pair, a ``pair_id`` column) and return pair ids.
 
     Rules and their ``params`` (defaults in brackets):
 
     - ``top_k`` / ``bottom_k``: ``score`` [dm_mul], and ``k`` or ``frac``; ids in rank order.
-    - ``random``: ``k`` or ``frac``, ``seed`` [42]; ids in draw order.
+    - ``random``: ``k`` or ``frac``, ``seed`` [`DEFAULT_RANDOM_SEED`, not the warm-up's 42]; ids in draw order.
     - ``partition``: ``score`` [dm_mul], ``part`` [top] (top, mid or bot), ``k`` or ``frac``, ``tau`` [1.0],
       ``seed`` [42]; see `select_partition`.
     - ``threshold``: ``where``; ids in table order.
     - ``manual``: ``pair_ids``, an explicit list; every id must be in the table; ids in the given order.
+    - the field's hypotheses (`dpo_engine.selection.hypotheses`): ``smallest_gap`` (``score`` [implicit_margin],
+      ascending), ``alignment_potential`` (``weight`` [1.0]), ``medium_band`` (``score``), ``lossdiff_irm``
+      (``scores`` [loss_diff, irm]), ``bees_k`` (``scores``: K margin columns), ``chosen_quality`` (``score``
+      [chosen_score]), each with ``k`` or ``frac``; ``selective_dpo`` (``score`` [learning_order], ``tau`` [0.5]:
+      the hardest share dropped, no k), ids easy to hard.
 
     Every rule but ``manual`` takes an optional ``where`` ({column: [low, high]}, see `select_threshold`) that
     restricts the candidates first, e.g. BeeS' "both margins > 0". ``frac`` is always a share of the whole table,
@@ -186,10 +187,12 @@ def select_pairs(table: pd.DataFrame, rule: str, params: dict) -> list[str]:
         raise UserError("rule 'threshold' needs where: {column: [low, high]}")
 
     score_name = params.get("score", DEFAULT_SCORE)
-    if rule in _SCORED_RULES:
+    if rule in HYPOTHESIS_RULES:
+        table = hypotheses.hypothesis_scores(rule, table, params)
+    elif rule in _SCORED_RULES:
         if score_name in _FUSED_COLUMNS and score_name not in table.columns:
             table = fused_scores(table)
-        _check_score_column(table, score_name)
+        check_score_column(table, score_name)
     n_total = len(table)
     if params.get("where"):
         table = table[select_threshold(table, params["where"])]
@@ -197,9 +200,13 @@ def select_pairs(table: pd.DataFrame, rule: str, params: dict) -> list[str]:
 
     if rule == "threshold":
         return pair_ids.tolist()
+    if rule in HYPOTHESIS_RULES:
+        # selective_dpo's size is set by tau (the hardest share dropped), not by k or frac
+        count = None if rule == "selective_dpo" else _resolve_k(n_total, params.get("k"), params.get("frac"))
+        return pair_ids[hypotheses.pick(rule, table, params, count)].tolist()
     count = _resolve_k(n_total, params.get("k"), params.get("frac"))
     if rule == "random":
-        return pair_ids[select_random(len(table), count, params.get("seed", 42))].tolist()
+        return pair_ids[select_random(len(table), count, params.get("seed", DEFAULT_RANDOM_SEED))].tolist()
     score = table[score_name].to_numpy(dtype=np.float64)
     if rule == "top_k":
         indices = select_top_k(score, k=count)

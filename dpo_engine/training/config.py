@@ -79,6 +79,27 @@ class TrainConfig:
     group_by_length: bool = field(default=False, metadata=_help(
         "Batch pairs of similar length together (less padding, faster; the order is still shuffled)."))
 
+    # Per-pair training: soft selection, MixDPO routing, curriculum (dpo_engine.training.pair_inputs)
+    pair_scores: str = field(default="", metadata=_help(
+        "A margins table (parquet or csv with pair_id) holding the per-pair columns named below, joined on "
+        "pair_id; empty: the columns are read from the subset file itself."))
+    weight_column: str = field(default="", metadata=_help(
+        "Column of per-pair loss weights (>= 0): each batch's loss is sum(w * loss) / sum(w). Empty: all 1."))
+    madpo_margin_column: str = field(default="", metadata=_help(
+        "MADPO: weights 1 - madpo_strength * tanh(margin / (2 * madpo_scale)) from this reward-margin column "
+        "(easy pairs damped, hard ones amplified). Not together with weight_column."))
+    madpo_strength: float = field(default=0.5, metadata=_help("MADPO weight strength, in [0, 1)."))
+    madpo_scale: float = field(default=1.0, metadata=_help("MADPO margin scale (> 0), in the margin's units."))
+    sft_margin_column: str = field(default="", metadata=_help(
+        "MixDPO: pairs whose value in this margin column is below sft_margin_threshold are trained with SFT on "
+        "the chosen response (per-token NLL), the rest with the loss above."))
+    sft_margin_threshold: float = field(default=0.0, metadata=_help("MixDPO margin threshold."))
+    curriculum_column: str = field(default="", metadata=_help(
+        "Train in ascending order of this column (easy to hard, e.g. learning_order) instead of shuffling; "
+        "pairs without a value go last. Not together with group_by_length."))
+    curriculum_descending: bool = field(default=False, metadata=_help(
+        "Curriculum in descending order (for a margin, where larger means easier)."))
+
     # Reference
     precompute_reference: bool = field(default=True, metadata=_help(
         "Score the reference once over the subset before training (cached on disk per dataset and model), "
@@ -182,7 +203,15 @@ class TrainConfig:
             raise ConfigError("device", "is 'cuda' but no CUDA GPU is available")
         if self.device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
             raise ConfigError("device", "is 'mps' but MPS is not available")
-        load_subset(self)
+        if self.weight_column and self.madpo_margin_column:
+            raise ConfigError("madpo_margin_column", "give weight_column or madpo_margin_column, not both")
+        if self.curriculum_column and self.group_by_length:
+            raise ConfigError("curriculum_column", "a curriculum fixes the order: turn group_by_length off")
+        require(0 <= self.madpo_strength < 1, "madpo_strength", "in [0, 1)")
+        require(self.madpo_scale > 0, "madpo_scale", "> 0")
+        from dpo_engine.training.pair_inputs import prepare_pair_inputs
+
+        prepare_pair_inputs(self, load_subset(self))  # ConfigError naming the column field, file and row
         try:
             model_path = resolve_model(self.model)
         except ModelError as error:

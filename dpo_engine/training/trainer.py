@@ -42,6 +42,8 @@ from dpo_engine.losses.functions import is_stateful, make_loss, uses_reference
 from dpo_engine.models.loading import detect_device, load_model, resolve_model
 from dpo_engine.models.tokenization import EncodedPair, collate, encode_pair
 from dpo_engine.training.config import TrainConfig, load_subset
+from dpo_engine.training.pair_inputs import prepare_pair_inputs
+from dpo_engine.training.routing import PairRouting, routed_batch_loss
 
 METRICS_FILE = "metrics.jsonl"
 PAIR_REWARDS_FILE = "pair_rewards.parquet"
@@ -106,7 +108,9 @@ class PreferenceTrainer(Trainer):
             policy["chosen_logps"], policy["rejected_logps"], ref_chosen, ref_rejected,
             policy["chosen_tokens"], policy["rejected_tokens"],
         )
-        loss = output.loss.mean()
+        # Per-pair weights and MixDPO routing (dpo_engine.training.routing); without them this is the plain mean.
+        routing = PairRouting(inputs.get("pair_weight"), inputs.get("use_sft"))
+        loss = routed_batch_loss(output.loss, policy["chosen_logps"], policy["chosen_tokens"], routing)
         if model.training:
             self._record(policy, output, int(inputs["attention_mask"].sum()))
         return (loss, output) if return_outputs else loss
@@ -139,8 +143,9 @@ class PreferenceTrainer(Trainer):
         )
 
 
-def pair_dataset(encoded: list[EncodedPair], reference: pd.DataFrame | None = None):
-    """Encoded pairs as a ``datasets.Dataset`` of Trainer examples, with the precomputed reference log-probs if any.
+def pair_dataset(encoded: list[EncodedPair], reference: pd.DataFrame | None = None, per_pair: dict | None = None):
+    """Encoded pairs as a ``datasets.Dataset`` of Trainer examples, with the precomputed reference log-probs if any
+    and the per-pair ``pair_weight`` / ``use_sft`` arrays of ``per_pair``.
 
     A ``datasets.Dataset`` because the Trainer's length-grouped sampler reads its ``length`` column (prompt + the
     longer response, in tokens).
@@ -156,6 +161,7 @@ def pair_dataset(encoded: list[EncodedPair], reference: pd.DataFrame | None = No
     if reference is not None:
         columns["ref_chosen_logps"] = reference.chosen_logps.to_numpy(float)
         columns["ref_rejected_logps"] = reference.rejected_logps.to_numpy(float)
+    columns.update({key: values for key, values in (per_pair or {}).items() if values is not None})
     return Dataset.from_dict(columns)
 
 
@@ -171,6 +177,10 @@ class PairCollator:
         if "ref_chosen_logps" in examples[0]:
             for key in ("ref_chosen_logps", "ref_rejected_logps"):
                 batch[key] = torch.tensor([example[key] for example in examples], dtype=torch.float32)
+        if "pair_weight" in examples[0]:
+            batch["pair_weight"] = torch.tensor([example["pair_weight"] for example in examples], dtype=torch.float32)
+        if "use_sft" in examples[0]:
+            batch["use_sft"] = torch.tensor([example["use_sft"] for example in examples], dtype=torch.bool)
         return batch
 
 
@@ -277,7 +287,8 @@ def train(
     checkpoint = last_complete_checkpoint(checkpoint_dir) if resume else None
     elapsed_before = _prepare_run_dir(run_dir, checkpoint)
 
-    pairs = load_subset(config)
+    pair_inputs = prepare_pair_inputs(config, load_subset(config))
+    pairs = pair_inputs.pairs  # in curriculum order when there is one
     device = detect_device() if config.device == "auto" else config.device
     lora = not config.full_finetune
     bf16 = config.precision == "bf16"
@@ -317,9 +328,10 @@ def train(
     callbacks = [metrics, control] + ([LossStateSaver(loss_fn)] if is_stateful(loss_fn) else [])
     trainer = PreferenceTrainer(
         model=model,
-        args=_training_arguments(config, checkpoint_dir, device),
+        args=_training_arguments(config, checkpoint_dir, device, sequential=pair_inputs.sequential),
         data_collator=PairCollator(tokenizer.pad_token_id),
-        train_dataset=pair_dataset(encoded, reference if needs_reference else None),
+        train_dataset=pair_dataset(encoded, reference if needs_reference else None,
+                                   {"pair_weight": pair_inputs.weight, "use_sft": pair_inputs.use_sft}),
         processing_class=tokenizer,
         callbacks=callbacks,
         loss_fn=loss_fn,
@@ -433,7 +445,14 @@ def _add_lora(model, config: TrainConfig):
     return get_peft_model(model, lora_config)
 
 
-def _training_arguments(config: TrainConfig, output_dir: Path, device: str) -> TrainingArguments:
+def _sampling(config: TrainConfig, sequential: bool) -> str:
+    """The Trainer's sampler: the curriculum's fixed order, length groups, or shuffled."""
+    if sequential:
+        return "sequential"
+    return "group_by_length" if config.group_by_length else "random"
+
+
+def _training_arguments(config: TrainConfig, output_dir: Path, device: str, sequential: bool = False) -> TrainingArguments:
     return TrainingArguments(
         output_dir=str(output_dir),
         per_device_train_batch_size=config.batch_size,
@@ -446,7 +465,7 @@ def _training_arguments(config: TrainConfig, output_dir: Path, device: str) -> T
         warmup_steps=config.warmup_ratio,  # a float in [0, 1) is a fraction of the total steps
         weight_decay=config.weight_decay,
         max_grad_norm=config.max_grad_norm,
-        train_sampling_strategy="group_by_length" if config.group_by_length else "random",
+        train_sampling_strategy=_sampling(config, sequential),
         logging_steps=config.logging_steps,
         save_strategy="steps",
         save_steps=config.save_steps,

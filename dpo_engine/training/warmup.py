@@ -20,6 +20,18 @@ from dpo_engine.training.trainer import train
 WARMUP_STAMP = "warmup.json"  # settings and seed pairs of a finished warm-up proxy, for reuse
 
 
+def warmup_seed_rows(n_pairs: int, seed_size: int | None = None, seed: int = 42):
+    """Row positions of the warm-up proxy's seed subset, int64: ``min(2000, 10 %)`` pairs (at least 2) by default,
+    drawn with ``seed``. The proxy trains on these rows, so their implicit margins are in-sample."""
+    n_seed = seed_size or max(2, min(2000, round(0.1 * n_pairs)))
+    return select_random(n_pairs, n_seed, seed)
+
+
+def warmup_seed_ids(pairs: pd.DataFrame, seed_size: int | None = None, seed: int = 42) -> list[str]:
+    """Pair ids of the warm-up seed subset (`warmup_seed_rows`), for the margins table's ``in_warmup`` column."""
+    return pairs.pair_id.astype(str).to_numpy()[warmup_seed_rows(len(pairs), seed_size, seed)].tolist()
+
+
 def warmup_proxy(
     pairs: pd.DataFrame,
     base_model: str,
@@ -37,8 +49,7 @@ def warmup_proxy(
     ``progress(step, total_steps)`` reports training steps.
     """
     out_dir = Path(out_dir)
-    n_seed = seed_size or max(2, min(2000, round(0.1 * len(pairs))))
-    seed_pairs = pairs.iloc[select_random(len(pairs), n_seed, seed)]
+    seed_pairs = pairs.iloc[warmup_seed_rows(len(pairs), seed_size, seed)]
     subset_path = save_pairs(seed_pairs, out_dir / "seed_subset.jsonl")
     config = TrainConfig.from_dict(
         {"model": base_model, "subset": str(subset_path), "loss": "dpo", "num_epochs": 2, "seed": seed, **train_overrides}
