@@ -40,6 +40,7 @@ from dpo_engine.files import append_jsonl, atomic_write_json, atomic_write_text,
 from dpo_engine.models.logps import policy_logps
 from dpo_engine.losses.functions import is_stateful, make_loss, uses_reference
 from dpo_engine.models.loading import detect_device, load_model, resolve_model
+from dpo_engine.models.adapters import record_base_model
 from dpo_engine.models.tokenization import EncodedPair, collate, encode_pair
 from dpo_engine.training.config import TrainConfig, load_subset
 
@@ -528,14 +529,10 @@ def _pair_rewards(model, ref_model, reference, tokenizer, pairs, encoded, config
 
 
 def _save_adapter(model, tokenizer, config: TrainConfig, directory: Path) -> Path:
-    """The LoRA adapter and tokenizer. The adapter names its base as configured ('smollm2-135m-instruct', not a
-    cache path), so ``load_model(directory)`` finds the base on any machine."""
+    """The LoRA adapter and tokenizer, loadable by PEFT as they are (`dpo_engine.models.adapters`)."""
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
-    config_file = directory / "adapter_config.json"
-    adapter_config = json.loads(config_file.read_text())
-    adapter_config["base_model_name_or_path"] = config.model
-    atomic_write_json(config_file, adapter_config)
+    record_base_model(directory, config.model)
     return directory
 
 
