@@ -43,6 +43,7 @@ from dpo_engine.models.loading import detect_device, load_model, resolve_model
 from dpo_engine.models.adapters import record_base_model
 from dpo_engine.models.tokenization import EncodedPair, collate, encode_pair
 from dpo_engine.training.config import TrainConfig, load_subset
+from dpo_engine.training.trackers import tracker_setup
 
 METRICS_FILE = "metrics.jsonl"
 PAIR_REWARDS_FILE = "pair_rewards.parquet"
@@ -201,6 +202,7 @@ class MetricsLogger(TrainerCallback):
             return
         now = time.perf_counter()
         stats, tokens = self.step_stats.pop()
+        logs.update(stats)  # trackers called after this one (training.trackers) report the DPO metrics too
         record = {
             "step": state.global_step,
             "epoch": logs.get("epoch", state.epoch),
@@ -316,13 +318,14 @@ def train(
     metrics = MetricsLogger(run_dir / METRICS_FILE, step_stats, elapsed_before)
     control = RunControl(should_stop, on_progress)
     callbacks = [metrics, control] + ([LossStateSaver(loss_fn)] if is_stateful(loss_fn) else [])
+    tracker_callbacks = tracker_setup(config.report_to, run_dir)  # after MetricsLogger: they see its DPO metrics
     trainer = PreferenceTrainer(
         model=model,
         args=_training_arguments(config, checkpoint_dir, device),
         data_collator=PairCollator(tokenizer.pad_token_id),
         train_dataset=pair_dataset(encoded, reference if needs_reference else None),
         processing_class=tokenizer,
-        callbacks=callbacks,
+        callbacks=callbacks + tracker_callbacks,
         loss_fn=loss_fn,
         needs_reference=needs_reference,
         ref_model=ref_model,
@@ -455,7 +458,7 @@ def _training_arguments(config: TrainConfig, output_dir: Path, device: str) -> T
         seed=config.seed,
         bf16=config.precision == "bf16",
         use_cpu=device == "cpu",
-        report_to=config.report_to or "none",
+        report_to="none",  # trackers are added as callbacks (training.trackers), in our order
         remove_unused_columns=False,  # examples are our own dicts, not model inputs
         dataloader_num_workers=0,
         disable_tqdm=True,
