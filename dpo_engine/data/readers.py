@@ -36,6 +36,7 @@ _FORMAT_BY_SUFFIX = {".jsonl": "jsonl", ".json": "json", ".csv": "csv", ".parque
 _HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 _SNIFF_CHARS = 64 * 1024
 _CHUNK_BYTES = 2**20
+_decode_json = json.JSONDecoder().decode
 
 
 def read_records(
@@ -170,22 +171,21 @@ def _iter_jsonl(path: Path, label: str, encoding: str) -> Iterator[dict]:
     """JSON Lines: one object per non-blank line. Text-mode iteration splits on newlines only, not on U+2028."""
     row = 0
     with _open_text(path, label, encoding) as handle:
-        lines = enumerate(handle, start=1)
-        while True:
-            try:
-                line_number, line = next(lines)
-            except StopIteration:
-                return
-            except UnicodeDecodeError as error:
-                raise _decode_error(error, encoding, label, row) from None
-            if not line.strip():
-                continue
-            record = _parse_json(line, label, row, f"line {line_number}")
-            if not isinstance(record, dict):
-                message = f"line {line_number} is a JSON {type(record).__name__}, expected an object"
-                raise located_error("wrong_type", message, file=label, row=row)
-            yield record
-            row += 1
+        try:
+            for line_number, line in enumerate(handle, start=1):
+                try:
+                    record = _decode_json(line)
+                except (json.JSONDecodeError, RecursionError):
+                    if not line.strip():
+                        continue
+                    record = _parse_json(line, label, row, f"line {line_number}")  # raises the located error
+                if not isinstance(record, dict):
+                    message = f"line {line_number} is a JSON {type(record).__name__}, expected an object"
+                    raise located_error("wrong_type", message, file=label, row=row)
+                yield record
+                row += 1
+        except UnicodeDecodeError as error:
+            raise _decode_error(error, encoding, label, row) from None
 
 
 def _iter_json(path: Path, label: str, encoding: str) -> Iterator[dict]:

@@ -10,6 +10,8 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Hashable
 
+import numpy as np
+
 from dpo_engine.errors import DataError
 
 WARNING_CODES = ("empty_response", "identical_responses", "bad_score", "duplicate_pair", "very_long", "tie")
@@ -89,25 +91,31 @@ def row_issues(
     return issues
 
 
-def unique_ids(ids: list[str], content_keys: list[Hashable], label: str) -> tuple[list[str], list[Issue]]:
+def unique_ids(
+    ids: list[str], content_keys: list[Hashable], label: str, *, rows: list[int] | None = None,
+    taken: set[str] | None = None,
+) -> tuple[list[str], list[Issue]]:
     """Unique pair ids for ``ids`` (in row order) and the ``duplicate_pair`` issues.
 
     The first row with an id keeps it; later rows with the same id get ``<id>-dup1``, ``-dup2``, ... in file
-    order. Rows whose content (``content_keys``: equal exactly when prompt, chosen and rejected are) repeats an
-    earlier row under another id are flagged too. Ids of non-repeated rows therefore do not depend on row order.
+    order, skipping names already ``taken`` (default: ``ids``). Rows whose content (``content_keys``: equal
+    exactly when prompt, chosen and rejected are) repeats an earlier row under another id are flagged too. Ids of
+    non-repeated rows therefore do not depend on row order. ``rows``: the data rows ``ids`` belong to (default
+    0, 1, ...), so the rows that repeat something can be passed on their own.
     """
-    taken = set(ids)
+    taken = set(ids) if taken is None else taken
+    rows = range(len(ids)) if rows is None else rows
     first_row_of_id: dict[str, int] = {}
     first_row_of_content: dict[Hashable, int] = {}
     unique, issues = list(ids), []
-    for row, (base, content_key) in enumerate(zip(ids, content_keys)):
+    for index, (row, base, content_key) in enumerate(zip(rows, ids, content_keys)):
         if base in first_row_of_id:
             number = 1
             while f"{base}-dup{number}" in taken:
                 number += 1
-            unique[row] = f"{base}-dup{number}"
-            taken.add(unique[row])
-            message = f"pair id '{base}' repeats row {first_row_of_id[base]}; this row is kept as '{unique[row]}'"
+            unique[index] = f"{base}-dup{number}"
+            taken.add(unique[index])
+            message = f"pair id '{base}' repeats row {first_row_of_id[base]}; this row is kept as '{unique[index]}'"
             issues.append(Issue(label, row, "pair_id", "duplicate_pair", message))
         elif content_key in first_row_of_content:
             message = f"same prompt, chosen and rejected as row {first_row_of_content[content_key]}"
@@ -115,6 +123,31 @@ def unique_ids(ids: list[str], content_keys: list[Hashable], label: str) -> tupl
         first_row_of_id.setdefault(base, row)
         first_row_of_content.setdefault(content_key, row)
     return unique, issues
+
+
+def _repeated(keys: np.ndarray) -> np.ndarray:
+    """Boolean mask of the entries of ``keys`` (shape ``(n,)``) whose value occurs more than once."""
+    _, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
+    return counts[inverse] > 1
+
+
+def duplicate_issues(ids: list[str] | None, content_keys: np.ndarray, label: str) -> list[Issue]:
+    """The ``duplicate_pair`` issues `unique_ids` gives, from compact inputs (large files are validated this way).
+
+    ``content_keys``: uint64 content hashes, shape ``(n_rows,)``; ``ids``: the rows' ids, or None when every id is
+    its content hash (the hash as 16 hex digits). Only rows that share an id or a content hash with another row
+    are passed to `unique_ids`, so memory stays proportional to the duplicates.
+    """
+    suspects = _repeated(content_keys)
+    if ids is not None:
+        suspects |= _repeated(np.fromiter(map(hash, ids), dtype=np.int64, count=len(ids)))
+    rows = np.flatnonzero(suspects).tolist()
+    if not rows:
+        return []
+    keys = content_keys[rows].tolist()
+    if ids is None:
+        return unique_ids([f"{key:016x}" for key in keys], keys, label, rows=rows)[1]
+    return unique_ids([ids[row] for row in rows], keys, label, rows=rows, taken=set(ids))[1]
 
 
 def warning_codes_by_row(issues: list[Issue], n_rows: int) -> list[str]:
