@@ -12,6 +12,7 @@ from dpo_engine.data.pairs import (
     fingerprint,
     load_pairs,
     save_pairs,
+    source_columns,
     validate_source,
 )
 from dpo_engine.data.schema import PAIRWISE_FIELDS, PAIRWISE_PRESETS, PairwiseLabel
@@ -19,5 +20,5 @@ from dpo_engine.data.schema import PAIRWISE_FIELDS, PAIRWISE_PRESETS, PairwiseLa
 __all__ = [
     "COLUMN_ALIASES", "FIELDS", "PAIRWISE_FIELDS", "PAIRWISE_PRESETS", "WARNING_CODES", "Issue", "LoadedPairs",
     "PairwiseLabel", "SourceCheck", "ValidationReport", "bundled_datasets", "fingerprint", "load_pairs",
-    "save_pairs", "validate_source",
+    "save_pairs", "source_columns", "validate_source",
 ]

@@ -30,7 +30,7 @@ import math
 import os
 import re
 from array import array
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Mapping
 
@@ -64,7 +64,7 @@ from dpo_engine.paths import ASSETS_DIR
 __all__ = [
     "COLUMN_ALIASES", "FIELDS", "FORMATS", "PAIR_COLUMNS", "WARNING_CODES", "Issue", "LoadedPairs", "SourceCheck",
     "ValidationReport", "bundled_datasets", "fingerprint", "load_pairs", "pairs_to_records", "save_pairs",
-    "validate_source",
+    "source_columns", "validate_source",
 ]
 
 PAIR_COLUMNS = [
@@ -96,6 +96,7 @@ class LoadedPairs:
     report: ValidationReport
     source: str
     columns: dict[str, str]  # field -> source column used, for the fields that were found
+    found: list[str] = field(default_factory=list)  # the source's columns (of its first DETECTION_ROWS rows)
 
 
 @dataclass
@@ -154,7 +155,7 @@ def load_pairs(
     frame[["score_chosen", "score_rejected"]] = frame[["score_chosen", "score_rejected"]].astype("float64")
     frame["conversational"] = frame["conversational"].astype(bool)
     report = ValidationReport(n_pairs=len(frame), warnings=issues)
-    return LoadedPairs(pairs=frame, report=report, source=label, columns=mapping.used())
+    return LoadedPairs(pairs=frame, report=report, source=label, columns=mapping.used(), found=rows.found)
 
 
 def validate_source(
@@ -189,6 +190,15 @@ def validate_source(
     issues = sorted(issues + duplicate_issues(ids, keys, label), key=lambda issue: issue.row)
     report = ValidationReport(n_pairs=len(keys), warnings=issues)
     return SourceCheck(report=report, columns=mapping.used(), chosen_chars=chosen_chars, rejected_chars=rejected_chars)
+
+
+def source_columns(
+    source: str | os.PathLike, *, fmt: str | None = None, split: str = "train", encoding: str | None = None,
+    delimiter: str | None = None,
+) -> list[str]:
+    """The column names of ``source`` (its first ``DETECTION_ROWS`` rows), in order: what a mapping can name."""
+    label = str(source)
+    return _Rows(iter_records(source, fmt=fmt, split=split, label=label, encoding=encoding, delimiter=delimiter)).found
 
 
 # --------------------------------------------------------------------------------------------------
