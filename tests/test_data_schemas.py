@@ -265,3 +265,22 @@ def test_score_external_dataset_without_scores_exits_2(tmp_path, capsys):
     code = main(["score", str(path), "--external", "dataset", "--implicit", "none", "--out", str(tmp_path / "m.parquet")])
     assert code == 2
     assert "config field '--external'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "row",
+    [{"prompt": "Zoë \"quoted\"\n", "chosen": " ünïcode ", "rejected": "b\\t"},  # the plain-text fast path
+     {"prompt": [{"role": "user", "content": "Zoë"}], "chosen": "a", "rejected": "b"},
+     {"system": "Be kind.", "prompt": "Zoë", "chosen": "a", "rejected": "b"}],
+    ids=["plain", "messages", "system"],
+)
+def test_content_hash_ids_are_the_sha1_of_the_canonical_json(tmp_path, row):
+    import hashlib
+
+    pair = load_pairs(write_jsonl(tmp_path / "one.jsonl", [row])).pairs.iloc[0]
+    canonical = json.dumps(
+        {"prompt_messages": pair["prompt_messages"], "chosen": pair["chosen"], "rejected": pair["rejected"]},
+        sort_keys=True, ensure_ascii=False, separators=(",", ":"),
+    )
+    assert pair["pair_id"] == hashlib.sha1(canonical.encode("utf-8")).hexdigest()[:16]
+    assert validate_source(tmp_path / "one.jsonl").report.n_pairs == 1

@@ -320,19 +320,26 @@ def _plain_pair(
     """`_normalise_row` for a prompt, chosen and rejected that are all plain text (see `_plain_strings`)."""
     fields = mapping.fields
     prompt, chosen, rejected = texts[0], texts[1].strip(), texts[2].strip()
-    prompt_messages = [{"role": "user", "content": prompt}]
-    issues, scores = [], {}
+    issues, scores = [], {"score_chosen": math.nan, "score_rejected": math.nan}
     for name in ("score_chosen", "score_rejected"):
-        scores[name], issue = _parse_score(record, fields[name], row, label)
-        if issue:
-            issues.append(issue)
-    columns = {"prompt": (fields["prompt"], prompt), "chosen": (fields["chosen"], chosen),
-               "rejected": (fields["rejected"], rejected)}
-    issues += row_issues(row, columns, label, max_chars)
-    content_hash = _content_hash(prompt_messages, chosen, rejected)
+        if fields[name] is not None:
+            scores[name], issue = _parse_score(record, fields[name], row, label)
+            if issue:
+                issues.append(issue)
+    longest = max(len(prompt), len(chosen), len(rejected))
+    if not chosen or not rejected or chosen == rejected or longest > max_chars:  # clean rows skip the checks
+        columns = {"prompt": (fields["prompt"], prompt), "chosen": (fields["chosen"], chosen),
+                   "rejected": (fields["rejected"], rejected)}
+        issues += row_issues(row, columns, label, max_chars)
+    canonical = (  # _content_hash's text for one user message, assembled directly
+        '{"chosen":' + _json_string(chosen) + ',"prompt_messages":[{"content":' + _json_string(prompt)
+        + ',"role":"user"}],"rejected":' + _json_string(rejected) + "}"
+    )
+    content_hash = hashlib.sha1(canonical.encode("utf-8")).hexdigest()[:16]
     data_id = label_text(record.get(fields["id"])) if fields["id"] else None
-    pair = {"pair_id": data_id or content_hash, "row": row, "prompt": prompt, "prompt_messages": prompt_messages,
-            "chosen": chosen, "rejected": rejected, **scores, "conversational": False}
+    pair = {"pair_id": data_id or content_hash, "row": row, "prompt": prompt,
+            "prompt_messages": [{"role": "user", "content": prompt}], "chosen": chosen, "rejected": rejected,
+            **scores, "conversational": False}
     return pair, issues, content_hash
 
 
