@@ -284,3 +284,13 @@ def test_content_hash_ids_are_the_sha1_of_the_canonical_json(tmp_path, row):
     )
     assert pair["pair_id"] == hashlib.sha1(canonical.encode("utf-8")).hexdigest()[:16]
     assert validate_source(tmp_path / "one.jsonl").report.n_pairs == 1
+
+
+@pytest.mark.parametrize("column", ["id", "note"])
+def test_lone_surrogates_in_ids_and_extra_columns_are_located_errors(tmp_path, column):
+    path = tmp_path / "surrogate.jsonl"
+    row = '{"prompt": "q", "chosen": "a", "rejected": "b", "%s": "x\\udfff"}\n' % column
+    path.write_text(row, encoding="utf-8")
+    with pytest.raises(DataError, match="lone UTF-16 surrogate") as caught:
+        load_pairs(path)
+    assert (caught.value.row, caught.value.column) == (0, column)

@@ -238,10 +238,14 @@ def _extra_text(record: dict, extra_columns: list[str], label: str, row: int) ->
     if not extra:
         return ""
     try:
-        return json.dumps(extra, ensure_ascii=False, default=str)
+        text = json.dumps(extra, ensure_ascii=False, default=str)
     except (RecursionError, ValueError) as error:
         message = f"cannot be kept as JSON ({type(error).__name__}); drop or flatten the column"
         raise located_error("too_deep", message, file=label, row=row, column=", ".join(extra)) from None
+    if _SURROGATE.search(text):  # an export could not encode it as UTF-8: name the column that holds it
+        for column, value in extra.items():
+            checked_text(json.dumps(value, ensure_ascii=False, default=str), file=label, row=row, column=column)
+    return text
 
 
 # --------------------------------------------------------------------------------------------------
@@ -290,7 +294,7 @@ def _normalise_row(
     }
     issues += row_issues(row, texts, label, max_chars)
     content_hash = _content_hash(prompt_messages, chosen, rejected)
-    data_id = label_text(record.get(fields["id"])) if fields["id"] else None
+    data_id = _data_id(record, fields["id"], row, label)
     pair = {
         "pair_id": data_id or content_hash,
         "row": row,
@@ -336,7 +340,7 @@ def _plain_pair(
         + ',"role":"user"}],"rejected":' + _json_string(rejected) + "}"
     )
     content_hash = hashlib.sha1(canonical.encode("utf-8")).hexdigest()[:16]
-    data_id = label_text(record.get(fields["id"])) if fields["id"] else None
+    data_id = _data_id(record, fields["id"], row, label)
     pair = {"pair_id": data_id or content_hash, "row": row, "prompt": prompt,
             "prompt_messages": [{"role": "user", "content": prompt}], "chosen": chosen, "rejected": rejected,
             **scores, "conversational": False}
@@ -373,6 +377,14 @@ def _context_of(
         raise located_error("wrong_type", "the prompt is an empty conversation", **where, column=fields["prompt"])
     system = _system_text(record, fields["system"], where["row"], where["file"])
     return with_system(chosen_context, system), conversational or bool(system and system.strip())
+
+
+def _data_id(record: dict, column: str | None, row: int, label: str) -> str | None:
+    """The row's id as text, or None (no id column, or an empty cell: the content hash is used instead)."""
+    if column is None:
+        return None
+    data_id = label_text(record.get(column))
+    return None if data_id is None else checked_text(data_id, file=label, row=row, column=column)
 
 
 def _system_text(record: dict, column: str | None, row: int, label: str) -> str | None:
