@@ -17,7 +17,7 @@ from dpo_engine.data.report import located_error
 
 _HH_TURN = re.compile(r"\n\n(Human|Assistant):")
 _HH_ROLES = {"Human": "user", "Assistant": "assistant"}
-_SURROGATE = re.compile("[\ud800-\udfff]")
+SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def type_name(value: Any) -> str:
@@ -33,7 +33,7 @@ def type_name(value: Any) -> str:
 
 def checked_text(text: str, *, file: str, row: int, column: str) -> str:
     """``text`` itself; a lone surrogate (``"\\ud800"`` in JSON) cannot be encoded as UTF-8, so it is an error."""
-    found = _SURROGATE.search(text)
+    found = SURROGATE.search(text)
     if found:
         message = (
             f"holds a lone UTF-16 surrogate (U+{ord(found.group()):04X}) at character {found.start()}, "
