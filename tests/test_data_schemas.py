@@ -173,12 +173,14 @@ def test_jsonl_with_utf8_bom_and_crlf(tmp_path):
 
 def test_csv_with_semicolons_and_latin1_is_sniffed(tmp_path):
     path = tmp_path / "excel.csv"
-    text = 'prompt;chosen;rejected;score_chosen\r\n"Où est né Zoë ?";"À Paris; en 1990";Genève;4,5\r\n'
+    text = ('prompt;chosen;rejected;score_chosen\r\n"Où est né Zoë ?";"À Paris; en 1990";Genève;4,5\r\n'
+            "q;a;b;1.234,5\r\n")
     path.write_bytes(text.encode("latin-1"))
-    pair = load_pairs(path).pairs.iloc[0]
+    pairs = load_pairs(path).pairs
+    pair = pairs.iloc[0]
     assert (pair["prompt"], pair["chosen"], pair["rejected"]) == ("Où est né Zoë ?", "À Paris; en 1990", "Genève")
-    assert math.isnan(pair["score_chosen"])  # "4,5" is a decimal comma: flagged bad_score, kept as NaN
-    assert pair["warnings"] == "bad_score"
+    assert pair["score_chosen"] == 4.5 and pair["warnings"] == ""  # a decimal comma, as spreadsheets write it
+    assert math.isnan(pairs["score_chosen"][1]) and pairs["warnings"][1] == "bad_score"  # ambiguous: not guessed
 
 
 def test_csv_encoding_and_delimiter_overrides(tmp_path, capsys):

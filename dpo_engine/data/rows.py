@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 
 from dpo_engine.data.conversations import (
     SURROGATE,
@@ -24,6 +25,7 @@ from dpo_engine.data.conversations import (
 from dpo_engine.data.report import Issue, located_error, row_issues
 from dpo_engine.data.schema import ColumnMapping, label_text
 
+_DECIMAL_COMMA = re.compile(r"^[-+]?\d+,\d+$")
 _json_string = json.encoder.encode_basestring  # a str as a JSON string literal, non-ASCII kept (C speed-up)
 
 
@@ -177,10 +179,16 @@ def _system_text(record: dict, column: str | None, row: int, label: str) -> str 
 
 
 def _parse_score(record: dict, column: str | None, row: int, label: str) -> tuple[float, Issue | None]:
-    """A score as float; NaN when the column is absent, NaN plus a ``bad_score`` issue when unusable."""
+    """A score as float; NaN when the column is absent, NaN plus a ``bad_score`` issue when unusable.
+
+    A decimal comma (``"4,5"``, as European spreadsheets write numbers) is read as a decimal point.
+    """
     if column is None:
         return math.nan, None
     value = record.get(column)
+    text = value.strip() if isinstance(value, str) else None
+    if text and _DECIMAL_COMMA.match(text):
+        value = text.replace(",", ".")
     try:
         score = math.nan if isinstance(value, bool) else float(value)
     except (TypeError, ValueError):
