@@ -82,3 +82,20 @@ def test_runs_export_merged_writes_a_standalone_model(trained_run, tmp_path, mon
         assert torch.allclose(merged(probe_ids()).logits, ours(probe_ids()).logits, atol=1e-5)
     assert main(["runs", "export", run_id, "--merged", str(out)]) == 2  # never overwrites
     assert "already exists" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("model", "hub_id"),
+    [("smollm2-135m-instruct", "HuggingFaceTB/SmolLM2-135M-Instruct"), ("org/some-model", "org/some-model"),
+     ("tiny-random", None)],
+)
+def test_the_original_hub_id_is_kept_beside_the_adapter(tmp_path, monkeypatch, model, hub_id):
+    import dpo_engine.models.adapters as adapters
+
+    (tmp_path / "base").mkdir()
+    monkeypatch.setattr(adapters, "resolve_model", lambda name: tmp_path / "base")  # no conversion or download
+    (tmp_path / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": model, "r": 4}))
+    record = adapters.record_base_model(tmp_path, model)
+    assert record == {"model": model, "path": str((tmp_path / "base").resolve()), "hub_id": hub_id}
+    assert json.loads((tmp_path / "adapter_config.json").read_text()) == {"base_model_name_or_path": record["path"], "r": 4}
+    assert adapter_base(tmp_path) == model
