@@ -269,10 +269,31 @@ def test_column_mapping_loads_renamed_columns(workspace, tmp_path):
     at.text_input[0].set_value(str(renamed)).run()
     assert at.error
     for field, column in (("prompt", "q"), ("chosen", "good"), ("rejected", "bad")):
-        next(box for box in at.text_input if box.label == field).set_value(column)
+        next(box for box in at.selectbox if box.label == field).set_value(column)
     at.get("form_submit_button")[0].click().run()
     assert not at.error
     assert at.session_state["data_source"].column_map == {"prompt": "q", "chosen": "good", "rejected": "bad"}
+
+
+def test_column_mapping_of_pairwise_data_with_a_label(workspace, tmp_path):
+    labelled = tmp_path / "labelled.jsonl"
+    rows = [{"q": "hi", "left": "a", "right": "b", "winner": "right"}, {"q": "yo", "left": "c", "right": "d", "winner": "left"}]
+    labelled.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    at = app("views/data.py")
+    at.radio[0].set_value("Path or Hub dataset").run()
+    at.text_input[0].set_value(str(labelled)).run()
+    assert at.error
+    at.radio(key="mapping_shape").set_value("Two responses and a label").run()
+    assert next(box for box in at.selectbox if box.label == "label").options == ["(detect)", "q", "left", "right", "winner"]
+    for field, column in (("prompt", "q"), ("response_a", "left"), ("response_b", "right"), ("label", "winner")):
+        next(box for box in at.selectbox if box.label == field).set_value(column)
+    next(box for box in at.text_input if box.label == "first_preferred").set_value("left")
+    at.get("form_submit_button")[0].click().run()
+    assert not at.error
+    assert at.session_state["data_source"].column_map == {
+        "prompt": "q", "response_a": "left", "response_b": "right", "label": "winner", "first_preferred": "left",
+    }
+    assert any("2 pairs, no problems found" in item.value for item in at.success)
 
 
 # ---- Runs and Results before anything exists --------------------------------------------------------------------------

@@ -7,7 +7,9 @@ import streamlit as st
 from dashboard.components import pair_browser, validation_report
 from dashboard.figures import response_length_chart
 from dashboard.state import DataSource, bundled_source, current_source, load, set_source
-from dpo_engine.data.pairs import FIELDS, bundled_datasets
+from dpo_engine.data.pairs import FIELDS, bundled_datasets, source_columns
+from dpo_engine.data.schema import PAIRWISE_FIELDS, SIGNED
+from dpo_engine.errors import DataError
 from dpo_engine.data.lengths import length_histograms, length_summary, response_lengths
 from dpo_engine.paths import workspace_subdir
 
@@ -65,24 +67,70 @@ if candidate.source == source.source:
     candidate = source
 loaded, report = load(candidate)
 
+SHAPES = ("Chosen and rejected columns", "Two responses and a label")
+PAIRWISE_HELP = (
+    "For data with two responses and a label saying which is preferred (PKU-SafeRLHF, SHP, HelpSteer3 are "
+    "detected by their column names). **first_preferred** is the label value meaning response_a is preferred "
+    f"(any other value means response_b), or `{SIGNED}` for a signed strength such as HelpSteer3's: negative "
+    "prefers response_a, |value| becomes the external margin, 0 is a tie (kept and flagged)."
+)
+
+
+def column_choices(loaded, candidate) -> list[str]:
+    """The source's columns, for the drop-downs; empty when they cannot be read (then the fields are typed)."""
+    if loaded is not None:
+        return loaded.found
+    try:
+        return source_columns(candidate.source) if Path(candidate.source).exists() else []
+    except DataError:
+        return []
+
+
+def column_field(container, field: str, value: str, choices: list[str]) -> str:
+    """A drop-down of ``choices`` for one field ("" = detect by name), or a text box when there are none."""
+    if not choices:
+        return container.text_input(field, value=value)
+    options = ["", *choices] + ([value] if value and value not in choices else [])
+    return container.selectbox(field, options, index=options.index(value), format_func=lambda name: name or "(detect)")
+
+
+def mapping_form(candidate, detected: dict[str, str], choices: list[str]) -> dict[str, str] | None:
+    """The column-mapping form; the mapping when it is submitted, else None."""
+    current = {**detected, **candidate.column_map}
+    pairwise = any(name in current for name in PAIRWISE_FIELDS)
+    shape = st.radio("Shape of the data", SHAPES, index=int(pairwise), horizontal=True, key="mapping_shape")
+    if shape == SHAPES[1]:
+        st.caption(PAIRWISE_HELP)
+        names = ["prompt", "system", "response_a", "response_b", "label", "id"]
+    else:
+        names = list(FIELDS)
+    with st.form("columns"):
+        boxes = st.columns(len(names) + (shape == SHAPES[1]))
+        mapping = {name: column_field(box, name, current.get(name, ""), choices) for name, box in zip(names, boxes)}
+        if shape == SHAPES[1]:
+            mapping["first_preferred"] = boxes[-1].text_input("first_preferred", value=current.get("first_preferred", ""))
+        if st.form_submit_button("Apply mapping"):
+            return {name: value.strip() for name, value in mapping.items() if value and value.strip()}
+    return None
+
+
 with st.expander("Map columns", expanded=bool(report.errors)):
     st.caption(
-        "Which source column holds each field. Left empty, a field is detected by name "
-        "(prompt/instruction/question, chosen, rejected, score_chosen, score_rejected, id). "
-        "Only chosen and rejected are required; without a prompt column they must be conversations that include it."
+        "Which source column holds each field. Left on (detect), a field is detected by name "
+        "(prompt/instruction/question, system, chosen, rejected, score_chosen/chosen-rating/chosen_rating/"
+        "rating_chosen, id). Only chosen and rejected are required; without a prompt column they must be "
+        "conversations that include it."
     )
     detected = loaded.columns if loaded is not None else {}
-    with st.form("columns"):
-        fields = st.columns(len(FIELDS))
-        mapping = {
-            field: column.text_input(field, value=candidate.column_map.get(field, detected.get(field, "")))
-            for field, column in zip(FIELDS, fields)
-        }
-        if st.form_submit_button("Apply mapping"):
-            explicit = tuple((field, name.strip()) for field, name in mapping.items() if name.strip() and name.strip() != detected.get(field))
-            candidate = DataSource(source=candidate.source, label=candidate.label, columns=explicit,
-                                   bundled=candidate.bundled if not explicit else None)
-            loaded, report = load(candidate)
+    submitted = mapping_form(candidate, detected, column_choices(loaded, candidate))
+    if submitted is not None:
+        changed = {field for field, name in submitted.items() if name != detected.get(field)}
+        if changed & set(PAIRWISE_FIELDS):  # a pairwise mapping is given whole or not at all
+            changed |= set(PAIRWISE_FIELDS) & set(submitted)
+        explicit = tuple((field, name) for field, name in submitted.items() if field in changed)
+        candidate = DataSource(source=candidate.source, label=candidate.label, columns=explicit,
+                               bundled=candidate.bundled if not explicit else None)
+        loaded, report = load(candidate)
 
 st.subheader("Validation")
 if not validation_report(report):

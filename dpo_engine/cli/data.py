@@ -1,7 +1,8 @@
 """``dpo-engine validate``: load a preference dataset and report what is wrong with it.
 
 Exit 0 when the data loads (warnings are listed, never fatal); exit 2 with ``error: <message>`` when it
-cannot be used. ``--json`` prints ``ValidationReport.to_dict()`` instead, on failure too.
+cannot be used. ``--json`` prints ``ValidationReport.to_dict()`` instead, on failure too. The file is streamed
+(`dpo_engine.data.validate_source`), so large files are checked without being held in memory.
 """
 
 from __future__ import annotations
@@ -9,11 +10,12 @@ from __future__ import annotations
 import argparse
 import json
 
-import pandas as pd
+import numpy as np
 
-from dpo_engine.data.pairs import COLUMN_ALIASES, WARNING_CODES, ValidationReport, load_pairs
+from dpo_engine.data.lengths import length_summary
+from dpo_engine.data.pairs import COLUMN_ALIASES, WARNING_CODES, ValidationReport, validate_source
+from dpo_engine.data.schema import PAIRWISE_PRESETS, SIGNED
 from dpo_engine.errors import DataError
-from dpo_engine.data.lengths import length_summary, response_lengths
 
 # How many warning rows the human-readable summary shows per code.
 EXAMPLES_PER_CODE = 5
@@ -21,11 +23,21 @@ EXAMPLES_PER_CODE = 5
 # (flag, field in the column mapping, what the column holds)
 COLUMN_FLAGS = (
     ("--prompt-col", "prompt", "the prompt: text, {role, content} messages or an HH transcript"),
+    ("--system-col", "system", "a system prompt, put first in the conversation"),
     ("--chosen-col", "chosen", "the preferred response"),
     ("--rejected-col", "rejected", "the dispreferred response"),
     ("--score-chosen-col", "score_chosen", "a numeric score of the chosen response"),
     ("--score-rejected-col", "score_rejected", "a numeric score of the rejected response"),
     ("--id-col", "id", "a pair id (without one, ids are content hashes)"),
+)
+# Pairwise-with-label data: two responses and a label saying which is preferred (dpo_engine.data.schema).
+PAIRWISE_FLAGS = (
+    ("--response-a-col", "response_a", "the first response of pairwise-with-label data"),
+    ("--response-b-col", "response_b", "the second response of pairwise-with-label data"),
+    ("--label-col", "label", "the label saying which response is preferred"),
+    ("--first-preferred", "first_preferred",
+     f"the label value meaning the first response is preferred, or '{SIGNED}' for a signed strength "
+     "(negative: the first is preferred; |value| becomes the external margin; 0 is a tie, kept and flagged)"),
 )
 
 
@@ -49,6 +61,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--split", default="train", help="split to read from a DatasetDict directory or Hub dataset (default: train)"
     )
     parser.add_argument(
+        "--encoding", help="text encoding of a CSV or JSON file (default: UTF-8 for JSON; sniffed for CSV: "
+        "UTF-8, then cp1252, then latin-1)",
+    )
+    parser.add_argument("--delimiter", help="CSV cell separator, one character (default: sniffed among , ; tab |)")
+    parser.add_argument(
         "--max-chars",
         type=int,
         default=20000,
@@ -58,33 +75,56 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         detected = "|".join(COLUMN_ALIASES[name])
         help_text = f"column holding {holds} (default: detect {detected})"
         parser.add_argument(flag, dest=f"{name}_col", metavar="COLUMN", help=help_text)
+    presets = "; ".join(
+        f"{name}: {preset.response_a}, {preset.response_b}, {preset.label}, {preset.first_preferred}"
+        for name, preset in PAIRWISE_PRESETS.items()
+    )
+    group = parser.add_argument_group(
+        "pairwise-with-label data", f"Give all four instead of chosen/rejected. Detected without flags: {presets}.",
+    )
+    for flag, name, holds in PAIRWISE_FLAGS:
+        metavar = "VALUE" if name == "first_preferred" else "COLUMN"
+        group.add_argument(flag, dest=f"{name}_col", metavar=metavar, help=holds)
     parser.set_defaults(func=run_validate)
 
 
+def column_mapping(args: argparse.Namespace) -> dict[str, str] | None:
+    """The column mapping given by the ``--*-col`` and pairwise flags, or None."""
+    names = [name for _, name, _ in COLUMN_FLAGS + PAIRWISE_FLAGS]
+    columns = {name: getattr(args, f"{name}_col") for name in names if getattr(args, f"{name}_col", None)}
+    return columns or None
+
+
 def run_validate(args: argparse.Namespace) -> int:
-    """Load ``args.path`` and print the report; a DataError goes to the CLI's handler (exit 2) unless --json."""
-    columns = {name: getattr(args, f"{name}_col") for _, name, _ in COLUMN_FLAGS if getattr(args, f"{name}_col")}
+    """Check ``args.path`` and print the report; a DataError goes to the CLI's handler (exit 2) unless --json."""
+    delimiter = "\t" if args.delimiter in ("\\t", "tab") else args.delimiter
     try:
-        loaded = load_pairs(args.path, columns=columns or None, split=args.split, max_chars=args.max_chars)
+        checked = validate_source(
+            args.path, columns=column_mapping(args), split=args.split, max_chars=args.max_chars,
+            encoding=args.encoding, delimiter=delimiter,
+        )
     except DataError as error:
         if not args.json:
             raise
         print(json.dumps(ValidationReport.from_error(error).to_dict(), indent=2))
         return 2
     if args.json:
-        print(json.dumps(loaded.report.to_dict(), indent=2))
+        print(json.dumps(checked.report.to_dict(), indent=2))
     else:
-        print(summary(loaded.report, loaded.columns, loaded.pairs))
+        lengths = (np.frombuffer(checked.chosen_chars, dtype=np.int64), np.frombuffer(checked.rejected_chars, dtype=np.int64))
+        print(summary(checked.report, checked.columns, lengths))
     return 0
 
 
-def summary(report: ValidationReport, columns: dict[str, str], pairs: pd.DataFrame | None = None) -> str:
-    """Human-readable report: pair count, columns used, how chosen and rejected lengths compare (given ``pairs``),
-    counts per warning code and the first rows of each."""
+def summary(
+    report: ValidationReport, columns: dict[str, str], lengths: tuple[np.ndarray, np.ndarray] | None = None
+) -> str:
+    """Human-readable report: pair count, columns used, how chosen and rejected lengths compare (given ``lengths``,
+    characters of each pair's chosen and rejected reply), counts per warning code and the first rows of each."""
     mapping = ", ".join(f"{name}={column}" for name, column in columns.items())
     lines = [f"{report.n_pairs} pairs (columns: {mapping})"]
-    if pairs is not None and len(pairs):
-        lengths = length_summary(*response_lengths(pairs))
+    if lengths is not None and len(lengths[0]):
+        lengths = length_summary(*lengths)
         lines.append(f"lengths: chosen reply longer in {lengths.chosen_longer:.0%} of pairs, rejected in "
                      f"{lengths.rejected_longer:.0%} (median {lengths.median_chosen:,.0f} vs "
                      f"{lengths.median_rejected:,.0f} characters)")

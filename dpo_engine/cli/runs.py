@@ -6,6 +6,7 @@
     dpo-engine runs stop RUN_ID                             # checkpoint, then stop
     dpo-engine runs resume RUN_ID                           # continue from the last checkpoint
     dpo-engine runs delete RUN_ID --yes
+    dpo-engine runs export RUN_ID --merged DIR              # a standalone model with the adapter merged in
 
 Runs live in ``$MARGIN_LAB_HOME/runs/<run_id>/`` (default ``~/.margin_lab``); see ``dpo_engine.runs``.
 """
@@ -82,6 +83,16 @@ def add_parser(subparsers) -> None:
     delete.add_argument("run_id", metavar="RUN_ID")
     delete.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     delete.set_defaults(func=run_delete)
+
+    export = commands.add_parser(
+        "export", help="write a finished run's model for other tools",
+        description="Write the base model with the run's LoRA adapter merged in (and its tokenizer) to DIR: a plain "
+        "model directory AutoModelForCausalLM loads without PEFT. The adapter itself, run_dir/adapter, already "
+        "loads with peft's AutoPeftModelForCausalLM as it is.",
+    )
+    export.add_argument("run_id", metavar="RUN_ID")
+    export.add_argument("--merged", type=Path, required=True, metavar="DIR", help="new directory to write")
+    export.set_defaults(func=run_export)
 
 
 def run_launch(args: argparse.Namespace) -> int:
@@ -165,6 +176,18 @@ def run_delete(args: argparse.Namespace) -> int:
         return 1
     runs.delete(run.run_id)
     print(f"deleted {run.run_id}")
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from dpo_engine.errors import UserError
+    from dpo_engine.models.adapters import merge_adapter
+
+    run = runs.get_run(args.run_id)
+    adapter = run.run_dir / "adapter"
+    if not (adapter / "adapter_config.json").exists():
+        raise UserError(f"run {run.run_id} has no trained adapter yet (state: {run.state}); export it once it completes")
+    print(f"wrote {merge_adapter(adapter, args.merged)}")
     return 0
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from dpo_engine.errors import ConfigError
 from dpo_engine.files import atomic_write_json
 
 
@@ -68,6 +69,11 @@ def run(args) -> int:
     external_source = args.external
     if external_source == "auto":
         external_source = "dataset" if pairs.score_chosen.notna().any() else "builtin"
+    if external_source == "dataset" and not pairs.score_chosen.notna().any():
+        raise ConfigError("--external", f"'dataset' needs score columns, and {args.pairs} has none (map them with "
+                          "score_chosen/score_rejected, or use --external builtin or reward-model)")
+    if external_source == "reward-model" and not args.reward_model:
+        raise ConfigError("--reward-model", "--external reward-model needs a local sequence-classification model")
     external = None
     if external_source != "none":
         reporter.stage(f"external margins ({external_source})")

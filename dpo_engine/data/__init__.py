@@ -6,14 +6,19 @@ from dpo_engine.data.pairs import (
     WARNING_CODES,
     Issue,
     LoadedPairs,
+    SourceCheck,
     ValidationReport,
     bundled_datasets,
     fingerprint,
     load_pairs,
     save_pairs,
+    source_columns,
+    validate_source,
 )
+from dpo_engine.data.schema import PAIRWISE_FIELDS, PAIRWISE_PRESETS, PairwiseLabel
 
 __all__ = [
-    "COLUMN_ALIASES", "FIELDS", "WARNING_CODES", "Issue", "LoadedPairs", "ValidationReport",
-    "bundled_datasets", "fingerprint", "load_pairs", "save_pairs",
+    "COLUMN_ALIASES", "FIELDS", "PAIRWISE_FIELDS", "PAIRWISE_PRESETS", "WARNING_CODES", "Issue", "LoadedPairs",
+    "PairwiseLabel", "SourceCheck", "ValidationReport", "bundled_datasets", "fingerprint", "load_pairs",
+    "save_pairs", "source_columns", "validate_source",
 ]

@@ -31,6 +31,7 @@ from dpo_engine.paths import cache_dir
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 TINY_MODEL = "tiny-random"
+BASE_MODEL_FILE = "base_model.json"  # in an adapter directory: the base as configured and its Hub id
 _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -78,10 +79,17 @@ def resolve_model(name_or_path: str) -> Path:
 
 
 def adapter_base(path: Path) -> str | None:
-    """The base model named in a LoRA adapter directory, or None if ``path`` is not an adapter."""
+    """The base model of a LoRA adapter directory, or None if ``path`` is not an adapter.
+
+    The name the adapter was trained with (``BASE_MODEL_FILE``, written by `dpo_engine.models.adapters`) comes
+    first: it resolves on any machine, where ``adapter_config.json`` holds this machine's local directory.
+    """
     config_file = Path(path) / "adapter_config.json"
     if not config_file.exists():
         return None
+    recorded = Path(path) / BASE_MODEL_FILE
+    if recorded.exists():
+        return json.loads(recorded.read_text())["model"]
     return json.loads(config_file.read_text())["base_model_name_or_path"]
 
 

@@ -117,7 +117,8 @@ class TrainConfig:
     save_steps: int = field(default=50, metadata=_help("Checkpoint every this many steps (and at the end)."))
     save_total_limit: int = field(default=2, metadata=_help("Checkpoints kept on disk (the newest ones)."))
     report_to: list = field(default_factory=list, metadata=_help(
-        "Extra trackers for transformers to report to, e.g. ['tensorboard']; none by default."))
+        "Trackers to report to besides metrics.jsonl: tensorboard (event files in the run's tensorboard/), wandb "
+        "(offline), trackio; none by default."))
 
     @classmethod
     def from_dict(cls, values: dict) -> "TrainConfig":
@@ -167,6 +168,7 @@ class TrainConfig:
 
         from dpo_engine.losses.functions import make_loss
         from dpo_engine.models.loading import adapter_base, resolve_model
+        from dpo_engine.training.trackers import check_report_to
 
         def require(ok: bool, name: str, rule: str) -> None:
             if not ok:
@@ -186,6 +188,7 @@ class TrainConfig:
         require(self.logging_steps >= 1, "logging_steps", ">= 1")
         require(self.save_steps >= 1, "save_steps", ">= 1")
         require(self.save_total_limit >= 1, "save_total_limit", ">= 1")
+        check_report_to(self.report_to)
         require(self.lr_scheduler in {s.value for s in SchedulerType}, "lr_scheduler",
                 f"one of {', '.join(s.value for s in SchedulerType)}")
         require(self.optim in {o.value for o in OptimizerNames}, "optim", "a transformers optimizer name")

@@ -40,10 +40,12 @@ from dpo_engine.files import append_jsonl, atomic_write_json, atomic_write_text,
 from dpo_engine.models.logps import policy_logps
 from dpo_engine.losses.functions import is_stateful, make_loss, uses_reference
 from dpo_engine.models.loading import detect_device, load_model, resolve_model
+from dpo_engine.models.adapters import record_base_model
 from dpo_engine.models.tokenization import EncodedPair, collate, encode_pair
 from dpo_engine.training.config import TrainConfig, load_subset
 from dpo_engine.training.pair_inputs import prepare_pair_inputs
 from dpo_engine.training.routing import PairRouting, routed_batch_loss
+from dpo_engine.training.trackers import tracker_setup
 
 METRICS_FILE = "metrics.jsonl"
 PAIR_REWARDS_FILE = "pair_rewards.parquet"
@@ -210,6 +212,7 @@ class MetricsLogger(TrainerCallback):
             return
         now = time.perf_counter()
         stats, tokens = self.step_stats.pop()
+        logs.update(stats)  # trackers called after this one (training.trackers) report the DPO metrics too
         record = {
             "step": state.global_step,
             "epoch": logs.get("epoch", state.epoch),
@@ -326,6 +329,7 @@ def train(
     metrics = MetricsLogger(run_dir / METRICS_FILE, step_stats, elapsed_before)
     control = RunControl(should_stop, on_progress)
     callbacks = [metrics, control] + ([LossStateSaver(loss_fn)] if is_stateful(loss_fn) else [])
+    tracker_callbacks = tracker_setup(config.report_to, run_dir)  # after MetricsLogger: they see its DPO metrics
     trainer = PreferenceTrainer(
         model=model,
         args=_training_arguments(config, checkpoint_dir, device, sequential=pair_inputs.sequential),
@@ -333,7 +337,7 @@ def train(
         train_dataset=pair_dataset(encoded, reference if needs_reference else None,
                                    {"pair_weight": pair_inputs.weight, "use_sft": pair_inputs.use_sft}),
         processing_class=tokenizer,
-        callbacks=callbacks,
+        callbacks=callbacks + tracker_callbacks,
         loss_fn=loss_fn,
         needs_reference=needs_reference,
         ref_model=ref_model,
@@ -473,7 +477,7 @@ def _training_arguments(config: TrainConfig, output_dir: Path, device: str, sequ
         seed=config.seed,
         bf16=config.precision == "bf16",
         use_cpu=device == "cpu",
-        report_to=config.report_to or "none",
+        report_to="none",  # trackers are added as callbacks (training.trackers), in our order
         remove_unused_columns=False,  # examples are our own dicts, not model inputs
         dataloader_num_workers=0,
         disable_tqdm=True,
@@ -547,14 +551,10 @@ def _pair_rewards(model, ref_model, reference, tokenizer, pairs, encoded, config
 
 
 def _save_adapter(model, tokenizer, config: TrainConfig, directory: Path) -> Path:
-    """The LoRA adapter and tokenizer. The adapter names its base as configured ('smollm2-135m-instruct', not a
-    cache path), so ``load_model(directory)`` finds the base on any machine."""
+    """The LoRA adapter and tokenizer, loadable by PEFT as they are (`dpo_engine.models.adapters`)."""
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
-    config_file = directory / "adapter_config.json"
-    adapter_config = json.loads(config_file.read_text())
-    adapter_config["base_model_name_or_path"] = config.model
-    atomic_write_json(config_file, adapter_config)
+    record_base_model(directory, config.model)
     return directory
 
 
