@@ -1,7 +1,8 @@
 """``dpo-engine rounds CONFIG.yaml``: iterative DPO with dual-margin selection, resumable step by step.
 
+The loop runs in this process; the dashboard starts the same command as a detached job (`dpo_engine.jobs`).
+
     dpo-engine rounds docs/rounds-dm25.yaml                 # run (or resume) the loop in this terminal
-    dpo-engine rounds docs/rounds-dm25.yaml --detach        # as a background job (the dashboard's way)
     dpo-engine rounds docs/rounds-dm25.yaml --rounds 4      # one more round on a finished 3-round loop
     dpo-engine rounds-status NAME                            # what each round of a loop has done
 """
@@ -30,7 +31,6 @@ def add_parser(subparsers) -> None:
     add_config_arguments(parser, RoundsConfig,
                          exclude=tuple(f.name for f in dataclasses.fields(RoundsConfig) if f.name not in OVERRIDABLE))
     parser.set_defaults(**dict.fromkeys(OVERRIDABLE))  # an absent flag keeps the YAML's value
-    parser.add_argument("--detach", action="store_true", help="start the loop as a background job and return")
     parser.add_argument("--progress-file", help="JSON file updated with {stage, done, total} (for the dashboard)")
     parser.set_defaults(func=run)
 
@@ -49,12 +49,6 @@ def load_config(args: argparse.Namespace) -> RoundsConfig:
 def run(args: argparse.Namespace) -> int:
     config = load_config(args)
     config.validate()
-    if args.detach:
-        from dpo_engine import jobs
-
-        job = jobs.start("rounds", ["rounds", str(args.config.resolve()), *_override_argv(args)])
-        print(f"started loop '{config.name}' as job {job.name} (log: {job / 'output.log'})")
-        return 0
     from dpo_engine.rounds.loop import run_loop
 
     def report(stage: str, done: int, total: int) -> None:
@@ -74,15 +68,6 @@ def show_status(args: argparse.Namespace) -> int:
     print(f"{args.name}: {status.get('state', 'not started')} - {status.get('message', '')}")
     _print_summary(args.name)
     return 0
-
-
-def _override_argv(args: argparse.Namespace) -> list[str]:
-    argv = []
-    for name in OVERRIDABLE:
-        value = getattr(args, name, None)
-        if value is not None:
-            argv += ["--" + name.replace("_", "-"), str(value)]
-    return argv
 
 
 def _print_summary(name: str) -> None:
