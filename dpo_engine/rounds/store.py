@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from dpo_engine.files import read_json, read_jsonl
+from dpo_engine.files import atomic_write_text, read_json, read_jsonl
 from dpo_engine.paths import workspace_subdir
 
 CONFIG_FILE = "config.json"
@@ -58,6 +58,15 @@ def round_dir(directory: Path, round_number: int) -> Path:
 
 def step_done(directory: Path, round_number: int, step: str) -> bool:
     return (round_dir(directory, round_number) / STEP_FILES[step]).is_file()
+
+
+def write_config_yaml(values: dict) -> Path:
+    """Write a loop's RoundsConfig fields as ``loops_dir()/<name>.yaml`` (what ``dpo-engine rounds`` reads)."""
+    import yaml
+
+    path = loops_dir() / f"{values['name']}.yaml"
+    atomic_write_text(path, yaml.safe_dump(values, sort_keys=False))
+    return path
 
 
 def list_loops() -> list[str]:
