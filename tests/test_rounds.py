@@ -143,3 +143,15 @@ def test_a_killed_loop_resumes_without_redoing_finished_steps(tmp_path, tiny_mod
     assert {name: (folder / name).stat().st_mtime_ns for name in finished} == finished
     done = [(event["round"], event["step"]) for event in loop_events("killed") if event["event"] == "finished"]
     assert len(done) == len(set(done)) == 8  # each step finished exactly once, across both processes
+
+
+def test_cut_check_flags_a_top_k_cut_inside_tied_scores():
+    from dpo_engine.rounds.loop import cut_check
+
+    config = RoundsConfig(name="x")
+    saturated = pd.DataFrame({"pair_id": ["a", "b", "c", "d"], "dm_mul": [1.0, 1.0, 1.0, 0.5]})
+    distinct = saturated.assign(dm_mul=[0.9, 0.8, 0.7, 0.5])
+    assert cut_check(config, saturated, ["a"]) == {"score": "dm_mul", "distinct_values": 2, "tied_at_cut": True}
+    assert cut_check(config, distinct, ["a"])["tied_at_cut"] is False
+    assert cut_check(RoundsConfig(name="x", selection_rule="all", selection_params={}), saturated,
+                     ["a", "b", "c", "d"])["tied_at_cut"] is False

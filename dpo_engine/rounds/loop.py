@@ -149,9 +149,11 @@ def _margins_step(config: RoundsConfig, directory: Path, number: int, progress) 
 def _select_step(config: RoundsConfig, directory: Path, number: int, progress) -> None:
     folder = round_dir(directory, number)
     pairs = engine.load_round_pairs(folder / STEP_FILES["pairs"])
-    pair_ids = engine.select(config, pd.read_parquet(folder / STEP_FILES["margins"]))
+    table = pd.read_parquet(folder / STEP_FILES["margins"])
+    pair_ids = engine.select(config, table)
     if not pair_ids:
         raise UserError(f"round {number}: the selection rule chose no pairs; check selection_params")
+    atomic_write_json(folder / "selection_check.json", cut_check(config, table, pair_ids))
     engine.save_subset(pairs, pair_ids, folder / "subset.jsonl")
     engine.save_selection_record(config, f"{config.name}-round-{number:02d}", pairs, pair_ids,
                                  folder / STEP_FILES["select"])
@@ -175,6 +177,23 @@ def _eval_step(config: RoundsConfig, directory: Path, number: int, progress) -> 
     summary, per_prompt = engine.evaluate_against_base(config, adapter, engine.eval_prompts(config))
     _write_parquet(per_prompt, folder / "eval_per_prompt.parquet")
     atomic_write_json(folder / STEP_FILES["eval"], {"round": number, "policy": adapter, **_json_safe(summary)})
+
+
+def cut_check(config: RoundsConfig, table: pd.DataFrame, pair_ids: list[str]) -> dict:
+    """Whether a ranking rule's cut fell inside a block of equal scores (then table order, not the score, decided).
+
+    DM-MUL saturates at 1 when every external margin exceeds its integer upper bound: with best-vs-worst pairs of
+    a reward model whose margins are below ~1.5 (the stand-in head), ``int(max / 1.5)`` is 0 and every pair ties.
+    """
+    score = config.selection_params.get("score", "dm_mul")
+    if config.selection_rule not in ("top_k", "bottom_k") or score not in table:
+        return {"score": None, "tied_at_cut": False}
+    values = table.set_index(table.pair_id.astype(str))[score]
+    chosen = values.loc[pair_ids]
+    rest = values.drop(index=pair_ids)
+    edge = chosen.min() if config.selection_rule == "top_k" else chosen.max()
+    return {"score": score, "distinct_values": int(values.nunique()),
+            "tied_at_cut": bool(len(rest) and (rest == edge).any())}
 
 
 STEP_FUNCTIONS = {

@@ -11,7 +11,8 @@ are the source of truth, one step each (a step is done when its file exists; eac
 - ``pairs.jsonl`` (pairs as `load_pairs` reads them) and ``ties.jsonl`` (dropped ties);
 - ``margins.parquet``: ``pair_id, external_margin, implicit_margin, dm_add, dm_mul, bees``; ``margins.json``: which
   adapter and reference gave the implicit margins;
-- ``subset.jsonl`` (the selected pairs) and ``selection.json`` (the Selection record; written last);
+- ``subset.jsonl`` (the selected pairs), ``selection_check.json`` (did the cut fall inside tied scores) and
+  ``selection.json`` (the Selection record; written last);
 - ``run/``: the round's training run (`dpo_engine.runs`); ``train.json``: its run id and adapter;
 - ``eval_per_prompt.parquet`` and ``eval.json``: win rate over the base model with its CI.
 """
@@ -106,12 +107,14 @@ def round_summary(name: str) -> pd.DataFrame:
         margins = read_json(folder / "margins.json", {}) or {}
         evaluation = read_json(folder / STEP_FILES["eval"], {}) or {}
         train = read_json(folder / STEP_FILES["train"], {}) or {}
+        check = read_json(folder / "selection_check.json", {}) or {}
         rows.append({
             "round": number,
             "steps_done": sum(step_done(directory, number, step) for step in STEPS),
             "pairs": margins.get("n_pairs"),
             "ties": margins.get("n_ties"),
             "selected": len(selection["pair_ids"]) if selection else None,
+            "cut_tied": check.get("tied_at_cut"),
             "run_id": train.get("run_id"),
             "margins_from": margins.get("policy_adapter"),
             "win_rate": evaluation.get("win_rate"),
@@ -119,7 +122,7 @@ def round_summary(name: str) -> pd.DataFrame:
             "ci_high": evaluation.get("ci_high"),
             "n_eval": evaluation.get("n"),
         })
-    return pd.DataFrame(rows, columns=["round", "steps_done", "pairs", "ties", "selected", "run_id", "margins_from",
+    return pd.DataFrame(rows, columns=["round", "steps_done", "pairs", "ties", "selected", "cut_tied", "run_id", "margins_from",
                                        "win_rate", "ci_low", "ci_high", "n_eval"])
 
 
