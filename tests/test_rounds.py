@@ -155,3 +155,13 @@ def test_cut_check_flags_a_top_k_cut_inside_tied_scores():
     assert cut_check(config, distinct, ["a"])["tied_at_cut"] is False
     assert cut_check(RoundsConfig(name="x", selection_rule="all", selection_params={}), saturated,
                      ["a", "b", "c", "d"])["tied_at_cut"] is False
+
+
+def test_cli_flags_override_the_yaml_and_absent_flags_keep_it(tmp_path):
+    from dpo_engine.cli import build_parser
+    from dpo_engine.cli.rounds import load_config
+
+    path = tmp_path / "loop.yaml"
+    path.write_text(yaml.safe_dump({"name": "x", "rounds": 5, "samples_per_prompt": 3}))
+    config = load_config(build_parser().parse_args(["rounds", str(path), "--rounds", "6"]))
+    assert (config.rounds, config.samples_per_prompt, config.prompts_per_round) == (6, 3, 64)
