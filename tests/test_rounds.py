@@ -165,3 +165,35 @@ def test_cli_flags_override_the_yaml_and_absent_flags_keep_it(tmp_path):
     path.write_text(yaml.safe_dump({"name": "x", "rounds": 5, "samples_per_prompt": 3}))
     config = load_config(build_parser().parse_args(["rounds", str(path), "--rounds", "6"]))
     assert (config.rounds, config.samples_per_prompt, config.prompts_per_round) == (6, 3, 64)
+
+
+def test_chat_rater_scores_each_answer_through_an_openai_compatible_endpoint():
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    from dpo_engine.rounds.scorers import ChatRater
+
+    class Endpoint(BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            answer = body["messages"][1]["content"].split("Answer:\n")[1].split("\n\n")[0]
+            if answer == "bad request":
+                self.send_response(400)
+                self.end_headers()
+                return
+            reply = {"choices": [{"message": {"content": "9" if answer == "good" else "no idea"}}]}
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(json.dumps(reply).encode())
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Endpoint)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        rater = ChatRater(f"http://127.0.0.1:{server.server_port}/v1", "stub", max_retries=0)
+        scores = rater.score(["q", "q", "q"], ["good", "vague", "bad request"])
+    finally:
+        server.shutdown()
+    assert scores[0] == 9.0 and np.isnan(scores[1]) and np.isnan(scores[2])
