@@ -197,3 +197,19 @@ def test_chat_rater_scores_each_answer_through_an_openai_compatible_endpoint():
     finally:
         server.shutdown()
     assert scores[0] == 9.0 and np.isnan(scores[1]) and np.isnan(scores[2])
+
+
+def test_fresh_mode_trains_each_round_on_the_base_and_scores_with_the_last_adapter(tmp_path):
+    from dpo_engine.files import atomic_write_json
+    from dpo_engine.rounds.loop import _policy_step
+
+    config = RoundsConfig(name="fresh", model="tiny-random", adapter_mode="fresh")
+    previous = tmp_path / "round-01"
+    atomic_write_json(previous / "policy.json", {"round": 1, "policy": "tiny-random", "policy_adapter": None,
+                                                 "reference": "tiny-random", "train_base": "tiny-random"})
+    atomic_write_json(previous / "train.json", {"run_id": "r1", "adapter": "/runs/r1/adapter"})
+    _policy_step(config, tmp_path, 2, None)
+    record = json.loads((tmp_path / "round-02" / "policy.json").read_text())
+    assert record == {"round": 2, "policy": "/runs/r1/adapter", "policy_adapter": "/runs/r1/adapter",
+                      "reference": "tiny-random", "train_base": "tiny-random"}
+    assert not (previous / "policy_merged").exists()
