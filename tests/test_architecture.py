@@ -24,6 +24,7 @@ LAYERS = (
     ("training",),
     ("runs",),
     ("evaluation",),
+    ("rounds",),
     ("cli",),
     ("jobs", "demo"),
 )
