@@ -12,6 +12,7 @@ from dpo_engine.models.logps import pair_logps, supports_packing
 from dpo_engine.models.tokenization import EncodedPair
 from dpo_engine.training import batches, memory, trainer
 from dpo_engine.training.batches import length_grouped_order
+from dpo_engine.training.checkpointing import attention_for_training, enable_checkpointing
 from dpo_engine.training.memory import ModelShape, check_fits, estimate_training_memory
 from tests.test_training import tiny_config
 
@@ -33,13 +34,13 @@ def lora_gradients(checkpointing: bool) -> dict[str, torch.Tensor]:
 
     model, _ = load_model(TINY_MODEL)
     if checkpointing:
-        trainer._enable_checkpointing(model)
+        enable_checkpointing(model)
     torch.manual_seed(0)
     model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False))
     model.train()
     pairs = [EncodedPair(list(range(5, 5 + p)), list(range(40, 40 + c)), list(range(80, 80 + r)))
              for p, c, r in [(30, 4, 6), (3, 20, 15), (12, 9, 1)]]
-    with trainer._attention_for_training(model, trainer.TrainConfig(gradient_checkpointing=checkpointing)):
+    with attention_for_training(model, checkpointing):
         assert supports_packing(model)
         out = pair_logps(model, pairs, pad_token_id=0)
         (out["chosen_logps"] - 0.5 * out["rejected_logps"]).sum().backward()
@@ -56,7 +57,7 @@ def test_checkpointing_keeps_padding_free_rows_with_the_plain_gradients(tiny_mod
 
 def test_checkpointing_without_segment_attention_throughout_falls_back(tiny_model_dir):
     model, _ = load_model(TINY_MODEL)
-    trainer._enable_checkpointing(model)
+    enable_checkpointing(model)
     model.train()
     assert not supports_packing(model)  # the recomputation would run outside a per-forward segment block
     with torch.no_grad():

@@ -10,12 +10,13 @@ import math
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from dpo_engine.errors import ConfigError, DataError, ModelError, UserError
 from dpo_engine.losses.catalog import LOSS_DEFAULTS, LOSS_NAMES
+
+if TYPE_CHECKING:  # pandas is imported where pairs are loaded: this module stays light for gpu_check and the UI
+    import pandas as pd
 
 DEFAULT_MODEL = "smollm2-135m-instruct"  # dpo_engine.models.DEFAULT_MODEL, repeated to avoid importing torch
 PRECISIONS = ("fp32", "bf16")

@@ -16,7 +16,6 @@ implicit margins after training).
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import os
@@ -34,8 +33,6 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoin
 from dpo_engine.files import atomic_write_json, atomic_write_text, read_json, read_jsonl
 from dpo_engine.losses.functions import is_stateful, make_loss, uses_reference
 from dpo_engine.models.loading import detect_device, load_model, resolve_model
-from dpo_engine.models.logps import supports_packing
-from dpo_engine.models.segment_attention import segment_attention
 from dpo_engine.models.tokenization import EncodedPair, encode_pair
 from dpo_engine.training.batches import PairCollator, length_grouped_order, pair_dataset, pair_tokens
 from dpo_engine.training.callbacks import (
@@ -47,6 +44,7 @@ from dpo_engine.training.callbacks import (
     ShouldStop,
     StepStats,
 )
+from dpo_engine.training.checkpointing import attention_for_training, enable_checkpointing
 from dpo_engine.training.config import TrainConfig, load_subset
 from dpo_engine.training.memory import MemoryEstimate, ModelShape, check_fits, device_memory, estimate_for_config
 from dpo_engine.training.pair_rewards import pair_rewards_table, reference_table
@@ -107,7 +105,7 @@ def train(
 
     set_seed(config.seed)  # right before the adapter is created: its initialisation is random (TRL does the same)
     if config.gradient_checkpointing:
-        _enable_checkpointing(model)
+        enable_checkpointing(model)
     ref_model = None
     if lora:
         model = _add_lora(model, config)
@@ -135,7 +133,7 @@ def train(
     # Progress is ours to report (on_progress, train_foreground's bar); the Trainer's printers would interleave.
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
-    with _attention_for_training(model, config):
+    with attention_for_training(model, config.gradient_checkpointing):
         trainer.train(resume_from_checkpoint=checkpoint)
 
     summary = {
@@ -264,24 +262,6 @@ def _disable_dropout(model) -> None:
     for module in model.modules():
         if isinstance(module, torch.nn.Dropout):
             module.p = 0.0
-
-
-def _enable_checkpointing(model) -> None:
-    """Non-reentrant activation checkpointing: the recomputed forward gets the first one's keyword arguments
-    (the segments of a padding-free row) and needs no input that requires grad. transformers 5.2x names it
-    ``activation_checkpointing_enable``; earlier 5.x ``gradient_checkpointing_enable``."""
-    options = {"use_reentrant": False}
-    if hasattr(model, "activation_checkpointing_enable"):
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs=options)
-    else:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=options)
-
-
-def _attention_for_training(model, config: TrainConfig):
-    """Segment attention for the whole of training when checkpointing recomputes forwards during backward."""
-    with torch.no_grad():  # whether the model's own attention can be segmented, checkpointing aside
-        segmentable = supports_packing(model)
-    return segment_attention(model) if config.gradient_checkpointing and segmentable else contextlib.nullcontext()
 
 
 def _add_lora(model, config: TrainConfig):
