@@ -92,10 +92,7 @@ def train(
                                   device=device)
     _disable_dropout(model)
     encoded = encode_pairs(tokenizer, pairs, config)
-    estimate = estimate_for_config(config, ModelShape.from_config(model.config.to_dict()),
-                                   [(len(p.prompt_ids), len(p.chosen_ids), len(p.rejected_ids)) for p in encoded],
-                                   device=device)
-    check_fits(estimate, device_memory(device))
+    estimate = _checked_estimate(config, ModelShape.from_config(model.config.to_dict()), encoded, device)[0]
 
     loss_fn = make_loss(config.loss, **config.loss_params)
     needs_reference = uses_reference(config.loss)
@@ -103,14 +100,7 @@ def train(
     if config.precompute_reference and (needs_reference or config.full_finetune):
         reference = reference_table(model, tokenizer, pairs, config, device)
 
-    set_seed(config.seed)  # right before the adapter is created: its initialisation is random (TRL does the same)
-    if config.gradient_checkpointing:
-        enable_checkpointing(model)
-    ref_model = None
-    if lora:
-        model = _add_lora(model, config)
-    elif needs_reference and reference is None:
-        ref_model = copy.deepcopy(model).requires_grad_(False).eval()
+    model, ref_model = _policy_and_reference(model, config, needs_reference and reference is None)
     _restore_loss_state(loss_fn, checkpoint, config)
 
     step_stats = StepStats()
@@ -170,12 +160,19 @@ def dry_run(config: TrainConfig) -> tuple[MemoryEstimate, str, int]:
     device = detect_device() if config.device == "auto" else config.device
     model_path = resolve_model(config.model)
     encoded = encode_pairs(load_tokenizer(str(model_path)), load_subset(config), config)
-    estimate = estimate_for_config(config, ModelShape.from_model_dir(model_path),
-                                   [(len(p.prompt_ids), len(p.chosen_ids), len(p.rejected_ids)) for p in encoded],
-                                   device=device)
+    estimate, available = _checked_estimate(config, ModelShape.from_model_dir(model_path), encoded, device)
+    return estimate, device, available
+
+
+def _checked_estimate(config: TrainConfig, shape: ModelShape, encoded: list[EncodedPair],
+                      device: str) -> tuple[MemoryEstimate, int]:
+    """The memory estimate of the encoded pairs' longest batch and the device's memory; ``ConfigError`` when the
+    estimate does not fit."""
+    lengths = [(len(p.prompt_ids), len(p.chosen_ids), len(p.rejected_ids)) for p in encoded]
+    estimate = estimate_for_config(config, shape, lengths, device=device)
     available = device_memory(device)
     check_fits(estimate, available)
-    return estimate, device, available
+    return estimate, available
 
 
 def encode_pairs(tokenizer, pairs, config: TrainConfig) -> list[EncodedPair]:
@@ -262,6 +259,19 @@ def _disable_dropout(model) -> None:
     for module in model.modules():
         if isinstance(module, torch.nn.Dropout):
             module.p = 0.0
+
+
+def _policy_and_reference(model, config: TrainConfig, needs_reference_copy: bool):
+    """``(model to train, frozen reference copy or None)``: checkpointing enabled if asked, then the LoRA adapter
+    (LoRA) or, for full fine-tuning that needs a live reference, a frozen copy of the initial model."""
+    set_seed(config.seed)  # right before the adapter is created: its initialisation is random (TRL does the same)
+    if config.gradient_checkpointing:
+        enable_checkpointing(model)
+    if not config.full_finetune:
+        return _add_lora(model, config), None
+    if needs_reference_copy:
+        return model, copy.deepcopy(model).requires_grad_(False).eval()
+    return model, None
 
 
 def _add_lora(model, config: TrainConfig):
