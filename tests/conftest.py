@@ -3,13 +3,22 @@
 Every test gets its own workspace (``MARGIN_LAB_HOME``), so runs, selections and registries never leak between
 tests. Models are cached in the normal model cache (``DPO_ENGINE_CACHE``): building the tiny model or converting
 the default one is deterministic, so sharing it across tests is safe and saves minutes.
+
+The suite checks numbers against hand-computed and reference values on the CPU, in fp32, whatever the machine: on
+a GPU machine ``device="auto"`` would otherwise pick CUDA (and ``auto`` precisions bf16), for this process and for
+the run workers and jobs it starts. So CUDA is hidden here unless ``MARGIN_LAB_TEST_CUDA=1``; the GPU's own check is
+``benchmarks/gpu_check.py``.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+
+if os.environ.get("MARGIN_LAB_TEST_CUDA") != "1":
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""  # read when CUDA first initialises, which no import here has done
 
 
 @pytest.fixture(autouse=True)

@@ -94,3 +94,31 @@ def test_scoring_work_count_by_hand():
     # head at 3 positions (the last prompt token, 2 chosen tokens but the last; the 1-token rejected adds none).
     work = multiply_adds(SimpleNamespace(config=config), [pair])
     assert work == {"naive": 8 * (432 + 40), "ours": 6 * 432 + 3 * 40}
+
+
+GPU_BOX_LACKS = ("datasets", "trl", "gguf", "pandas")  # the GPU machine has torch, transformers, peft, accelerate
+
+
+def test_gpu_check_quick_on_cpu_runs_every_section_without_what_the_gpu_box_lacks(tmp_path):
+    out = tmp_path / "gpu_check.json"
+    script = BENCH / "gpu_check.py"
+    code = (
+        "import runpy, sys\n"
+        f"sys.argv = [{str(script)!r}, '--device', 'cpu', '--quick', '--out', {str(out)!r}]\n"
+        "try:\n    runpy.run_path(sys.argv[0], run_name='__main__')\nexcept SystemExit as exit:\n"
+        "    assert not exit.code, exit.code\n"
+        f"print('IMPORTED', sorted(name for name in {GPU_BOX_LACKS!r} if name in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == "IMPORTED []"
+    result = json.loads(out.read_text())
+    assert [entry["model"] for entry in result["scoring"]] == ["tiny", "tiny"]
+    assert all(entry["relative_difference"] < 1e-4 for entry in result["scoring"])  # ours = plain transformers
+    assert result["fused_attention"]["flex"]["attention_max_abs_diff"] < 1e-4
+    assert result["fused_attention"]["flex"]["logps_relative_difference"] < 1e-4
+    training = result["training"]
+    losses = {training[label]["loss"] for label in ("ours", "ours, checkpointing", "plain transformers")}
+    assert max(losses) - min(losses) < 1e-4  # the same first step, however computed
+    assert training["ours, checkpointing"]["estimate"]["activations"] < training["ours"]["estimate"]["activations"]
+    assert result["generation"]["ours_tokens_per_s"] > 0 and result["generation"]["slots"] == 4

@@ -305,6 +305,18 @@ def test_runs_page_explains_what_to_do_first(workspace):
     assert {"beta", "learning_rate", "lora_r", "max_steps"} <= {box.label for box in at.number_input}
 
 
+def test_runs_form_refuses_a_launch_that_will_not_fit(workspace, tiny_model_dir):
+    at = app("views/runs.py")
+    assert "gradient_checkpointing" in {box.label for box in at.checkbox}
+    next(box for box in at.text_input if box.label == "model").set_value("tiny-random")
+    next(box for box in at.number_input if box.label == "max_length").set_value(10**7)
+    next(box for box in at.selectbox if box.label == "device").set_value("cpu")
+    at.get("form_submit_button")[0].click().run()
+    refusal = [item.value for item in at.error]
+    assert refusal and "Not launched" in refusal[0] and "gradient_checkpointing" in refusal[0] and "GiB" in refusal[0]
+    assert not jobs.list_jobs("launch")
+
+
 def test_results_page_explains_what_to_do_first(workspace):
     at = app("views/results.py")
     assert any("No completed runs yet" in item.value for item in at.info)

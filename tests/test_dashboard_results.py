@@ -6,6 +6,7 @@ generations, win rates and paired differences are the engine's own.
 
 from __future__ import annotations
 
+import argparse
 import json
 
 import numpy as np
@@ -13,6 +14,10 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from dpo_engine.runs import manager as runs
+from dpo_engine import jobs
+from dpo_engine.cli.eval import add_parser
+from dpo_engine.cli.flags import config_from_args
+from dpo_engine.evaluation.config import EvalConfig
 from dpo_engine.evaluation.generation import GenerationSettings, load_eval_prompts
 from dpo_engine.evaluation.judges import ScoreFunctionJudge
 from dpo_engine.evaluation.report import evaluate
@@ -115,3 +120,18 @@ def test_runs_page_lists_runs_and_overlays_their_curves(workspace, evaluation):
     assert any("completed" in item.value for item in at.markdown)
     differences = at.dataframe[-1].value  # the config fields the two plotted runs differ on
     assert "loss" in differences.index and "model" not in differences.index
+
+
+def test_results_form_starts_the_eval_job_from_an_eval_config(workspace, evaluation, monkeypatch):
+    run_ids, _ = evaluation
+    started = []
+    monkeypatch.setattr(jobs, "start", lambda kind, argv, **options: started.append((kind, argv)))
+    at = page("views/results.py")
+    next(box for box in at.number_input if box.label.startswith("Max new tokens")).set_value(0)  # device default
+    at.get("form_submit_button")[0].click().run()
+    assert len(started) == 1 and started[0][0] == "eval"
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers())
+    config = config_from_args(EvalConfig, parser.parse_args(started[0][1]))
+    assert sorted(config.run_ids) == sorted(run_ids) and config.max_new_tokens is None and config.dtype == "auto"
+    assert config.n == 32 and config.compare_to == config.run_ids[0]

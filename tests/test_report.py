@@ -148,6 +148,7 @@ def test_two_run_evaluation_matches_metrics_recomputed_from_per_prompt(trained_r
     assert len(lines) == 2 * len(prompts) and {"run_id", "prompt_id", "preference", "raw"} <= set(lines[0])
     assert result.meta["judge"]["description"] == "counts ASCII letters and digits (test)"
     assert result.meta["settings"] == SETTINGS.to_dict()
+    assert result.meta["resolved_settings"] == {**SETTINGS.to_dict(), "dtype": "fp32", "device": "cpu"}
     assert result.meta["prompt_set"]["prompt_ids"] == prompts.prompt_id.tolist()
     assert "offline" in result.meta["notes"]["lc_win_rate"]
 
@@ -206,6 +207,7 @@ def test_cli_eval_prints_the_results_table(trained_runs, prompts, tmp_path, monk
     assert code == 0
     out = capsys.readouterr().out
     assert all(run_id in out for run_id in trained_runs) and "win rate %" in out
+    assert "generation: cpu, fp32, 3 slots, up to 12 new tokens, temperature 1, top-p 1" in out
     assert json.loads(progress_file.read_text())["state"] == "completed"
     saved = report.list_evals()
     assert "from-cli" in saved.name.tolist()

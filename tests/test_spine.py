@@ -26,7 +26,15 @@ def test_tiny_model_resolves_and_loads(tiny_model_dir):
     model, tokenizer = load_model(TINY_MODEL)
     assert sum(p.numel() for p in model.parameters()) < 1_000_000
     assert tokenizer.pad_token == "<|im_end|>" and tokenizer.chat_template
-    assert detect_device() == "cpu"  # no accelerator on CI machines
+
+
+def test_detect_device_prefers_cuda_then_mps_then_cpu(monkeypatch):
+    mps = getattr(torch.backends, "mps", None)
+    for cuda, apple, expected in ((True, True, "cuda"), (False, True, "mps"), (False, False, "cpu")):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda cuda=cuda: cuda)
+        if mps is not None:
+            monkeypatch.setattr(mps, "is_available", lambda apple=apple: apple)
+        assert detect_device() == (expected if mps is not None or expected != "mps" else "cpu")
 
 
 def test_missing_model_path_is_a_clear_error(tmp_path):

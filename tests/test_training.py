@@ -20,7 +20,9 @@ from dpo_engine.losses.catalog import LOSS_NAMES
 from dpo_engine.models.loading import DEFAULT_MODEL, TINY_MODEL, adapter_base, load_model
 from dpo_engine.paths import ASSETS_DIR
 from dpo_engine.models.tokenization import collate, encode_pair
-from dpo_engine.training.trainer import LOSS_STATE_FILE, METRIC_KEYS, TrainConfig, train, train_foreground
+from dpo_engine.training.callbacks import LOSS_STATE_FILE, METRIC_KEYS
+from dpo_engine.training.config import TrainConfig
+from dpo_engine.training.trainer import train, train_foreground
 
 
 

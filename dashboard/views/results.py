@@ -4,6 +4,9 @@ import pandas as pd
 import streamlit as st
 
 from dpo_engine import jobs
+from dpo_engine.cli.flags import config_to_argv
+from dpo_engine.errors import UserError
+from dpo_engine.evaluation.config import CUDA_GENERATION, OTHER_GENERATION, EvalConfig
 from dpo_engine.runs import manager as runs
 
 JUDGES = {
@@ -54,9 +57,12 @@ def eval_form(completed: list) -> None:
             format_func={"base": "each run's base model (same settings)", "reference": "GPT-4 Turbo reference answers"}.get,
         )
         n_prompts = middle.number_input("Prompts (of the 805 AlpacaEval ones; 0 = all)", min_value=0, value=32, step=8)
-        max_new_tokens = right.number_input("Max new tokens per answer", min_value=16, value=128, step=16)
+        max_new_tokens = right.number_input(
+            "Max new tokens per answer", min_value=0, value=128, step=16,
+            help=f"0 = the device's default: {CUDA_GENERATION['max_new_tokens']} on a CUDA GPU (long enough for "
+            f"AlpacaEval answers), {OTHER_GENERATION['max_new_tokens']} elsewhere (the CPU demo's).")
         compare_to = left.selectbox("Paired differences against", picked or ids)
-        dtype = middle.selectbox("Precision", ["fp32", "bf16"])
+        dtype = middle.selectbox("Precision", ["auto", "fp32", "bf16"], help="auto: bf16 on CUDA, fp32 elsewhere")
         device = right.selectbox("Device", ["auto", "cpu", "cuda", "mps"])
         name = st.text_input("Evaluation name (optional)")
         if not st.form_submit_button("Evaluate", type="primary"):
@@ -64,11 +70,17 @@ def eval_form(completed: list) -> None:
     if not picked:
         st.error("Pick at least one run.")
         return
-    argv = ["eval", *picked, "--judge", spec, "--baseline", baseline, "--max-new-tokens", str(max_new_tokens),
-            "--dtype", dtype, "--device", device, "--compare-to", compare_to if compare_to in picked else picked[0]]
-    argv += ["--n", str(n_prompts)] if n_prompts else []
-    argv += ["--name", name.strip()] if name.strip() else []
-    jobs.start("eval", argv)
+    config = EvalConfig(
+        run_ids=picked, judge=spec, baseline=baseline, max_new_tokens=int(max_new_tokens) or None, dtype=dtype,
+        device=device, compare_to=compare_to if compare_to in picked else picked[0], n=int(n_prompts) or None,
+        name=name.strip() or None,
+    )
+    try:
+        config.validate()
+    except UserError as error:
+        st.error(str(error))
+        return
+    jobs.start("eval", ["eval", *config_to_argv(config, positional=("run_ids",))])
     st.rerun()
 
 

@@ -26,7 +26,7 @@ FORM_GROUPS = {
     "Optimisation": ("learning_rate", "num_epochs", "max_steps", "batch_size", "gradient_accumulation_steps"),
     "LoRA": ("full_finetune", "lora_r", "lora_alpha", "lora_dropout"),
     "Lengths": ("max_length", "max_prompt_length"),
-    "Hardware": ("precision", "device", "seed"),
+    "Hardware": ("precision", "device", "gradient_checkpointing", "seed"),
 }
 CHOICES = {"precision": ["fp32", "bf16"], "device": ["auto", "cpu", "cuda", "mps"]}
 
@@ -97,6 +97,8 @@ def launch_form(source, loaded, dataset_fp: str) -> None:
             with column:
                 st.markdown(f"**{group}**")
                 values.update({name: config_input(name, *spec[name]) for name in names})
+        if "launch_memory" in st.session_state:
+            st.caption(st.session_state["launch_memory"])
         name = st.text_input("Run name (optional)", placeholder=f"{loss}-{subset if subset != ALL_PAIRS else 'all'}")
         if not st.form_submit_button("Launch run", type="primary"):
             return
@@ -106,6 +108,8 @@ def launch_form(source, loaded, dataset_fp: str) -> None:
         st.error(str(error))
         return
     config = {**values, "loss": loss, "loss_params": loss_params}
+    if not memory_check(config):
+        return
     config_path = workspace_subdir("launches") / f"{datetime.now():%Y%m%d-%H%M%S}-{loss}.yaml"
     config_path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
     argv = ["runs", "launch", str(config_path)]
@@ -114,6 +118,26 @@ def launch_form(source, loaded, dataset_fp: str) -> None:
     # The engine validates the config (and converts the model once) in a job, not in the UI process.
     jobs.start("launch", argv, progress_file=False)
     st.rerun()
+
+
+def memory_check(values: dict) -> bool:
+    """Show the launch's memory estimate; False (and the reason) when it will not fit the device."""
+    from dpo_engine.training.config import TrainConfig
+    from dpo_engine.training.memory import GIB, check_fits, launch_estimate
+
+    try:
+        report = launch_estimate(TrainConfig.from_dict(values))
+        if report is None:
+            st.session_state["launch_memory"] = "Memory estimate: after the model is first loaded."
+            return True
+        estimate, device, available = report
+        check_fits(estimate, available)
+    except UserError as error:
+        st.error(f"Not launched: {error}")
+        return False
+    st.session_state["launch_memory"] = (f"Memory estimate, at most (pairs cut to max_length): {estimate.describe()}; "
+                                         f"{device} has {available / GIB:.1f} GiB.")
+    return True
 
 
 def pending_launches() -> None:

@@ -3,16 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import re
 
-JUDGE_HELP = (
-    "who judges each answer against the baseline's: 'builtin' (offline stand-in: embedding reward head trained on "
-    "GPT-4-scored UltraFeedback pairs), 'reward-model:PATH' (a local AutoModelForSequenceClassification directory) "
-    "or 'openai:BASE_URL:MODEL' (an OpenAI-compatible /chat/completions endpoint, e.g. "
-    "openai:http://localhost:8000/v1:my-model; the key is read from $OPENAI_API_KEY when set)"
-)
-# openai:<scheme>://<host>[:<port>][/<path without ':'>]:<model, which may hold ':' and '/'>
-OPENAI_SPEC = re.compile(r"^openai:(https?://[^/:]+(?::\d+)?(?:/[^:]*)?):(.+)$")
+from dpo_engine.cli.flags import add_config_arguments, config_from_args
+from dpo_engine.evaluation.config import OPENAI_SPEC, EvalConfig
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -33,38 +26,15 @@ def add_parser(subparsers) -> None:
             "AlpacaEval's GLM, minimal offline form), mean answer length in characters, and the paired difference "
             "to the first run. Generations are cached per batch (an interrupted eval resumes). The evaluation is "
             "saved under $MARGIN_LAB_HOME/evals/<eval_id>/ (results.csv, per_prompt.parquet, judgements.jsonl, "
-            "meta.json) and its results table printed. On CPU, generation runs at about 50-90 tokens/s with batch "
-            "8 on the default 135M model: start with --n 32 --max-new-tokens 128. No judge here is AlpacaEval's "
-            "GPT-4 Turbo annotator, so compare runs with each other, not with published numbers."
+            "meta.json) and its results table printed. The generation settings used are printed first: on a CUDA "
+            "GPU bf16, 64 slots and answers up to 2048 tokens; elsewhere fp32, 16 slots and 256 tokens. On CPU, "
+            "generation runs at about 50-90 tokens/s with batch 8 on the default 135M model: start with --n 32 "
+            "--max-new-tokens 128. No judge here is AlpacaEval's GPT-4 Turbo annotator, so compare runs with each "
+            "other, not with published numbers."
         ),
         formatter_class=_HelpFormatter,
     )
-    parser.add_argument("run_ids", nargs="+", metavar="RUN_ID", help="runs to evaluate (see `dpo-engine runs list`)")
-    parser.add_argument("--judge", default="builtin", help=JUDGE_HELP)
-    parser.add_argument(
-        "--prompts",
-        help="prompt file (jsonl/csv/json/parquet with an 'instruction' or 'prompt' column; optional id, "
-        "reference_output, dataset); default: the bundled AlpacaEval set",
-    )
-    parser.add_argument("--n", type=int, help="evaluate a random subset of N prompts (fixed by --seed); default: all")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the prompt subset and of sampling")
-    parser.add_argument(
-        "--baseline",
-        choices=["base", "reference"],
-        default="base",
-        help="'base': the run's base model's own answers; 'reference': the prompts' reference answers "
-        "(GPT-4 Turbo for the bundled set)",
-    )
-    parser.add_argument("--compare-to", metavar="RUN_ID", help="run the others are paired with (default: the first)")
-    parser.add_argument("--max-new-tokens", type=int, default=256, help="generated tokens per answer, at most")
-    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy; above 0, sampling")
-    parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (with --temperature > 0)")
-    parser.add_argument("--batch-size", type=int, default=None,
-                        help="prompts per generation batch (default: GenerationSettings', 16)")
-    parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="model weights precision")
-    parser.add_argument("--device", default="auto", help="cuda, mps, cpu or auto")
-    parser.add_argument("--name", help="a name for this evaluation (prefix of its id)")
-    parser.add_argument("--progress-file", help="JSON file updated with {stage, done, total} (for the dashboard)")
+    add_config_arguments(parser, EvalConfig, positional=("run_ids",))
     parser.set_defaults(func=run)
 
 
@@ -92,16 +62,17 @@ def run(args) -> int:
     from dpo_engine.cli.score import _Progress
     from dpo_engine.evaluation.generation import GenerationSettings, load_eval_prompts
     from dpo_engine.evaluation.report import evaluate
+    from dpo_engine.models.loading import detect_device
 
-    reporter = _Progress(args.progress_file)
-    settings = GenerationSettings(
-        max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
-        batch_size=GenerationSettings.batch_size if args.batch_size is None else args.batch_size,
-        seed=args.seed, dtype=args.dtype, device=args.device,
-    )
+    config = config_from_args(EvalConfig, args)
+    config.validate()
+    settings = GenerationSettings.from_eval_config(config)
     settings.validate()
-    judge = make_judge(args.judge)
-    prompts = load_eval_prompts(args.prompts, n=args.n, seed=args.seed)
+    reporter = _Progress(config.progress_file)
+    judge = make_judge(config.judge)
+    prompts = load_eval_prompts(config.prompts, n=config.n, seed=config.seed)
+    device = detect_device() if config.device == "auto" else config.device
+    print(f"generation: {settings.resolved(device).describe()}", flush=True)
 
     def on_progress(stage: str, done: int, total: int) -> None:
         if stage != reporter.name:
@@ -109,8 +80,8 @@ def run(args) -> int:
         reporter.update(done, total)
 
     result = evaluate(
-        args.run_ids, judge=judge, prompts=prompts, baseline=args.baseline, settings=settings,
-        eval_name=args.name, compare_to=args.compare_to, progress=on_progress,
+        config.run_ids, judge=judge, prompts=prompts, baseline=config.baseline, settings=settings,
+        eval_name=config.name, compare_to=config.compare_to, progress=on_progress,
     )
     reporter.finish(str(result.directory))
     print(format_results(result.results))

@@ -89,7 +89,10 @@ def config_from_args(config_cls, args: argparse.Namespace, **overrides):
 
 def config_to_argv(config, *, positional: tuple[str, ...] = ()) -> list[str]:
     """The argv that `config_from_args` turns back into ``config``: positionals, then every non-default field."""
-    argv = [str(getattr(config, name)) for name in positional]
+    argv = []
+    for name in positional:
+        value = getattr(config, name)
+        argv += list(map(str, value)) if isinstance(value, (list, tuple)) else [str(value)]
     for field in dataclasses.fields(config):
         if field.name in positional or not field.init:
             continue

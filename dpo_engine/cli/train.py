@@ -28,10 +28,17 @@ def add_parser(subparsers) -> None:
         help="write the run here instead of $MARGIN_LAB_HOME/runs/<run_id> (must not exist, or be empty)",
     )
     parser.add_argument("--name", help="readable name; replaces the loss at the front of the run id")
+    parser.add_argument(
+        "--dry-run", action="store_true",
+        help="validate the config, encode the pairs and print the memory estimate of the longest batch against the "
+        "device's memory; train nothing (exit status 2 when it will not fit)",
+    )
     parser.set_defaults(func=run_train)
 
 
 def run_train(args: argparse.Namespace) -> int:
+    if args.dry_run:
+        return run_dry(args)
     run_id = runs.create_run(args.config, name=args.name, run_dir=args.run_dir)
     run = runs.get_run(run_id)
     print(f"run {run_id}: {run.run_dir}")
@@ -39,3 +46,14 @@ def run_train(args: argparse.Namespace) -> int:
     if final["state"] in ("stopped", "failed"):
         print(f"continue it in the background with: dpo-engine runs resume {run_id}")
     return 1 if final["state"] == "failed" else 0
+
+
+def run_dry(args: argparse.Namespace) -> int:
+    from dpo_engine.training.config import TrainConfig
+    from dpo_engine.training.memory import GIB
+    from dpo_engine.training.trainer import dry_run
+
+    estimate, device, available = dry_run(TrainConfig.from_yaml(args.config))
+    print(f"memory estimate: {estimate.describe()}")
+    print(f"device {device}: {available / GIB:.1f} GiB; the run fits")
+    return 0

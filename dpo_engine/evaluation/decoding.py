@@ -51,87 +51,27 @@ def stream_answers(
 
     ``prompts``: token ids per prompt, taken in order. An answer ends at its first ``stop_ids`` token (included in
     the ids yielded) or after ``max_new_tokens`` tokens. ``temperature`` 0 decodes greedily; above 0 samples with
-    that temperature and nucleus ``top_p``, prompt ``i`` drawing from its own generator seeded with ``seeds[i]``
-    (so an answer does not depend on which prompts share its batch). Runs under ``torch.inference_mode``.
+    that temperature and nucleus ``top_p``, every row at once (`Sampler`): prompt ``i``'s draws depend only on
+    ``seeds[i]`` (default ``i``) and its answer so far, so an answer does not depend on which prompts share its
+    batch. Runs under ``torch.inference_mode``.
     """
     device = next(model.parameters()).device
-    warpers = [TemperatureLogitsWarper(temperature), TopPLogitsWarper(top_p)] if temperature > 0 else []
+    sampler = Sampler(temperature, top_p)
     queue = iter(range(len(prompts)))
-    busy: list[dict] = []  # per row: prompt index, answer so far, sampling generator
+    busy: list[dict] = []  # per row: prompt index, answer so far, sampling seed
     cache, mask = None, None  # the shared cache and its (rows, length) validity mask; left padding is 0
     step = _DecodingStep(model)
-    # The tokens every prompt starts with (a chat template's system prompt: 24 of SmolLM2's ~80-token AlpacaEval
-    # prompts) are computed once; each prompt keeps at least one token of its own for its first logits.
-    prefix = _common_prefix(prompts)[: min(map(len, prompts), default=1) - 1]
-    if prefix:
-        with torch.inference_mode():
-            prefix_layers = _layers(model(input_ids=torch.tensor([prefix], device=device), use_cache=True,
-                                          logits_to_keep=1).past_key_values)
-
-    def choose(logits: torch.Tensor, rows: list[dict]) -> list[int]:
-        """Next token per row from last-position logits ``(rows, vocab)``."""
-        if not warpers:
-            return logits.argmax(-1).tolist()
-        tokens = []
-        for row, scores in zip(rows, logits.float()):
-            for warp in warpers:
-                scores = warp(None, scores[None])[0]
-            tokens.append(int(torch.multinomial(scores.softmax(-1), 1, generator=row["generator"])))
-        return tokens
-
-    def prefill(suffixes: list[list[int]]) -> tuple[torch.Tensor, list[tuple[list, torch.Tensor]]]:
-        """First-token logits ``(prompts, vocab)`` and per prompt its cache layers and mask, after the prefix."""
-        def prefix_cache() -> DynamicCache | None:  # a new one per forward: the forward appends to it
-            return DynamicCache(ddp_cache_data=prefix_layers) if prefix else None
-
-        if not supports_packing(model):  # one forward per prompt
-            logits, added = [], []
-            for suffix in suffixes:
-                out = model(input_ids=torch.tensor([suffix], device=device), use_cache=True, logits_to_keep=1,
-                            past_key_values=prefix_cache())
-                logits.append(out.logits[0, -1])
-                valid = torch.ones(1, len(prefix) + len(suffix), dtype=torch.long, device=device)
-                added.append((_layers(out.past_key_values), valid))
-            return torch.stack(logits), added
-        bounds = list(itertools.accumulate(map(len, suffixes), initial=0))
-        keep = torch.zeros(1, bounds[-1], dtype=torch.bool)
-        keep[0, [end - 1 for end in bounds[1:]]] = True
-        with segment_attention(model):
-            out = model(
-                input_ids=torch.tensor([[token for suffix in suffixes for token in suffix]], device=device),
-                position_ids=torch.tensor([[len(prefix) + i for suffix in suffixes for i in range(len(suffix))]], device=device),
-                past_key_values=prefix_cache(), use_cache=True, logits_to_keep=keep.to(device),
-                segments=[(start, end, None) for start, end in zip(bounds, bounds[1:])],
-            )
-        p = len(prefix)
-        added = [
-            ([(torch.cat([keys[:, :, :p], keys[:, :, p + start : p + end]], dim=2),
-               torch.cat([values[:, :, :p], values[:, :, p + start : p + end]], dim=2))
-              for keys, values in _layers(out.past_key_values)],
-             torch.ones(1, p + end - start, dtype=torch.long, device=device))
-            for start, end in zip(bounds, bounds[1:])
-        ]
-        return out.logits.reshape(len(suffixes), -1), added
-
     with torch.inference_mode():
+        prefill = _Prefill(model, prompts, device)
         while True:
-            # Fill the free slots: prefill the next prompts together in one padding-free forward (each attends to
-            # the prefix all prompts share and to itself: dpo_engine.segment_attention), and splice their keys and
-            # values into the shared cache. On 2 CPU cores 8 prompts of 105-291 tokens took 3.7-4.1 s left-padded
-            # together and 2.4 s one at a time; 32 prompts 4.7-4.9 s one at a time and 3.0-3.5 s padding-free
-            # together (docs/benchmarks.md §3).
+            # Fill the free slots: the next prompts are prefilled together and spliced into the shared cache.
             admitted = list(itertools.islice(queue, slots - len(busy)))
             if admitted:
-                rows = []
-                for index in admitted:
-                    row = {"index": index, "answer": [], "generator": None}
-                    if warpers:
-                        seed = seeds[index] if seeds is not None else index
-                        row["generator"] = torch.Generator(device=device).manual_seed(int(seed))
-                    rows.append(row)
-                first_logits, added = prefill([prompts[index][len(prefix):] for index in admitted])
-                for row, logits in zip(rows, first_logits):
-                    row["answer"].append(choose(logits[None], [row])[0])
+                rows = [{"index": index, "answer": [], "seed": seeds[index] if seeds is not None else index}
+                        for index in admitted]
+                first_logits, added = prefill(admitted)
+                for row, token in zip(rows, sampler(first_logits, rows)):
+                    row["answer"].append(token)
                 cache, mask = _splice(cache, mask, added)
                 busy.extend(rows)
             # Hand back finished answers; drop their rows from the cache.
@@ -155,8 +95,119 @@ def stream_answers(
                 use_cache=True,
             )
             mask = step_mask
-            for row, token in zip(busy, choose(logits, busy)):
+            for row, token in zip(busy, sampler(logits, busy)):
                 row["answer"].append(token)
+
+
+class Sampler:
+    """Next tokens for all rows at once from last-position logits ``(rows, vocab)``: greedy at temperature 0,
+    else temperature and nucleus ``top_p`` (transformers' warpers, batched) and one inverse-CDF draw per row.
+
+    The draw's uniform number comes from a hash of the row's seed and its answer length (`uniforms`), not from a
+    per-row generator: one batched computation and one device-to-host copy per step for every row, where a
+    generator per row costs a ``multinomial`` call and a synchronisation per row.
+    """
+
+    def __init__(self, temperature: float, top_p: float):
+        self.warpers = [TemperatureLogitsWarper(temperature), TopPLogitsWarper(top_p)] if temperature > 0 else []
+
+    def __call__(self, logits: torch.Tensor, rows: list[dict]) -> list[int]:
+        if not self.warpers:
+            return logits.argmax(-1).tolist()
+        scores = logits.float()
+        for warp in self.warpers:
+            scores = warp(None, scores)
+        cdf = scores.softmax(-1).cumsum(-1)
+        seeds = torch.tensor([int(row["seed"]) for row in rows], dtype=torch.long, device=logits.device)
+        steps = torch.tensor([len(row["answer"]) for row in rows], dtype=torch.long, device=logits.device)
+        draws = uniforms(seeds, steps)[:, None] * cdf[:, -1:]
+        return (cdf < draws).sum(-1).clamp(max=cdf.shape[-1] - 1).tolist()
+
+
+_MASK32 = 0xFFFFFFFF
+
+
+def _mul32(x: torch.Tensor, constant: int) -> torch.Tensor:
+    """``x * constant mod 2**32`` for ``x`` in [0, 2**32), in int64 without overflow (16-bit halves)."""
+    low, high = x & 0xFFFF, x >> 16
+    return (low * constant + (((high * constant) & 0xFFFF) << 16)) & _MASK32
+
+
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    """MurmurHash3's 32-bit finaliser: every input bit flips about half the output bits."""
+    x = x ^ (x >> 16)
+    x = _mul32(x, 0x85EBCA6B)
+    x = x ^ (x >> 13)
+    x = _mul32(x, 0xC2B2AE35)
+    return x ^ (x >> 16)
+
+
+def uniforms(seeds: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
+    """One number in [0, 1) per row, a fixed function of ``(seed, step)`` (int64 tensors ``(rows,)``), float32."""
+    # Nested, not a XOR of two hashes (symmetric in seed and step); the offset keeps seed 0 away from the fixed point 0.
+    mixed = _mix32((_mix32((seeds + 0x9E3779B9) & _MASK32) + steps) & _MASK32)
+    return (mixed >> 8).float() / float(2**24)
+
+
+class _Prefill:
+    """First-token logits and cache rows of prompts joining the batch, after the prefix every prompt shares.
+
+    The tokens every prompt starts with (a chat template's system prompt: 24 of SmolLM2's ~80-token AlpacaEval
+    prompts) are computed once; each prompt keeps at least one token of its own for its first logits. The joining
+    prompts are prefilled together in one padding-free forward (each attends to the prefix and to itself:
+    ``dpo_engine.segment_attention``): on 2 CPU cores 8 prompts of 105-291 tokens took 3.7-4.1 s left-padded together
+    and 2.4 s one at a time; 32 prompts 4.7-4.9 s one at a time and 3.0-3.5 s padding-free together
+    (docs/benchmarks.md §3).
+    """
+
+    def __init__(self, model, prompts: Sequence[list[int]], device):
+        self.model, self.prompts, self.device = model, prompts, device
+        self.prefix = _common_prefix(prompts)[: min(map(len, prompts), default=1) - 1]
+        self.prefix_layers = None
+        if self.prefix:
+            out = model(input_ids=torch.tensor([self.prefix], device=device), use_cache=True, logits_to_keep=1)
+            self.prefix_layers = _layers(out.past_key_values)
+
+    def _prefix_cache(self) -> DynamicCache | None:
+        """A new cache holding the prefix per forward: the forward appends to it."""
+        return DynamicCache(ddp_cache_data=self.prefix_layers) if self.prefix else None
+
+    def __call__(self, indices: list[int]) -> tuple[torch.Tensor, list[tuple[list, torch.Tensor]]]:
+        """``(first-token logits (prompts, vocab), per prompt its cache layers and mask)``."""
+        suffixes = [self.prompts[index][len(self.prefix):] for index in indices]
+        if not supports_packing(self.model):
+            return self._one_by_one(suffixes)
+        p = len(self.prefix)
+        bounds = list(itertools.accumulate(map(len, suffixes), initial=0))
+        keep = torch.zeros(1, bounds[-1], dtype=torch.bool)
+        keep[0, [end - 1 for end in bounds[1:]]] = True
+        with segment_attention(self.model):
+            out = self.model(
+                input_ids=torch.tensor([[token for suffix in suffixes for token in suffix]], device=self.device),
+                position_ids=torch.tensor([[p + i for suffix in suffixes for i in range(len(suffix))]],
+                                          device=self.device),
+                past_key_values=self._prefix_cache(), use_cache=True, logits_to_keep=keep.to(self.device),
+                segments=[(start, end, None) for start, end in zip(bounds, bounds[1:])],
+            )
+        added = [
+            ([(torch.cat([keys[:, :, :p], keys[:, :, p + start : p + end]], dim=2),
+               torch.cat([values[:, :, :p], values[:, :, p + start : p + end]], dim=2))
+              for keys, values in _layers(out.past_key_values)],
+             torch.ones(1, p + end - start, dtype=torch.long, device=self.device))
+            for start, end in zip(bounds, bounds[1:])
+        ]
+        return out.logits.reshape(len(suffixes), -1), added
+
+    def _one_by_one(self, suffixes: list[list[int]]) -> tuple[torch.Tensor, list[tuple[list, torch.Tensor]]]:
+        """One forward per prompt, for models the padding-free path cannot run."""
+        logits, added = [], []
+        for suffix in suffixes:
+            out = self.model(input_ids=torch.tensor([suffix], device=self.device), use_cache=True, logits_to_keep=1,
+                             past_key_values=self._prefix_cache())
+            logits.append(out.logits[0, -1])
+            valid = torch.ones(1, len(self.prefix) + len(suffix), dtype=torch.long, device=self.device)
+            added.append((_layers(out.past_key_values), valid))
+        return torch.stack(logits), added
 
 
 def _common_prefix(prompts: Sequence[list[int]]) -> list[int]:

@@ -5,9 +5,11 @@ subset of them, or any jsonl/csv/json/parquet file with an instruction column. E
 message and goes through the model's chat template exactly as training and scoring see prompts
 (``dpo_engine.tokenization.prompt_ids``).
 
-Generation decodes 16 prompts at a time by default, by continuous batching (``decoding.py``: when an answer
-finishes, its slot takes the next prompt): on a 2-core CPU one decoding step costs about the same for 2 to 8 prompts
-and only 1.2x more for 16, so keeping every slot busy is what makes batching pay (docs/benchmarks.md §3). Models
+Generation decodes 64 prompts at a time on a CUDA GPU and 16 elsewhere by default (``config.generation_defaults``,
+with bf16 weights and answers up to 2048 tokens on CUDA, fp32 and 256 tokens elsewhere), by continuous batching
+(``decoding.py``: when an answer finishes, its slot takes the next prompt): on a 2-core CPU one decoding step costs
+about the same for 2 to 8 prompts and only 1.2x more for 16, so keeping every slot busy is what makes batching pay
+(docs/benchmarks.md §3). Models
 whose cache cannot be spliced get left-padded batches through ``model.generate`` (pad = ``<|im_end|>``, setup notes
 §5). Greedy decoding by default. Outputs are cached on disk, one parquet part file per finished group of
 ``batch_size`` prompts (longest instructions first), keyed by (model weights, adapter weights, prompt set,
@@ -20,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +30,7 @@ import pandas as pd
 import torch
 
 from dpo_engine.errors import ConfigError, DataError
+from dpo_engine.evaluation.config import EvalConfig, generation_defaults
 from dpo_engine.evaluation.decoding import stream_answers, supports_continuous_batching
 from dpo_engine.files import (
     atomic_write_json,
@@ -60,36 +63,61 @@ REFERENCE_COLUMNS = ("reference_output", "output")
 
 @dataclass(frozen=True)
 class GenerationSettings:
-    """How answers are generated. Every field is part of the cache key.
+    """How answers are generated. Every field, resolved for the device (``resolved``), is part of the cache key.
 
     ``max_new_tokens``: cap on generated tokens per answer (the stop token not counted).
     ``temperature``: 0.0 = greedy decoding; above 0, sampling with this temperature and ``top_p`` (a fraction).
     ``batch_size``: prompts decoded at once (continuous batching: a finished answer's slot takes the next prompt).
-    ``seed``: sampling seed (the prompt in row ``i`` of the prompt set samples from its own generator seeded
-    ``seed + i``, so a resumed job samples what an uninterrupted one would). ``dtype``: ``"fp32"`` or ``"bf16"`` weights.
-    ``device``: ``"auto"`` (cuda, then mps, then cpu), or a torch device name.
+    ``seed``: sampling seed (the prompt in row ``i`` of the prompt set samples from ``seed + i``, so a resumed job
+    samples what an uninterrupted one would). ``dtype``: ``"fp32"``, ``"bf16"`` or ``"auto"`` weights.
+    ``device``: ``"auto"`` (cuda, then mps, then cpu), or a torch device name. ``max_new_tokens``, ``batch_size``
+    None and ``dtype`` ``auto`` take the device's defaults (``dpo_engine.evaluation.config.generation_defaults``:
+    2048 tokens, 64 slots and bf16 on CUDA; 256, 16 and fp32 elsewhere). Other defaults are ``EvalConfig``'s.
     """
 
-    max_new_tokens: int = 256
-    temperature: float = 0.0
-    top_p: float = 1.0
-    batch_size: int = 16
-    seed: int = 0
-    dtype: str = "fp32"
-    device: str = "auto"
+    max_new_tokens: int | None = None
+    temperature: float = EvalConfig.temperature
+    top_p: float = EvalConfig.top_p
+    batch_size: int | None = None
+    seed: int = EvalConfig.seed
+    dtype: str = EvalConfig.dtype
+    device: str = EvalConfig.device
+
+    @classmethod
+    def from_eval_config(cls, config: EvalConfig) -> "GenerationSettings":
+        """The generation part of an evaluation's config."""
+        return cls(max_new_tokens=config.max_new_tokens, temperature=config.temperature, top_p=config.top_p,
+                   batch_size=config.batch_size, seed=config.seed, dtype=config.dtype, device=config.device)
+
+    def resolved(self, device: str) -> "GenerationSettings":
+        """These settings on ``device`` (cuda, mps or cpu): device defaults filled in, ``dtype`` concrete."""
+        defaults = generation_defaults(device)
+        return replace(
+            self,
+            max_new_tokens=self.max_new_tokens if self.max_new_tokens is not None else defaults["max_new_tokens"],
+            batch_size=self.batch_size if self.batch_size is not None else defaults["batch_size"],
+            dtype=defaults["dtype"] if self.dtype == "auto" else self.dtype,
+            device=device,
+        )
+
+    def describe(self) -> str:
+        """One line for the terminal, e.g. ``cuda, bf16, 64 slots, up to 2048 new tokens, greedy``."""
+        sampling = "greedy" if self.temperature == 0 else f"temperature {self.temperature:g}, top-p {self.top_p:g}"
+        return (f"{self.device}, {self.dtype}, {self.batch_size} slots, up to {self.max_new_tokens} new tokens, "
+                f"{sampling}")
 
     def validate(self) -> None:
         """Raise ``ConfigError`` naming the first bad field."""
-        if self.max_new_tokens < 1:
+        if self.max_new_tokens is not None and self.max_new_tokens < 1:
             raise ConfigError("max_new_tokens", f"must be at least 1, got {self.max_new_tokens}")
         if self.temperature < 0:
             raise ConfigError("temperature", f"must be >= 0 (0 = greedy), got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise ConfigError("top_p", f"must be in (0, 1], got {self.top_p}")
-        if self.batch_size < 1:
+        if self.batch_size is not None and self.batch_size < 1:
             raise ConfigError("batch_size", f"must be at least 1, got {self.batch_size}")
-        if self.dtype not in DTYPES:
-            raise ConfigError("dtype", f"must be one of {sorted(DTYPES)}, got '{self.dtype}'")
+        if self.dtype != "auto" and self.dtype not in DTYPES:
+            raise ConfigError("dtype", f"must be auto or one of {sorted(DTYPES)}, got '{self.dtype}'")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -213,6 +241,7 @@ def generate(
         adapter, model_path = model_path, resolve_model(adapter_base(model_path))
     adapter = Path(adapter) if adapter is not None else None
     device = detect_device() if settings.device == "auto" else settings.device
+    settings = settings.resolved(device)
 
     cache_key = generation_cache_key(model_path, adapter, prompts, settings, device)
     cache = generations_dir() / cache_key
@@ -274,6 +303,7 @@ def stream_generations(model, tokenizer, instructions: list[str], settings: Gene
     gets padded batches of ``settings.batch_size`` through ``model.generate`` instead. ``seeds[i]`` seeds prompt
     ``i``'s sampling (default ``settings.seed + i``).
     """
+    settings = settings.resolved(next(model.parameters()).device.type)
     stop_ids = stop_token_ids(tokenizer)
     encoded = [prompt_ids(tokenizer, [{"role": "user", "content": instruction}]) for instruction in instructions]
     seeds = seeds if seeds is not None else [settings.seed + i for i in range(len(encoded))]

@@ -223,6 +223,8 @@ def evaluate(
         "compare_to": compare_to,
         "judge": judge_info,
         "settings": settings.to_dict(),
+        # As the device resolved them (auto dtype, device-sized slots and answer lengths), from the first generation.
+        "resolved_settings": next(iter(generations.values())).attrs.get("generation", {}).get("settings"),
         "prompt_set": {**prompts.attrs.get("prompt_set", {}), "prompt_ids": prompts.prompt_id.tolist()},
         "generation_caches": {run_id: table.attrs.get("generation", {}).get("cache_dir")
                               for run_id, table in generations.items()},

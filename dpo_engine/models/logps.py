@@ -32,7 +32,7 @@ from typing import Sequence
 
 import torch
 
-from dpo_engine.models.segment_attention import segment_attention
+from dpo_engine.models.segment_attention import SEGMENT_ATTENTION, segment_attention
 
 # Logits (positions x vocabulary) one forward may produce: 2**27 fp32 values = 512 MB, i.e. 2,730 positions of
 # SmolLM2's 49,152-word vocabulary. A larger batch is split into several forwards.
@@ -116,13 +116,14 @@ def pair_logps(
 def supports_packing(model) -> bool:
     """Whether the padding-free segment path can stand in for the model's attention (sdpa or eager).
 
-    Not while activation checkpointing would recompute the forward during backward: the recomputation runs
-    outside ``segment_attention``, with the model's own attention over the whole row.
+    While activation checkpointing recomputes forwards during backward, only when the model's attention is the
+    segment function throughout (``with segment_attention(model):`` around training): the recomputation runs after
+    this call's own ``segment_attention`` block has closed.
     """
-    config = getattr(model, "config", None)
+    attention = getattr(getattr(model, "config", None), "_attn_implementation", None)
     if torch.is_grad_enabled() and getattr(model, "is_activation_checkpointing", False):
-        return False
-    return getattr(config, "_attn_implementation", None) in _SEGMENTABLE_ATTENTION
+        return attention == SEGMENT_ATTENTION
+    return attention in _SEGMENTABLE_ATTENTION + (SEGMENT_ATTENTION,)
 
 
 def concatenated_logps(model, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

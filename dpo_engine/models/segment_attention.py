@@ -17,7 +17,8 @@ Use::
 Position ids restart in each segment. With a cache holding a shared prefix (``past_key_values``), every segment
 also sees the prefix: several prompts after one system prompt are prefilled in a single padding-free forward.
 transformers passes extra forward keyword arguments down to the attention function; without the ``segments``
-keyword the function is transformers' own SDPA.
+keyword the function is transformers' own SDPA. With ``MARGIN_LAB_FUSED_ATTENTION`` set, a row without a cached
+prefix goes through one fused call per layer instead (``dpo_engine.models.varlen_attention``).
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ import torch
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface
+
+from dpo_engine.models.varlen_attention import fused_attention, fused_backend
 
 SEGMENT_ATTENTION = "margin_lab_segments"
 
@@ -43,6 +46,11 @@ def segment_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0
     if segments is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
     past = key.shape[2] - query.shape[2]
+    backend = fused_backend(query, past, dropout)
+    if backend is not None:  # opt-in: one fused call for the whole row (dpo_engine.models.varlen_attention)
+        fused = fused_attention(backend, module, query, key, value, segments, scaling)
+        if fused is not None:
+            return fused, None
     outputs = []
     for start, end, mask in segments:
         keys, values = key[:, :, past + start : past + end], value[:, :, past + start : past + end]

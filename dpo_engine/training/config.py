@@ -10,12 +10,13 @@ import math
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from dpo_engine.errors import ConfigError, DataError, ModelError, UserError
 from dpo_engine.losses.catalog import LOSS_DEFAULTS, LOSS_NAMES
+
+if TYPE_CHECKING:  # pandas is imported where pairs are loaded: this module stays light for gpu_check and the UI
+    import pandas as pd
 
 DEFAULT_MODEL = "smollm2-135m-instruct"  # dpo_engine.models.DEFAULT_MODEL, repeated to avoid importing torch
 PRECISIONS = ("fp32", "bf16")
@@ -76,8 +77,9 @@ class TrainConfig:
     warmup_ratio: float = field(default=0.1, metadata=_help("Fraction of the steps spent warming up linearly, in [0, 1)."))
     weight_decay: float = field(default=0.0, metadata=_help("AdamW weight decay."))
     max_grad_norm: float = field(default=1.0, metadata=_help("Gradient-norm clipping threshold; 0 turns clipping off."))
-    group_by_length: bool = field(default=False, metadata=_help(
-        "Batch pairs of similar length together (less padding, faster; the order is still shuffled)."))
+    group_by_length: bool = field(default=True, metadata=_help(
+        "Batch pairs of similar length together, the heaviest batch first: a batch too large for the device "
+        "fails in the first step, not hours in (the batches' order is still shuffled). Off: pairs in random order."))
 
     # Per-pair training: soft selection, MixDPO routing, curriculum (dpo_engine.training.pair_inputs)
     pair_scores: str = field(default="", metadata=_help(
@@ -110,6 +112,9 @@ class TrainConfig:
     precision: str = field(default="fp32", metadata=_help(
         "'fp32', or 'bf16': bf16 autocast (with LoRA the frozen base weights are also stored in bf16)."))
     device: str = field(default="auto", metadata=_help("'auto' (cuda, then mps, then cpu), 'cpu', 'cuda' or 'mps'."))
+    gradient_checkpointing: bool = field(default=False, metadata=_help(
+        "Keep only each layer's input for backward and recompute the rest: activations shrink by about the "
+        "number of layers, for about a third more compute per step. Padding-free rows are kept."))
     seed: int = field(default=42, metadata=_help("Seed for LoRA initialisation and data order."))
 
     # Bookkeeping
