@@ -99,7 +99,6 @@ def test_madpo_weights_and_descending_curriculum_from_a_scores_table(tmp_path):
     ({"w": [1.0, -2.0, 1.0, 1.0]}, {"weight_column": "w"}, "weight_column", "row 1"),
     ({"w": [1.0, "heavy", 1.0, 1.0]}, {"weight_column": "w"}, "weight_column", "row 1"),
     ({"w": [1.0] * 4}, {"weight_column": "w", "madpo_margin_column": "w"}, "madpo_margin_column", "not both"),
-    ({"d": [1.0] * 4}, {"curriculum_column": "d", "group_by_length": True}, "curriculum_column", "group_by_length"),
 ])
 def test_bad_per_pair_settings_name_the_field(tmp_path, columns, overrides, field, text):
     config = config_for(write_subset(tmp_path / "pairs.jsonl", **columns), **overrides)

@@ -98,7 +98,7 @@ class TrainConfig:
     sft_margin_threshold: float = field(default=0.0, metadata=_help("MixDPO margin threshold."))
     curriculum_column: str = field(default="", metadata=_help(
         "Train in ascending order of this column (easy to hard, e.g. learning_order) instead of shuffling; "
-        "pairs without a value go last. Not together with group_by_length."))
+        "pairs without a value go last. Takes precedence over group_by_length."))
     curriculum_descending: bool = field(default=False, metadata=_help(
         "Curriculum in descending order (for a margin, where larger means easier)."))
 
@@ -213,8 +213,6 @@ class TrainConfig:
             raise ConfigError("device", "is 'mps' but MPS is not available")
         if self.weight_column and self.madpo_margin_column:
             raise ConfigError("madpo_margin_column", "give weight_column or madpo_margin_column, not both")
-        if self.curriculum_column and self.group_by_length:
-            raise ConfigError("curriculum_column", "a curriculum fixes the order: turn group_by_length off")
         require(0 <= self.madpo_strength < 1, "madpo_strength", "in [0, 1)")
         require(self.madpo_scale > 0, "madpo_scale", "> 0")
         from dpo_engine.training.pair_inputs import prepare_pair_inputs
