@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from dpo_engine.runs import manager as runs
+from dpo_engine import runs
 from dpo_engine.evaluation.generation import GenerationSettings, load_eval_prompts
 from dpo_engine.evaluation.judges import ScoreFunctionJudge
 from dpo_engine.evaluation.report import evaluate

@@ -4,7 +4,7 @@ import pandas as pd
 import streamlit as st
 
 from dpo_engine import jobs
-from dpo_engine.runs import manager as runs
+from dpo_engine import runs
 
 JUDGES = {
     "builtin": "built-in offline judge (embedding reward head trained on GPT-4-scored UltraFeedback)",

@@ -15,7 +15,7 @@ import yaml
 from dashboard.figures import training_curves
 from dashboard.state import current_source, dataset_fingerprint, load, pairs_file
 from dpo_engine import jobs
-from dpo_engine.runs import manager as runs
+from dpo_engine import runs
 from dpo_engine.errors import UserError
 from dpo_engine.losses.catalog import LOSS_DEFAULTS, LOSS_DOCS, LOSS_NAMES
 from dpo_engine.paths import workspace_subdir

@@ -17,7 +17,7 @@ import json
 import time
 from pathlib import Path
 
-from dpo_engine.runs import manager as runs
+from dpo_engine import runs
 
 # Status fields `runs show` prints, in this order (times are shown as local dates).
 STATUS_FIELDS = ("state", "message", "step", "total_steps", "device", "pid", "launched", "started", "finished", "heartbeat")

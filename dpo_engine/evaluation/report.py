@@ -240,7 +240,7 @@ def describe_run(run_id: str) -> dict:
     selection is saved in this workspace, else ""), ``subset_size`` (training pairs), ``loss``, ``loss_params``,
     ``learning_rate``, ``num_epochs``.
     """
-    from dpo_engine.runs.manager import get_run
+    from dpo_engine.runs import get_run
 
     run = get_run(run_id)
     config = run.config

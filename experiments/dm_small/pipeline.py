@@ -306,7 +306,7 @@ class Study:
 
     def current_runs(self, variant: Variant, wanted: str) -> list:
         """Runs of this variant made with the wanted settings, newest first."""
-        from dpo_engine.runs import manager as runs
+        from dpo_engine import runs
 
         found = []
         for run in runs.list_runs():
@@ -320,7 +320,7 @@ class Study:
 
     def train(self, variant: Variant, subset_path: Path) -> str:
         """The variant's completed run id: an existing one, a resumed one, or a new one trained in this process."""
-        from dpo_engine.runs import manager as runs
+        from dpo_engine import runs
 
         config = self.train_config(variant, subset_path)
         wanted = self._desired_stamp(config, subset_path)
@@ -356,13 +356,13 @@ class Study:
         return final.run_id
 
     def _foreground(self, run_id: str) -> None:
-        from dpo_engine.runs import manager as runs
+        from dpo_engine import runs
 
         final = runs.run_foreground(run_id)
         self.log(f"run {run_id}: {final['state']}: {(final.get('message') or '').splitlines()[0]}")
 
     def _wait(self, run_id: str) -> None:
-        from dpo_engine.runs import manager as runs
+        from dpo_engine import runs
 
         last, logged = None, 0.0
         while True:

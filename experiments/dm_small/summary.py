@@ -177,7 +177,7 @@ def training_rows(states: dict, keys: list[str]) -> list[dict]:
     """End-of-training statistics of each variant's run, from its metrics.jsonl: means over the last
     ``TRAINING_TAIL`` logged steps of the loss, reward margin (nats scaled by the loss's beta) and reward accuracy
     (share of the batch's pairs whose implicit reward ranks chosen first). Runs without metrics are left out."""
-    from dpo_engine.runs import manager as runs
+    from dpo_engine import runs
 
     rows = []
     for key in keys:
