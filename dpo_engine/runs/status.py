@@ -26,7 +26,7 @@ from dpo_engine.runs.processes import ACTIVE_STATES, is_alive, is_suspended, tai
 HEARTBEAT_STALE_ENV = "MARGIN_LAB_HEARTBEAT_STALE_S"
 DEFAULT_HEARTBEAT_STALE_S = 30.0
 LOG_LINES_IN_MESSAGE = 20
-FINAL_WRITE_RETRY_S = 5.0
+STATUS_RETRY_ENV = "MARGIN_LAB_STATUS_RETRY_S"
 FINAL_WRITE_ATTEMPTS = 720  # an hour of retries: long enough for someone to free disk space
 
 
@@ -62,9 +62,17 @@ def update_status(run_dir: Path, only_if: Callable[[dict], bool] | None = None, 
         return status
 
 
-def update_status_retrying(run_dir: Path, retry_s: float = FINAL_WRITE_RETRY_S,
-                           attempts: int = FINAL_WRITE_ATTEMPTS, **changes) -> dict:
-    """`update_status`, retried every ``retry_s`` seconds while the disk refuses (``OSError``: full, read-only)."""
+def status_retry_s() -> float:
+    """Seconds between tries of a status write the disk refused (``$MARGIN_LAB_STATUS_RETRY_S``, default 5)."""
+    try:
+        return max(0.01, float(os.environ.get(STATUS_RETRY_ENV, "5")))
+    except ValueError:
+        return 5.0
+
+
+def update_status_retrying(run_dir: Path, attempts: int = FINAL_WRITE_ATTEMPTS, **changes) -> dict:
+    """`update_status`, retried every ``status_retry_s()`` while the disk refuses (``OSError``: full, read-only)."""
+    retry_s = status_retry_s()
     for attempt in range(1, attempts + 1):
         try:
             return update_status(run_dir, **changes)
