@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from dpo_engine.runs.layout import LOG_FILE, RunError, RunInfo
-from dpo_engine.runs.processes import ACTIVE_STATES, engine_environment, start_detached, start_time, terminate
+from dpo_engine.runs.processes import ACTIVE_STATES, engine_environment, start_detached, start_time, terminate, wait_for_exit
 from dpo_engine.runs.reading import find_run_dir, get_run, load_run
 from dpo_engine.runs.registry import unregister
 from dpo_engine.runs.status import update_status, worker_is_ours
@@ -40,7 +40,7 @@ def resume(run_id: str) -> RunInfo:
         raise RunError(f"run '{run_id}' is still {info.state}: stop it first")
     if info.state == "completed":
         raise RunError(f"run '{run_id}' already completed")
-    if worker_is_ours(info.status) or worker_lock_is_held(info.run_dir):
+    if not _worker_ended(info, grace_s=5.0):
         raise RunError(f"run '{run_id}' still has a live worker (pid {info.status.get('pid')}): stop it first")
     _spawn_worker(info.run_dir, resume=True)
     return get_run(run_id)
@@ -100,6 +100,15 @@ def delete(run_id: str) -> None:
         raise RunError(f"run '{run_id}' still has a live worker: stop it before deleting it")
     shutil.rmtree(run_dir)
     unregister(info.run_id)
+
+
+def _worker_ended(info: RunInfo, grace_s: float) -> bool:
+    """Whether no process of the run lives, waiting up to ``grace_s`` for a worker that has recorded its end."""
+    pid = info.status.get("pid")
+    if pid is not None and worker_is_ours(info.status):
+        # A worker that wrote its final status is still closing its files for a moment.
+        wait_for_exit(pid, info.status.get("pid_started"), grace_s)
+    return not worker_is_ours(info.status) and not worker_lock_is_held(info.run_dir)
 
 
 def _usable(run_id: str) -> RunInfo:
