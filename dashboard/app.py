@@ -10,9 +10,11 @@ if REPO_ROOT not in sys.path:
 
 import streamlit as st  # noqa: E402
 
+from dashboard.access import require_login  # noqa: E402
 from dashboard.state import current_source  # noqa: E402
 
 st.set_page_config(page_title="Margin Lab", page_icon=":material/scatter_plot:", layout="wide")
+require_login()  # before any page renders
 
 pages = [
     st.Page("views/data.py", title="Data", icon=":material/table_view:"),
