@@ -3,16 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import re
 
-JUDGE_HELP = (
-    "who judges each answer against the baseline's: 'builtin' (offline stand-in: embedding reward head trained on "
-    "GPT-4-scored UltraFeedback pairs), 'reward-model:PATH' (a local AutoModelForSequenceClassification directory) "
-    "or 'openai:BASE_URL:MODEL' (an OpenAI-compatible /chat/completions endpoint, e.g. "
-    "openai:http://localhost:8000/v1:my-model; the key is read from $OPENAI_API_KEY when set)"
-)
-# openai:<scheme>://<host>[:<port>][/<path without ':'>]:<model, which may hold ':' and '/'>
-OPENAI_SPEC = re.compile(r"^openai:(https?://[^/:]+(?::\d+)?(?:/[^:]*)?):(.+)$")
+from dpo_engine.evaluation.judge_factory import JUDGE_HELP, make_judge
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -66,26 +58,6 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--name", help="a name for this evaluation (prefix of its id)")
     parser.add_argument("--progress-file", help="JSON file updated with {stage, done, total} (for the dashboard)")
     parser.set_defaults(func=run)
-
-
-def make_judge(spec: str):
-    """A judge from its command-line spec (see ``--judge``)."""
-    from dpo_engine.errors import ConfigError
-
-    if spec == "builtin":
-        from dpo_engine.evaluation.report import offline_judge
-
-        return offline_judge()
-    if spec.startswith("reward-model:") and len(spec) > len("reward-model:"):
-        from dpo_engine.evaluation.judges import RewardModelJudge
-
-        return RewardModelJudge(spec[len("reward-model:"):])
-    match = OPENAI_SPEC.match(spec)
-    if match:
-        from dpo_engine.evaluation.judges import OpenAIChatJudge
-
-        return OpenAIChatJudge(base_url=match.group(1), model=match.group(2))
-    raise ConfigError("judge", f"'{spec}' is not builtin, reward-model:PATH or openai:BASE_URL:MODEL")
 
 
 def run(args) -> int:

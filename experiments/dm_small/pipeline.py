@@ -398,7 +398,7 @@ class Study:
     @property
     def judge(self):
         if self._judge is None:
-            from dpo_engine.cli.eval import make_judge
+            from dpo_engine.evaluation.judge_factory import make_judge
 
             self._judge = make_judge(self.profile["eval"]["judge"])
         return self._judge
