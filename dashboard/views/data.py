@@ -4,7 +4,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from dashboard.components import pair_browser, validation_report
+from dashboard.components import escape_markdown, pair_browser, validation_report
 from dashboard.figures import response_length_chart
 from dashboard.state import DataSource, bundled_source, current_source, load, set_source
 from dpo_engine.data.pairs import FIELDS, bundled_datasets
@@ -91,7 +91,7 @@ if not validation_report(report):
 if candidate != source:
     set_source(candidate)
     st.rerun()  # the sidebar and other pages follow the new dataset
-st.caption(f"Current dataset: **{candidate.label}** · `{candidate.source}`")
+st.caption(f"Current dataset: **{escape_markdown(candidate.label)}** · {escape_markdown(candidate.source)}")
 
 pairs = loaded.pairs
 if len(pairs):

@@ -3,6 +3,7 @@
 import pandas as pd
 import streamlit as st
 
+from dashboard.components import escape_markdown
 from dpo_engine import jobs, runs
 from dpo_engine.errors import UserError
 from dpo_engine.evaluation import figures, store
@@ -98,7 +99,7 @@ def eval_jobs() -> bool:
         eval_progress(recent[0])
         return True
     if info["state"] in ("failed", "stopped") and not (recent[0] / "dismissed").exists():
-        st.error(f"The last evaluation {info['state']}: {info['message']}")
+        st.error(f"The last evaluation {info['state']}: {escape_markdown(info['message'], keep_lines=True)}")
         with st.expander("Job log"):
             st.code(jobs.tail(recent[0]) or "(no output)", language=None)
         if st.button("Dismiss"):
@@ -177,7 +178,7 @@ def show_eval(eval_id: str) -> None:
     number = st.slider("Prompt", 1, len(rows), 1) if len(rows) > 1 else 1
     row = rows.iloc[number - 1]
     with st.container(border=True):
-        st.markdown(f"**{row.prompt_id}** ({row.dataset}) · preference for the run: **{row.preference:.2f}**")
+        st.markdown(f"**{escape_markdown(row.prompt_id)}** ({escape_markdown(row.dataset)}) · preference for the run: **{row.preference:.2f}**")
         st.text(row.instruction)
         mine, base = st.columns(2)
         mine.markdown(f"**{run_id}**")

@@ -12,6 +12,7 @@ import pandas as pd
 import streamlit as st
 import yaml
 
+from dashboard.components import escape_markdown
 from dashboard.figures import training_curves
 from dashboard.state import current_source, dataset_fingerprint, load, pairs_file
 from dpo_engine import jobs
@@ -19,7 +20,7 @@ from dpo_engine import runs
 from dpo_engine.errors import UserError
 from dpo_engine.losses.catalog import LOSS_DEFAULTS, LOSS_DOCS, LOSS_NAMES
 from dpo_engine.paths import workspace_subdir
-from dpo_engine.selection.store import export_selection, list_selections
+from dpo_engine.selection.store import export_selection, list_selections, selection_path
 
 ALL_PAIRS = "__all__"
 FORM_GROUPS = {
@@ -65,7 +66,8 @@ def subset_file(choice: str, selections: dict, source, loaded, dataset_fp: str) 
     if choice == ALL_PAIRS:
         return pairs_file(source, loaded, dataset_fp)
     selection = selections[choice]
-    path = workspace_subdir("subsets") / f"{choice}-{dataset_fp}.jsonl"
+    # The selection's own (sanitised) file stem, never the raw name: the subset stays inside the workspace.
+    path = workspace_subdir("subsets") / f"{selection_path(choice).stem}-{dataset_fp}.jsonl"
     export_selection(selection, loaded.pairs, path)
     return str(path)
 
@@ -122,10 +124,10 @@ def pending_launches() -> None:
         info = jobs.status(job_dir)
         config = Path(info["argv"][2]).name
         if info["state"] == "running":
-            st.info(f"Validating and creating the run for `{config}`…", icon=":material/hourglass_top:")
+            st.info(f"Validating and creating the run for {escape_markdown(config)}…", icon=":material/hourglass_top:")
         elif info["state"] == "failed" and not (job_dir / "dismissed").exists():
             with st.container(border=True):
-                st.error(f"Launching `{config}` failed: {info['message']}")
+                st.error(f"Launching {escape_markdown(config)} failed: {escape_markdown(info['message'], keep_lines=True)}")
                 if st.button("Dismiss", key=f"dismiss-{job_dir.name}"):
                     (job_dir / "dismissed").touch()
                     st.rerun()
@@ -205,9 +207,9 @@ def confirm_delete(run_id: str) -> None:
 
 def run_details(run) -> None:
     """One run: status, actions, log tail and config."""
-    st.markdown(f"**{run.run_id}** · {run.state} · step {run.step}/{run.total_steps or '?'} · subset {run.subset_name}")
+    st.markdown(f"**{run.run_id}** · {run.state} · step {run.step}/{run.total_steps or '?'} · subset {escape_markdown(run.subset_name)}")
     if run.message:
-        (st.error if run.state == "failed" else st.caption)(run.message)
+        (st.error if run.state in ("failed", "corrupt") else st.caption)(escape_markdown(run.message, keep_lines=True))
     actions = st.container(horizontal=True)
     if run.is_active and actions.button("Stop", icon=":material/stop:"):
         # `runs stop` waits for the checkpoint: a job, so this page does not block.

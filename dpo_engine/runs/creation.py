@@ -45,8 +45,6 @@ def create_run(
     """
     if name is not None:
         check_name(name, "run name")
-    if selection_name is not None:
-        check_name(selection_name, "selection name")
     train_config, config_text = _validated_config(config)
     run_id = _new_run_id(name or train_config.loss)
     final_dir = Path(run_dir).expanduser().resolve() if run_dir else runs_root() / run_id

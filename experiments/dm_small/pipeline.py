@@ -261,8 +261,8 @@ class Study:
             if same:
                 selection = previous
             else:
-                save_selection(selection, path=study_copy)
-            save_selection(selection)  # the workspace copy: the dashboard and results.csv's subset_rule read it
+                save_selection(selection, path=study_copy, overwrite=True)
+            save_selection(selection, overwrite=True)  # the workspace copy: the dashboard and results.csv's subset_rule read it
             if not same or not subset_path.exists():
                 export_selection(selection, pairs, subset_path)
             exported[spec.key] = subset_path
