@@ -22,8 +22,10 @@ PAIR_TABLE_COLUMNS = {
 
 
 PROMPT_PREVIEW_CHARS = 200
-# What markdown, Streamlit's directives (:red[...], :emoji:, :material/x:) and its LaTeX ($) give a meaning.
-MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$:&=])")
+# What lets text become markup in Streamlit's markdown: code spans, images and links ([...], also Streamlit's
+# :red[...] directives), HTML and autolinks (<...>), emphasis, strikethrough, tables, LaTeX ($). Characters that only
+# matter at the start of a line (#, -, 1.) are harmless once lines are joined; '_' is left alone so ids stay readable.
+MARKDOWN_SPECIAL = re.compile(r"([\\`*!\[\]<>~|$])")
 
 
 def escape_markdown(text, *, keep_lines: bool = False) -> str:

@@ -72,12 +72,7 @@ SUMMARY_LABELS = {
 
 def score_job_for(out_path: Path) -> dict | None:
     """The newest `dpo-engine score` job writing ``out_path``, as `jobs.status` describes it."""
-    for job_dir in jobs.list_jobs("score"):
-        info = jobs.status(job_dir)
-        argv = info.get("argv", [])
-        if "--out" in argv and argv[argv.index("--out") + 1] == str(out_path):
-            return info
-    return None
+    return jobs.find("score", out=out_path)
 
 
 def compute_form(source, loaded, dataset_fp: str, has_scores: bool) -> None:

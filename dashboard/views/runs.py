@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pandas as pd
 import streamlit as st
-import yaml
 
 from dashboard.components import escape_markdown
 from dashboard.figures import training_curves
@@ -21,6 +20,7 @@ from dpo_engine.errors import UserError
 from dpo_engine.losses.catalog import LOSS_DEFAULTS, LOSS_DOCS, LOSS_NAMES
 from dpo_engine.paths import workspace_subdir
 from dpo_engine.selection.store import export_selection, list_selections, selection_path
+from dpo_engine.training.config import TrainConfig
 
 ALL_PAIRS = "__all__"
 FORM_GROUPS = {
@@ -35,8 +35,6 @@ CHOICES = {"precision": ["fp32", "bf16"], "device": ["auto", "cpu", "cuda", "mps
 @st.cache_resource
 def config_fields() -> dict[str, tuple[object, str]]:
     """``{field: (default, help)}`` of `TrainConfig`."""
-    from dpo_engine.training.config import TrainConfig
-
     defaults = TrainConfig()
     return {f.name: (getattr(defaults, f.name), f.metadata.get("help", "")) for f in fields(TrainConfig)}
 
@@ -107,14 +105,16 @@ def launch_form(source, loaded, dataset_fp: str) -> None:
     except UserError as error:
         st.error(str(error))
         return
-    config = {**values, "loss": loss, "loss_params": loss_params}
-    config_path = workspace_subdir("launches") / f"{datetime.now():%Y%m%d-%H%M%S}-{loss}.yaml"
-    config_path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
-    argv = ["runs", "launch", str(config_path)]
-    argv += ["--name", name.strip()] if name.strip() else []
-    argv += ["--selection", subset] if subset != ALL_PAIRS else []
-    # The engine validates the config (and converts the model once) in a job, not in the UI process.
-    jobs.start("launch", argv, progress_file=False)
+    try:
+        # Field types and bounds are checked here at once (torch-free); the engine's full validation (the model,
+        # the data) runs in the launch job, not in the UI process.
+        config = TrainConfig.from_dict({**values, "loss": loss, "loss_params": loss_params})
+        request = runs.LaunchRequest(config=str(runs.save_launch_config(config)), name=name.strip() or None,
+                                     selection=subset if subset != ALL_PAIRS else None)
+    except UserError as error:
+        st.error(str(error))
+        return
+    jobs.start("launch", request)
     st.rerun()
 
 
@@ -122,7 +122,7 @@ def pending_launches() -> None:
     """Launch jobs still validating, and the error of any that failed (the run was not created)."""
     for job_dir in jobs.list_jobs("launch")[:5]:
         info = jobs.status(job_dir)
-        config = Path(info["argv"][2]).name
+        config = Path(str((info.get("options") or {}).get("config", "?"))).name
         if info["state"] == "running":
             st.info(f"Validating and creating the run for {escape_markdown(config)}…", icon=":material/hourglass_top:")
         elif info["state"] == "failed" and not (job_dir / "dismissed").exists():
@@ -213,7 +213,7 @@ def run_details(run) -> None:
     actions = st.container(horizontal=True)
     if run.is_active and actions.button("Stop", icon=":material/stop:"):
         # `runs stop` waits for the checkpoint: a job, so this page does not block.
-        jobs.start("stop", ["runs", "stop", run.run_id], progress_file=False)
+        jobs.start("stop", runs.StopRequest(run_id=run.run_id))
         st.toast("Stopping: the run finishes its step and writes a checkpoint.")
     if run.state in ("stopped", "failed") and actions.button("Resume", icon=":material/play_arrow:"):
         try:

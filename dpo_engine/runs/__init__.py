@@ -7,7 +7,7 @@
 
 One concern per module: `layout` (a run directory's files and their checks), `creation`, `status` (status.json,
 its lock, liveness), `processes` (detached processes, psutil liveness, signals; shared with `dpo_engine.jobs`),
-`registry` (SQLite index), `reading`, `control` (launch, resume, stop, delete), `devices` (slots), `worker`.
+`registry` (SQLite index), `requests` (what launch and stop take), `reading`, `control` (launch, resume, stop, delete), `devices` (slots), `worker`.
 """
 
 from dpo_engine.runs.control import delete, launch, resume, stop, run_foreground
@@ -28,12 +28,13 @@ from dpo_engine.runs.layout import (
 from dpo_engine.runs.processes import ACTIVE_STATES, STATES
 from dpo_engine.runs.reading import get_run, list_runs, read_metrics, tail_log
 from dpo_engine.runs.registry import rebuild_registry
+from dpo_engine.runs.requests import LaunchRequest, StopRequest, save_launch_config
 from dpo_engine.runs.status import HEARTBEAT_STALE_ENV
 from dpo_engine.runs.worker import HEARTBEAT_INTERVAL_ENV, TRAIN_TARGET_ENV, train_resolved
 
 __all__ = [
     "CONFIG_FILE", "LOG_FILE", "METRICS_FILE", "RESOLVED_CONFIG_FILE", "RUN_FILE", "STATUS_FILE", "SUBSET_FILE",
     "ACTIVE_STATES", "HEARTBEAT_INTERVAL_ENV", "HEARTBEAT_STALE_ENV", "RUNS_PER_DEVICE_ENV", "STATES", "TRAIN_TARGET_ENV",
-    "CorruptRunFile", "RunError", "RunInfo", "create_run", "delete", "get_run", "launch", "list_runs", "read_metrics",
-    "rebuild_registry", "resume", "runs_per_device", "stop", "tail_log", "run_foreground", "train_resolved",
+    "CorruptRunFile", "LaunchRequest", "RunError", "RunInfo", "StopRequest", "create_run", "delete", "get_run", "launch", "list_runs", "read_metrics",
+    "rebuild_registry", "resume", "runs_per_device", "save_launch_config", "stop", "tail_log", "run_foreground", "train_resolved",
 ]
