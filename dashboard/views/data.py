@@ -1,5 +1,6 @@
 """Data: choose the preference pairs, map their columns, check them, read them."""
 
+import hashlib
 from pathlib import Path
 
 import streamlit as st
@@ -9,6 +10,7 @@ from dashboard.figures import response_length_chart
 from dashboard.state import DataSource, bundled_source, current_source, load, set_source
 from dpo_engine.data.pairs import FIELDS, bundled_datasets
 from dpo_engine.data.lengths import length_histograms, length_summary, response_lengths
+from dpo_engine.files import atomic_write_bytes
 from dpo_engine.paths import workspace_subdir
 
 BUNDLED_NOTES = {
@@ -42,9 +44,13 @@ if kind == "Bundled demo":
 elif kind == "Upload a file":
     upload = st.file_uploader("Preference data (.jsonl, .json, .csv or .parquet)", type=["jsonl", "json", "csv", "parquet"])
     if upload is not None:
-        path = uploads / Path(upload.name).name
-        if not path.exists() or path.read_bytes() != upload.getvalue():  # rewriting would defeat the load cache
-            path.write_bytes(upload.getvalue())
+        # Named by content: two uploads of one file name never overwrite each other, and an unchanged file keeps
+        # its path (rewriting it would defeat the load cache).
+        data = upload.getvalue()
+        name = Path(upload.name)
+        path = uploads / f"{name.stem[:60]}-{hashlib.sha256(data).hexdigest()[:10]}{name.suffix.lower()}"
+        if not path.exists():
+            atomic_write_bytes(path, data)
         candidate = DataSource(source=str(path), label=upload.name)
     elif current_kind == 1:
         candidate = source
