@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from dpo_engine.evaluation.judge_factory import JUDGE_HELP, make_judge
+from dpo_engine.paths import NAME_RULE
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -55,9 +56,19 @@ def add_parser(subparsers) -> None:
                         help="prompts per generation batch (default: GenerationSettings', 16)")
     parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="model weights precision")
     parser.add_argument("--device", default="auto", help="cuda, mps, cpu or auto")
-    parser.add_argument("--name", help="a name for this evaluation (prefix of its id)")
+    parser.add_argument("--name", type=_checked_name, help=f"a name for this evaluation (prefix of its id): {NAME_RULE}")
     parser.add_argument("--progress-file", help="JSON file updated with {stage, done, total} (for the dashboard)")
     parser.set_defaults(func=run)
+
+
+def _checked_name(name: str) -> str:
+    from dpo_engine.errors import UserError
+    from dpo_engine.paths import check_name
+
+    try:
+        return check_name(name, "evaluation name")
+    except UserError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def run(args) -> int:

@@ -22,7 +22,7 @@ import pandas as pd
 
 from dpo_engine.errors import UserError
 from dpo_engine.files import atomic_write_json, atomic_write_text, read_json
-from dpo_engine.paths import check_name, workspace_subdir
+from dpo_engine.paths import workspace_subdir
 
 # results.csv, in this column order.
 RESULT_COLUMNS = [
@@ -56,10 +56,9 @@ class EvalResult:
 def save_evaluation(eval_name, results, per_prompt, judgements, prompts, meta) -> EvalResult:
     """Write the evaluation into a staging directory, then rename it into place (all files or none).
 
-    ``eval_name`` (optional) is checked by `dpo_engine.paths.check_name` and starts the evaluation id.
+    ``eval_name`` (optional, free text: names typed in the dashboard or the CLI are checked there with
+    `dpo_engine.paths.check_name`) is kept in meta.json; its slug starts the evaluation id, inside ``evals/``.
     """
-    if eval_name:
-        check_name(eval_name, "evaluation name")
     evals = workspace_subdir("evals")
     eval_id = f"{_slug(eval_name) or 'eval'}-{datetime.now().strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
     staging = evals / f".{eval_id}.partial"

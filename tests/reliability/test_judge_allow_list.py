@@ -106,5 +106,5 @@ def test_loading_a_saved_evaluation_imports_no_torch(workspace):
                              env={**__import__("os").environ, "MARGIN_LAB_HOME": str(workspace)})
     assert checked.returncode == 0, checked.stderr
     assert checked.stdout.strip() == "[]"
-    with pytest.raises(Exception, match="not allowed"):
-        store.save_evaluation("../outside", results, per_prompt, [], prompts, {})
+    escaped = store.save_evaluation("../../outside", results, per_prompt, [], prompts, {})
+    assert escaped.directory.parent == workspace / "evals" and escaped.eval_id.startswith("outside-")
