@@ -1,10 +1,14 @@
-# Margin Lab. `make demo` launches the dashboard on the bundled demo; `make test` runs every test.
+# Margin Lab. `make demo` launches the dashboard on the bundled demo (on 127.0.0.1; `make demo HOST=0.0.0.0`
+# to share it, with a login); `make test` runs every test.
 # Both run `make setup` first, which is idempotent.
 VENV    ?= .venv
 PY      := $(VENV)/bin/python
 PIP     := $(PY) -m pip
 STAMP   := $(VENV)/.setup-stamp
 PORT    ?= 8501
+# Loopback only by default. HOST=0.0.0.0 shares the dashboard and needs a login (MARGIN_LAB_PASSWORD or
+# st.login; see docs/security.md): the launcher refuses to start without one.
+HOST    ?= 127.0.0.1
 export MARGIN_LAB_HOME ?= $(CURDIR)/.margin_lab
 
 .PHONY: setup demo test bench browser clean-venv
@@ -27,7 +31,7 @@ browser:
 
 demo: setup
 	$(PY) -m dpo_engine.demo install
-	$(VENV)/bin/streamlit run dashboard/app.py --server.port $(PORT)
+	$(PY) -m dashboard.launch --host $(HOST) --port $(PORT)
 
 test: setup browser
 	$(PY) -m pytest

@@ -20,6 +20,7 @@ BENCHMARKS = {
     "generation": "bench_generation.py",
     "dashboard": "bench_dashboard.py",
     "memory": "bench_memory.py",
+    "load": "bench_load.py",
 }
 
 

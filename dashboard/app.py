@@ -10,9 +10,12 @@ if REPO_ROOT not in sys.path:
 
 import streamlit as st  # noqa: E402
 
+from dashboard.access import require_login  # noqa: E402
+from dashboard.components import escape_markdown  # noqa: E402
 from dashboard.state import current_source  # noqa: E402
 
 st.set_page_config(page_title="Margin Lab", page_icon=":material/scatter_plot:", layout="wide")
+require_login()  # before any page renders
 
 pages = [
     st.Page("views/data.py", title="Data", icon=":material/table_view:"),
@@ -25,5 +28,5 @@ pages = [
 # run after a start treats the app as an old-style (v1) multipage app and runs a deep-linked page without app.py.
 page = st.navigation(pages)
 with st.sidebar:
-    st.caption(f"Dataset: **{current_source().label}**")
+    st.caption(f"Dataset: **{escape_markdown(current_source().label)}**")
 page.run()

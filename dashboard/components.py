@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pandas as pd
 import streamlit as st
 
@@ -20,6 +22,21 @@ PAIR_TABLE_COLUMNS = {
 
 
 PROMPT_PREVIEW_CHARS = 200
+# What lets text become markup in Streamlit's markdown: code spans, images and links ([...], also Streamlit's
+# :red[...] directives), HTML and autolinks (<...>), emphasis, strikethrough, tables, LaTeX ($). Characters that only
+# matter at the start of a line (#, -, 1.) are harmless once lines are joined; '_' is left alone so ids stay readable.
+MARKDOWN_SPECIAL = re.compile(r"([\\`*!\[\]<>~|$])")
+
+
+def escape_markdown(text, *, keep_lines: bool = False) -> str:
+    """``text`` shown literally inside Streamlit markdown: special characters backslash-escaped.
+
+    For anything that comes from a dataset, a file name or a log (pair ids, labels, messages): a backtick cannot
+    close a code span, ``![](url)`` cannot load an image, ``[x](url)`` cannot become a link. Lines are joined
+    with spaces, or with markdown line breaks when ``keep_lines`` (a log tail).
+    """
+    lines = [MARKDOWN_SPECIAL.sub(r"\\\1", line) for line in str(text).splitlines()]
+    return ("  \n" if keep_lines else " ").join(lines)
 
 
 def pair_browser(pairs: pd.DataFrame, columns: list[str], *, key: str) -> None:
@@ -49,9 +66,9 @@ def pair_browser(pairs: pd.DataFrame, columns: list[str], *, key: str) -> None:
 def pair_viewer(pair: pd.Series) -> None:
     """Full text of one pair: the prompt conversation, then chosen and rejected side by side."""
     with st.container(border=True):
-        st.markdown(f"**Pair `{pair['pair_id']}`** · source row {pair['row']}")
+        st.markdown(f"**Pair {escape_markdown(pair['pair_id'])}** · source row {pair['row']}")
         if pair.get("warnings"):
-            st.warning(f"Warnings: {pair['warnings'].replace(';', ', ')}")
+            st.warning(f"Warnings: {escape_markdown(pair['warnings'].replace(';', ', '))}")
         for message in pair["prompt_messages"]:
             st.markdown(f"**{message['role'].capitalize()}**")
             st.text(message["content"])
@@ -69,7 +86,7 @@ def validation_report(report: ValidationReport) -> bool:
     if report.errors:
         st.error(
             "This data cannot be used:\n\n"
-            + "\n".join(f"- {issue.message}" + _where(issue) for issue in report.errors)
+            + "\n".join(f"- {escape_markdown(issue.message)}" + _where(issue) for issue in report.errors)
         )
         return False
     counts = report.warning_counts()
@@ -87,6 +104,6 @@ def validation_report(report: ValidationReport) -> bool:
 
 
 def _where(issue) -> str:
-    parts = [f"row {issue.row}" if issue.row is not None else "", f"column `{issue.column}`" if issue.column else ""]
+    parts = [f"row {issue.row}" if issue.row is not None else "", f"column {escape_markdown(issue.column)}" if issue.column else ""]
     where = ", ".join(part for part in parts if part)
     return f" ({where})" if where else ""

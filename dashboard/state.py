@@ -19,6 +19,7 @@ from dpo_engine.paths import ASSETS_DIR, workspace_subdir
 
 DEFAULT_DATASET = "ultrafeedback"
 SOURCE_KEY = "data_source"
+DATASET_PARAM, UPLOAD_PARAM = "dataset", "upload"  # query parameters that restore the dataset after a reload
 
 
 @dataclass(frozen=True)
@@ -40,13 +41,34 @@ def bundled_source(name: str) -> DataSource:
 
 
 def current_source() -> DataSource:
+    """This session's dataset: chosen on the Data page, else restored from the page address, else the default."""
     if SOURCE_KEY not in st.session_state:
-        st.session_state[SOURCE_KEY] = bundled_source(DEFAULT_DATASET)
+        st.session_state[SOURCE_KEY] = source_from_query() or bundled_source(DEFAULT_DATASET)
     return st.session_state[SOURCE_KEY]
 
 
 def set_source(source: DataSource) -> None:
     st.session_state[SOURCE_KEY] = source
+    for key in (DATASET_PARAM, UPLOAD_PARAM):
+        st.query_params.pop(key, None)
+    if source.bundled is not None:
+        st.query_params[DATASET_PARAM] = source.bundled
+    elif Path(source.source).parent == workspace_subdir("uploads") and not source.columns:
+        st.query_params[UPLOAD_PARAM] = Path(source.source).name
+
+
+def source_from_query() -> DataSource | None:
+    """The dataset named in the address (``?dataset=<bundled name>`` or ``?upload=<uploaded file>``), so a reload
+    keeps it. Only those two: a link cannot make the server read an arbitrary path."""
+    name = st.query_params.get(DATASET_PARAM)
+    if name in bundled_datasets():
+        return bundled_source(name)
+    upload = st.query_params.get(UPLOAD_PARAM)
+    uploads = workspace_subdir("uploads")
+    if upload and (uploads / Path(upload).name).is_file():
+        path = uploads / Path(upload).name
+        return DataSource(source=str(path), label=path.name)
+    return None
 
 
 def _mtime(path: str) -> float:

@@ -79,7 +79,7 @@ def install_demo(source: str | Path = DEMO_DIR, *, force: bool = False) -> dict:
             shutil.copy2(selection, target)
             result["selections"].append(selection.name)
     if result["runs"]:
-        from dpo_engine.runs.manager import rebuild_registry
+        from dpo_engine.runs import rebuild_registry
 
         rebuild_registry()
     atomic_write_json(marker, {

@@ -16,7 +16,7 @@ def trained_run(tmp_path_factory):
     """A finished tiny-model run (two steps, a large learning rate so the adapter is far from zero)."""
     import os
 
-    from dpo_engine.runs import manager as runs
+    from dpo_engine import runs
 
     home = tmp_path_factory.mktemp("home")
     previous = os.environ.get("MARGIN_LAB_HOME")

@@ -13,10 +13,9 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from dpo_engine.runs import manager as runs
-from dpo_engine import jobs
+from dpo_engine import jobs, runs
 from dpo_engine.cli.eval import add_parser
-from dpo_engine.cli.flags import config_from_args
+from dpo_engine.cli.flags import config_from_args, config_to_argv
 from dpo_engine.evaluation.config import EvalConfig
 from dpo_engine.evaluation.generation import GenerationSettings, load_eval_prompts
 from dpo_engine.evaluation.judges import ScoreFunctionJudge
@@ -132,6 +131,8 @@ def test_results_form_starts_the_eval_job_from_an_eval_config(workspace, evaluat
     assert len(started) == 1 and started[0][0] == "eval"
     parser = argparse.ArgumentParser()
     add_parser(parser.add_subparsers())
-    config = config_from_args(EvalConfig, parser.parse_args(started[0][1]))
+    assert isinstance(started[0][1], EvalConfig)
+    argv = ["eval", *config_to_argv(started[0][1], positional=("run_ids",))]
+    config = config_from_args(EvalConfig, parser.parse_args(argv))
     assert sorted(config.run_ids) == sorted(run_ids) and config.max_new_tokens is None and config.dtype == "auto"
     assert config.n == 32 and config.compare_to == config.run_ids[0]

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from dpo_engine.runs import manager as runs
+from dpo_engine import runs
 from dpo_engine.demo import DEMO_DIR, demo_manifest, install_demo
 from dpo_engine.evaluation import report
 from dpo_engine.evaluation.metrics import bootstrap_ci, win_rate

@@ -54,7 +54,7 @@ def test_plain_export_is_trl_standard(tmp_path):
 
 
 def test_run_subset_is_in_trl_format(tmp_path):
-    from dpo_engine.runs.manager import SUBSET_FILE, create_run, get_run
+    from dpo_engine.runs import SUBSET_FILE, create_run, get_run
 
     source = write_jsonl(tmp_path / "orca.jsonl", ORCA_ROWS)
     run_id = create_run({"model": "tiny-random", "subset": str(source), "max_steps": 1, "device": "cpu"})

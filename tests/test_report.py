@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from dpo_engine.runs import manager as runs
+from dpo_engine import runs
 from dpo_engine.cli import eval as eval_cli
 from dpo_engine.cli import main
 from dpo_engine.errors import ConfigError

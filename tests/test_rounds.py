@@ -89,7 +89,7 @@ def test_two_tiny_rounds_end_to_end_with_round_two_margins_from_round_one_policy
     from dpo_engine.rounds.engine import load_round_pairs
     from dpo_engine.rounds.loop import run_loop
     from dpo_engine.rounds.store import round_summary
-    from dpo_engine.runs.manager import get_run
+    from dpo_engine.runs import get_run
 
     started = time.perf_counter()
     directory = run_loop(RoundsConfig.from_dict({**TINY, "name": "dm", "rounds": 2}))

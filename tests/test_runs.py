@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from dpo_engine.runs import manager as runs
+from dpo_engine import runs
+from dpo_engine.runs import devices, processes, status as run_status
 from dpo_engine.cli import main
 from dpo_engine.errors import ConfigError
 from dpo_engine.files import atomic_write_json, read_json, read_jsonl
@@ -51,9 +52,9 @@ def fake_trainer(monkeypatch):
 @pytest.fixture(autouse=True)
 def kill_leftover_workers():
     """A failing test must not leave its workers running: kill the process groups this test started."""
-    started_before = set(runs._children)
+    started_before = set(processes.children)
     yield
-    for pid, process in list(runs._children.items()):
+    for pid, process in list(processes.children.items()):
         if pid not in started_before and process.poll() is None:
             os.killpg(pid, signal.SIGKILL)
             process.wait()
@@ -156,7 +157,7 @@ def test_status_writes_are_atomic_for_a_reader_polling_the_file(pairs_file):
 
     def write_many():
         for index in range(150):
-            runs._update_status(info.run_dir, step=index, message="x" * (index * 37 % 5000))
+            run_status.update_status(info.run_dir, step=index, message="x" * (index * 37 % 5000))
 
     writer = threading.Thread(target=write_many)
     writer.start()
@@ -196,7 +197,7 @@ def test_run_outlives_the_process_that_launched_it(pairs_file, fake_trainer, mon
     monkeypatch.setenv("FAKE_STEP_SECONDS", "0.05")
     run_id = runs.create_run(config_for(pairs_file, max_steps=40))
 
-    launcher = [sys.executable, "-c", f"from dpo_engine.runs import manager as runs; runs.launch({run_id!r})"]
+    launcher = [sys.executable, "-c", f"from dpo_engine import runs; runs.launch({run_id!r})"]
     subprocess.run(launcher, check=True, timeout=60)
 
     info = runs.get_run(run_id)
@@ -387,13 +388,13 @@ def test_runs_per_device_gives_that_many_slots_then_waits(tmp_path, monkeypatch)
     run_dir.mkdir()
     never, stopped = threading.Event(), threading.Event()
     stopped.set()
-    first = runs._acquire_device_lock("cpu", run_dir, never)
-    second = runs._acquire_device_lock("cpu", run_dir, never)
+    first = devices.acquire_device_slot("cpu", run_dir, never)
+    second = devices.acquire_device_slot("cpu", run_dir, never)
     assert {Path(first.name).name, Path(second.name).name} == {"cpu.lock", "cpu.1.lock"}
-    assert runs._acquire_device_lock("cpu", run_dir, stopped) is None  # both slots taken
+    assert devices.acquire_device_slot("cpu", run_dir, stopped) is None  # both slots taken
     assert json.loads((run_dir / runs.STATUS_FILE).read_text())["message"] == "waiting for cpu"
     second.close()
-    third = runs._acquire_device_lock("cpu", run_dir, stopped)
+    third = devices.acquire_device_slot("cpu", run_dir, stopped)
     assert Path(third.name).name == "cpu.1.lock"
     first.close(), third.close()
     monkeypatch.setenv(runs.RUNS_PER_DEVICE_ENV, "two")

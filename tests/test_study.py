@@ -21,7 +21,7 @@ import pandas as pd
 import pytest
 import torch
 
-from dpo_engine.runs import manager as runs
+from dpo_engine import runs
 from dpo_engine.demo import install_demo
 from dpo_engine.errors import UserError
 from dpo_engine.evaluation import report

@@ -1,16 +1,18 @@
 """Data: choose the preference pairs, map their columns, check them, read them."""
 
+import hashlib
 from pathlib import Path
 
 import streamlit as st
 
-from dashboard.components import pair_browser, validation_report
+from dashboard.components import escape_markdown, pair_browser, validation_report
 from dashboard.figures import response_length_chart
 from dashboard.state import DataSource, bundled_source, current_source, load, set_source
 from dpo_engine.data.pairs import FIELDS, bundled_datasets, source_columns
 from dpo_engine.data.schema import PAIRWISE_FIELDS, SIGNED
 from dpo_engine.errors import DataError
 from dpo_engine.data.lengths import length_histograms, length_summary, response_lengths
+from dpo_engine.files import atomic_write_bytes
 from dpo_engine.paths import workspace_subdir
 
 BUNDLED_NOTES = {
@@ -44,9 +46,13 @@ if kind == "Bundled demo":
 elif kind == "Upload a file":
     upload = st.file_uploader("Preference data (.jsonl, .json, .csv or .parquet)", type=["jsonl", "json", "csv", "parquet"])
     if upload is not None:
-        path = uploads / Path(upload.name).name
-        if not path.exists() or path.read_bytes() != upload.getvalue():  # rewriting would defeat the load cache
-            path.write_bytes(upload.getvalue())
+        # Named by content: two uploads of one file name never overwrite each other, and an unchanged file keeps
+        # its path (rewriting it would defeat the load cache).
+        data = upload.getvalue()
+        name = Path(upload.name)
+        path = uploads / f"{name.stem[:60]}-{hashlib.sha256(data).hexdigest()[:10]}{name.suffix.lower()}"
+        if not path.exists():
+            atomic_write_bytes(path, data)
         candidate = DataSource(source=str(path), label=upload.name)
     elif current_kind == 1:
         candidate = source
@@ -139,7 +145,7 @@ if not validation_report(report):
 if candidate != source:
     set_source(candidate)
     st.rerun()  # the sidebar and other pages follow the new dataset
-st.caption(f"Current dataset: **{candidate.label}** · `{candidate.source}`")
+st.caption(f"Current dataset: **{escape_markdown(candidate.label)}** · {escape_markdown(candidate.source)}")
 
 pairs = loaded.pairs
 if len(pairs):

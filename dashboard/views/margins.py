@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from dashboard.components import pair_browser
+from dashboard.components import escape_markdown, pair_browser
 from dashboard import figures
 from dashboard.figures import hover_texts, margin_density, margin_scatter, selection_marginals
 from dashboard.state import (
@@ -21,6 +21,7 @@ from dashboard.state import (
 )
 from dpo_engine import jobs
 from dpo_engine.errors import UserError
+from dpo_engine.paths import NAME_RULE, check_name
 from dpo_engine.selection.hypotheses import DEFAULT_COLUMNS, SELECTIVE_DPO_TAU
 from dpo_engine.selection.rules import (
     DEFAULT_RANDOM_SEED,
@@ -30,7 +31,7 @@ from dpo_engine.selection.rules import (
     select_pairs,
     selection_summary,
 )
-from dpo_engine.selection.store import Selection, export_selection, list_selections, save_selection
+from dpo_engine.selection.store import Selection, export_selection, list_selections, save_selection, selection_path
 
 CHART_KEY = "margin_scatter"
 HOVER_TEXT_LIMIT = 10_000  # above this many pairs the hover shows id and margins only (~400 bytes of text per point)
@@ -90,12 +91,7 @@ SUMMARY_LABELS = {
 
 def score_job_for(out_path: Path) -> dict | None:
     """The newest `dpo-engine score` job writing ``out_path``, as `jobs.status` describes it."""
-    for job_dir in jobs.list_jobs("score"):
-        info = jobs.status(job_dir)
-        argv = info.get("argv", [])
-        if "--out" in argv and argv[argv.index("--out") + 1] == str(out_path):
-            return info
-    return None
+    return jobs.find("score", out=out_path)
 
 
 def compute_form(source, loaded, dataset_fp: str, has_scores: bool) -> None:
@@ -160,7 +156,7 @@ def score_job_panel(source, loaded, dataset_fp: str, has_scores: bool) -> None:
         job_progress(out_path)
         return
     if info is not None and info["state"] in ("failed", "stopped"):
-        st.error(f"The last margin job {info['state']}: {info['message']}")
+        st.error(f"The last margin job {info['state']}: {escape_markdown(info['message'], keep_lines=True)}")
         with st.expander("Job log"):
             st.code(jobs.tail(info["dir"]) or "(no output)", language=None)
     compute_form(source, loaded, dataset_fp, has_scores)
@@ -439,16 +435,19 @@ def select_section(table: pd.DataFrame, pairs: pd.DataFrame, dataset_fp: str, ca
 
     st.subheader("Save or export")
     selection = Selection(name="", rule=rule, params=params, dataset_fingerprint=dataset_fp, pair_ids=ids)
-    name_column, save_column = st.columns([3, 1], vertical_alignment="bottom")
-    name = name_column.text_input("Selection name", value=f"{rule}-{len(ids)}", key="selection_name")
+    name_column, overwrite_column, save_column = st.columns([3, 1, 1], vertical_alignment="bottom")
+    name = name_column.text_input("Selection name", value=f"{rule}-{len(ids)}", key="selection_name", help=NAME_RULE)
+    overwrite = overwrite_column.checkbox("Overwrite", help="replace a saved selection of the same name")
     if save_column.button("Save selection", type="primary"):
         selection.name = name
         try:
-            path = save_selection(selection)
+            path = save_selection(selection, path=selection_path(check_name(name, "selection name")),
+                                  overwrite=overwrite)
         except UserError as error:
             st.error(str(error))
         else:
-            st.success(f"Saved {len(ids):,} pairs as **{name}** (`{path}`). Train on it from the Runs page.")
+            st.success(f"Saved {len(ids):,} pairs as **{escape_markdown(name)}** (`{path.name}`). "
+                       "Train on it from the Runs page.")
     selection.name = name or "selection"
     jsonl, parquet, _ = st.columns([1, 1, 2])
     jsonl.download_button("Download .jsonl", export_bytes(selection, pairs, ".jsonl"), file_name=f"{selection.name}.jsonl",
@@ -457,7 +456,7 @@ def select_section(table: pd.DataFrame, pairs: pd.DataFrame, dataset_fp: str, ca
                             mime="application/octet-stream", icon=":material/download:")
     saved = list_selections()
     if saved:
-        st.caption("Saved selections: " + ", ".join(f"**{item.name}** ({len(item.pair_ids):,})" for item in saved[:12]))
+        st.caption("Saved selections: " + ", ".join(f"**{escape_markdown(item.name)}** ({len(item.pair_ids):,})" for item in saved[:12]))
 
 
 # ---- page ----------------------------------------------------------------------------------------------------------
@@ -485,7 +484,7 @@ if path is None:
     st.stop()
 
 table, meta = load_margins(path)
-st.caption(f"**{source.label}**: {len(table):,} pairs with margins")
+st.caption(f"**{escape_markdown(source.label)}**: {len(table):,} pairs with margins")
 with st.expander("How these margins were computed"):
     st.markdown(provenance(meta, path))
     if meta.get("dataset_fingerprint") not in (None, dataset_fp):

@@ -3,17 +3,15 @@
 import pandas as pd
 import streamlit as st
 
-from dpo_engine import jobs
-from dpo_engine.cli.flags import config_to_argv
+from dashboard.components import escape_markdown
+from dpo_engine import jobs, runs
 from dpo_engine.errors import UserError
+from dpo_engine.evaluation import figures, store
 from dpo_engine.evaluation.config import CUDA_GENERATION, OTHER_GENERATION, EvalConfig
-from dpo_engine.runs import manager as runs
+from dpo_engine.evaluation.judge_factory import judge_specs
+from dpo_engine.evaluation.results import results_table
 
-JUDGES = {
-    "builtin": "built-in offline judge (embedding reward head trained on GPT-4-scored UltraFeedback)",
-    "reward-model": "a local reward model (AutoModelForSequenceClassification directory)",
-    "openai": "an OpenAI-compatible chat endpoint",
-}
+REWARD_MODEL = "reward-model"
 TABLE_COLUMNS = {
     "variant": st.column_config.TextColumn("variant"),
     "win_rate": st.column_config.NumberColumn("win rate %", format="%.1f"),
@@ -29,28 +27,24 @@ TABLE_COLUMNS = {
 }
 
 
-@st.cache_resource(show_spinner="Loading the evaluation tools…")
-def report_module():
-    """dpo_engine.evaluation.report (it imports torch through generation: loaded once, when needed)."""
-    from dpo_engine.evaluation import report
-
-    return report
-
-
 # ---- evaluating as a job -------------------------------------------------------------------------------------------
 
 
 def eval_form(completed: list) -> None:
     ids = [run.run_id for run in completed]
     picked = st.multiselect("Runs to evaluate", ids, default=ids[:4], help="Completed runs (they have a trained adapter).")
-    judge = st.selectbox("Judge", list(JUDGES), format_func=JUDGES.get)
+    # Endpoints come from the server's allow-list ($MARGIN_LAB_JUDGE_ENDPOINTS), never from a text box.
+    try:
+        judges = {**judge_specs(), REWARD_MODEL: "a local reward model (AutoModelForSequenceClassification directory)"}
+    except UserError as error:
+        st.error(str(error))
+        judges = {"builtin": "built-in offline judge", REWARD_MODEL: "a local reward model"}
+    judge = st.selectbox("Judge", list(judges), format_func=judges.get,
+                         help="OpenAI-compatible judges are the server's allow-listed endpoints (docs/security.md).")
     with st.form("evaluate"):
-        spec = "builtin"
-        if judge == "reward-model":
+        spec = judge
+        if judge == REWARD_MODEL:
             spec = "reward-model:" + st.text_input("Reward model directory")
-        elif judge == "openai":
-            url, model = st.columns(2)
-            spec = f"openai:{url.text_input('Base URL', 'http://localhost:8000/v1')}:{model.text_input('Model name')}"
         left, middle, right = st.columns(3)
         baseline = left.selectbox(
             "Baseline", ["base", "reference"],
@@ -80,7 +74,7 @@ def eval_form(completed: list) -> None:
     except UserError as error:
         st.error(str(error))
         return
-    jobs.start("eval", ["eval", *config_to_argv(config, positional=("run_ids",))])
+    jobs.start("eval", config)
     st.rerun()
 
 
@@ -108,7 +102,7 @@ def eval_jobs() -> bool:
         eval_progress(recent[0])
         return True
     if info["state"] in ("failed", "stopped") and not (recent[0] / "dismissed").exists():
-        st.error(f"The last evaluation {info['state']}: {info['message']}")
+        st.error(f"The last evaluation {info['state']}: {escape_markdown(info['message'], keep_lines=True)}")
         with st.expander("Job log"):
             st.code(jobs.tail(recent[0]) or "(no output)", language=None)
         if st.button("Dismiss"):
@@ -123,18 +117,16 @@ def eval_jobs() -> bool:
 @st.cache_data(max_entries=16, show_spinner="Pairing runs…")
 def repaired(eval_id: str, compare_to: str) -> pd.DataFrame:
     """The evaluation's results with paired differences against ``compare_to`` (the engine's results_table)."""
-    report = report_module()
-    result = report.load_eval(eval_id)
+    result = store.load_eval(eval_id)
     meta = result.meta
     if compare_to == meta.get("compare_to"):
         return result.results
-    table, _ = report.results_table(result.per_prompt, meta["run_details"], compare_to, meta["baseline"], meta["judge"])
+    table, _ = results_table(result.per_prompt, meta["run_details"], compare_to, meta["baseline"], meta["judge"])
     return table
 
 
 def show_eval(eval_id: str) -> None:
-    report = report_module()
-    result = report.load_eval(eval_id)
+    result = store.load_eval(eval_id)
     meta = result.meta
     run_ids = list(result.results.run_id)
     st.caption(
@@ -155,11 +147,11 @@ def show_eval(eval_id: str) -> None:
     )
     results = repaired(eval_id, compare_to)
     chart, paired = st.columns([3, 2])
-    chart.plotly_chart(report.win_rate_figure(results), key="win_rates", config={"toImageButtonOptions": {"filename": f"{eval_id}-win-rates"}})
+    chart.plotly_chart(figures.win_rate_figure(results), key="win_rates", config={"toImageButtonOptions": {"filename": f"{eval_id}-win-rates"}})
     if len(results) > 1:
         against = results.set_index("run_id").variant.get(compare_to) or compare_to
         paired.plotly_chart(
-            report.paired_figure(results, title=f"Difference vs {against} (points, same prompts)"),
+            figures.paired_figure(results, title=f"Difference vs {against} (points, same prompts)"),
             key="paired",
             config={"toImageButtonOptions": {"filename": f"{eval_id}-paired"}},
         )
@@ -170,7 +162,7 @@ def show_eval(eval_id: str) -> None:
     csv, html, _ = st.columns([1, 1, 3])
     csv.download_button("Table (.csv)", results.to_csv(index=False), file_name=f"{eval_id}-results.csv", mime="text/csv",
                         icon=":material/download:")
-    html.download_button("Chart (.html)", lambda: report.win_rate_figure(results).to_html(include_plotlyjs="cdn"),
+    html.download_button("Chart (.html)", lambda: figures.win_rate_figure(results).to_html(include_plotlyjs="cdn"),
                          file_name=f"{eval_id}-win-rates.html", mime="text/html", icon=":material/download:")
     st.caption("PNG: use the camera icon in each chart's toolbar.")
 
@@ -189,7 +181,7 @@ def show_eval(eval_id: str) -> None:
     number = st.slider("Prompt", 1, len(rows), 1) if len(rows) > 1 else 1
     row = rows.iloc[number - 1]
     with st.container(border=True):
-        st.markdown(f"**{row.prompt_id}** ({row.dataset}) · preference for the run: **{row.preference:.2f}**")
+        st.markdown(f"**{escape_markdown(row.prompt_id)}** ({escape_markdown(row.dataset)}) · preference for the run: **{row.preference:.2f}**")
         st.text(row.instruction)
         mine, base = st.columns(2)
         mine.markdown(f"**{run_id}**")
@@ -203,8 +195,7 @@ def show_eval(eval_id: str) -> None:
 st.title("Results")
 completed = [run for run in runs.list_runs() if run.state == "completed"]
 evaluating = eval_jobs()
-report = report_module()
-evals = report.list_evals()
+evals = store.list_evals()
 
 if not evaluating:
     if completed:

@@ -13,7 +13,7 @@ from dpo_engine import jobs
 from dpo_engine.errors import UserError
 from dpo_engine.rounds import RoundsConfig, list_loops, loop_status, round_margins, round_summary
 from dpo_engine.rounds.store import loop_config, write_config_yaml
-from dpo_engine.runs.manager import read_metrics
+from dpo_engine.runs import read_metrics
 
 PRESETS = {
     "DM-MUL, top 25 %": {"selection_rule": "top_k", "selection_params": {"score": "dm_mul", "frac": 0.25}},

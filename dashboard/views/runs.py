@@ -10,16 +10,17 @@ from pathlib import Path
 
 import pandas as pd
 import streamlit as st
-import yaml
 
+from dashboard.components import escape_markdown
 from dashboard.figures import training_curves
 from dashboard.state import current_source, dataset_fingerprint, load, pairs_file
 from dpo_engine import jobs
-from dpo_engine.runs import manager as runs
+from dpo_engine import runs
 from dpo_engine.errors import UserError
 from dpo_engine.losses.catalog import LOSS_DEFAULTS, LOSS_DOCS, LOSS_NAMES
 from dpo_engine.paths import workspace_subdir
-from dpo_engine.selection.store import export_selection, list_selections
+from dpo_engine.selection.store import export_selection, list_selections, selection_path
+from dpo_engine.training.config import TrainConfig
 
 ALL_PAIRS = "__all__"
 FORM_GROUPS = {
@@ -34,8 +35,6 @@ CHOICES = {"precision": ["fp32", "bf16"], "device": ["auto", "cpu", "cuda", "mps
 @st.cache_resource
 def config_fields() -> dict[str, tuple[object, str]]:
     """``{field: (default, help)}`` of `TrainConfig`."""
-    from dpo_engine.training.config import TrainConfig
-
     defaults = TrainConfig()
     return {f.name: (getattr(defaults, f.name), f.metadata.get("help", "")) for f in fields(TrainConfig)}
 
@@ -65,7 +64,8 @@ def subset_file(choice: str, selections: dict, source, loaded, dataset_fp: str) 
     if choice == ALL_PAIRS:
         return pairs_file(source, loaded, dataset_fp)
     selection = selections[choice]
-    path = workspace_subdir("subsets") / f"{choice}-{dataset_fp}.jsonl"
+    # The selection's own (sanitised) file stem, never the raw name: the subset stays inside the workspace.
+    path = workspace_subdir("subsets") / f"{selection_path(choice).stem}-{dataset_fp}.jsonl"
     export_selection(selection, loaded.pairs, path)
     return str(path)
 
@@ -107,26 +107,27 @@ def launch_form(source, loaded, dataset_fp: str) -> None:
     except UserError as error:
         st.error(str(error))
         return
-    config = {**values, "loss": loss, "loss_params": loss_params}
-    if not memory_check(config):
+    try:
+        # Field types and bounds are checked here at once (torch-free); the engine's full validation (the model,
+        # the data) runs in the launch job, not in the UI process.
+        config = TrainConfig.from_dict({**values, "loss": loss, "loss_params": loss_params})
+        if not memory_check(config):
+            return
+        request = runs.LaunchRequest(config=str(runs.save_launch_config(config)), name=name.strip() or None,
+                                     selection=subset if subset != ALL_PAIRS else None)
+    except UserError as error:
+        st.error(str(error))
         return
-    config_path = workspace_subdir("launches") / f"{datetime.now():%Y%m%d-%H%M%S}-{loss}.yaml"
-    config_path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
-    argv = ["runs", "launch", str(config_path)]
-    argv += ["--name", name.strip()] if name.strip() else []
-    argv += ["--selection", subset] if subset != ALL_PAIRS else []
-    # The engine validates the config (and converts the model once) in a job, not in the UI process.
-    jobs.start("launch", argv, progress_file=False)
+    jobs.start("launch", request)
     st.rerun()
 
 
-def memory_check(values: dict) -> bool:
+def memory_check(config: TrainConfig) -> bool:
     """Show the launch's memory estimate; False (and the reason) when it will not fit the device."""
-    from dpo_engine.training.config import TrainConfig
     from dpo_engine.training.memory import GIB, check_fits, launch_estimate
 
     try:
-        report = launch_estimate(TrainConfig.from_dict(values))
+        report = launch_estimate(config)
         if report is None:
             st.session_state["launch_memory"] = "Memory estimate: after the model is first loaded."
             return True
@@ -144,12 +145,12 @@ def pending_launches() -> None:
     """Launch jobs still validating, and the error of any that failed (the run was not created)."""
     for job_dir in jobs.list_jobs("launch")[:5]:
         info = jobs.status(job_dir)
-        config = Path(info["argv"][2]).name
+        config = Path(str((info.get("options") or {}).get("config", "?"))).name
         if info["state"] == "running":
-            st.info(f"Validating and creating the run for `{config}`…", icon=":material/hourglass_top:")
+            st.info(f"Validating and creating the run for {escape_markdown(config)}…", icon=":material/hourglass_top:")
         elif info["state"] == "failed" and not (job_dir / "dismissed").exists():
             with st.container(border=True):
-                st.error(f"Launching `{config}` failed: {info['message']}")
+                st.error(f"Launching {escape_markdown(config)} failed: {escape_markdown(info['message'], keep_lines=True)}")
                 if st.button("Dismiss", key=f"dismiss-{job_dir.name}"):
                     (job_dir / "dismissed").touch()
                     st.rerun()
@@ -229,13 +230,13 @@ def confirm_delete(run_id: str) -> None:
 
 def run_details(run) -> None:
     """One run: status, actions, log tail and config."""
-    st.markdown(f"**{run.run_id}** · {run.state} · step {run.step}/{run.total_steps or '?'} · subset {run.subset_name}")
+    st.markdown(f"**{run.run_id}** · {run.state} · step {run.step}/{run.total_steps or '?'} · subset {escape_markdown(run.subset_name)}")
     if run.message:
-        (st.error if run.state == "failed" else st.caption)(run.message)
+        (st.error if run.state in ("failed", "corrupt") else st.caption)(escape_markdown(run.message, keep_lines=True))
     actions = st.container(horizontal=True)
     if run.is_active and actions.button("Stop", icon=":material/stop:"):
         # `runs stop` waits for the checkpoint: a job, so this page does not block.
-        jobs.start("stop", ["runs", "stop", run.run_id], progress_file=False)
+        jobs.start("stop", runs.StopRequest(run_id=run.run_id))
         st.toast("Stopping: the run finishes its step and writes a checkpoint.")
     if run.state in ("stopped", "failed") and actions.button("Resume", icon=":material/play_arrow:"):
         try:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 
 from dpo_engine.cli.flags import add_config_arguments, config_from_args
-from dpo_engine.evaluation.config import OPENAI_SPEC, EvalConfig
+from dpo_engine.evaluation.config import EvalConfig
+from dpo_engine.evaluation.judge_factory import make_judge
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -36,26 +37,6 @@ def add_parser(subparsers) -> None:
     )
     add_config_arguments(parser, EvalConfig, positional=("run_ids",))
     parser.set_defaults(func=run)
-
-
-def make_judge(spec: str):
-    """A judge from its command-line spec (see ``--judge``)."""
-    from dpo_engine.errors import ConfigError
-
-    if spec == "builtin":
-        from dpo_engine.evaluation.report import offline_judge
-
-        return offline_judge()
-    if spec.startswith("reward-model:") and len(spec) > len("reward-model:"):
-        from dpo_engine.evaluation.judges import RewardModelJudge
-
-        return RewardModelJudge(spec[len("reward-model:"):])
-    match = OPENAI_SPEC.match(spec)
-    if match:
-        from dpo_engine.evaluation.judges import OpenAIChatJudge
-
-        return OpenAIChatJudge(base_url=match.group(1), model=match.group(2))
-    raise ConfigError("judge", f"'{spec}' is not builtin, reward-model:PATH or openai:BASE_URL:MODEL")
 
 
 def run(args) -> int:

@@ -18,7 +18,9 @@ import json
 import time
 from pathlib import Path
 
-from dpo_engine.runs import manager as runs
+from dpo_engine import runs
+from dpo_engine.cli.flags import add_config_arguments, config_from_args
+from dpo_engine.runs.requests import LaunchRequest, StopRequest
 
 # Status fields `runs show` prints, in this order (times are shown as local dates).
 STATUS_FIELDS = ("state", "message", "step", "total_steps", "device", "pid", "launched", "started", "finished", "heartbeat")
@@ -43,8 +45,7 @@ def add_parser(subparsers) -> None:
         "its worker detached. Prints the run id. Only one run trains per device at a time; later ones wait queued.",
     )
     launch.add_argument("config", type=Path, metavar="CONFIG.yaml", help="training configuration (TrainConfig fields)")
-    launch.add_argument("--name", help="readable name; replaces the loss at the front of the run id")
-    launch.add_argument("--selection", metavar="NAME", help="name of the saved selection the subset was exported from")
+    add_config_arguments(launch, LaunchRequest, exclude=("config",))
     launch.set_defaults(func=run_launch)
 
     listing = commands.add_parser(
@@ -66,7 +67,7 @@ def add_parser(subparsers) -> None:
         "it finishes the current step, writes a checkpoint and records 'stopped'. After --timeout seconds it is killed.",
     )
     stop.add_argument("run_id", metavar="RUN_ID")
-    stop.add_argument("--timeout", type=float, default=60.0, help="seconds to wait before killing it (default 60)")
+    add_config_arguments(stop, StopRequest, exclude=("run_id",))
     stop.set_defaults(func=run_stop)
 
     resume = commands.add_parser(
@@ -96,7 +97,8 @@ def add_parser(subparsers) -> None:
 
 
 def run_launch(args: argparse.Namespace) -> int:
-    run_id = runs.create_run(args.config, name=args.name, selection_name=args.selection)
+    request = config_from_args(LaunchRequest, args, config=str(args.config))
+    run_id = runs.create_run(request.config, name=request.name, selection_name=request.selection)
     runs.launch(run_id)
     print(run_id)
     return 0

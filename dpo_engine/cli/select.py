@@ -16,6 +16,7 @@ from pathlib import Path
 
 from dpo_engine.errors import UserError
 from dpo_engine.margins.table import load_margins_table
+from dpo_engine.paths import NAME_RULE, check_name
 from dpo_engine.selection.hypotheses import DEFAULT_COLUMNS, HYPOTHESIS_RULES, SELECTIVE_DPO_TAU
 from dpo_engine.selection.rules import DEFAULT_RANDOM_SEED, DEFAULT_SCORE, PARTS, select_pairs
 from dpo_engine.selection.store import Selection, save_selection
@@ -50,7 +51,9 @@ def add_parser(subparsers) -> None:
         "--where", action="append", default=[], metavar="COLUMN:LOW:HIGH",
         help="keep rows with LOW <= COLUMN <= HIGH before the rule; an empty or infinite bound is open; repeatable",
     )
-    parser.add_argument("--name", required=True, help="selection name (also its file name)")
+    parser.add_argument("--name", required=True, type=_checked_name,
+                        help=f"selection name (also its file name): {NAME_RULE}")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing selection of this name")
     parser.add_argument("--out", type=Path, help="write the selection to this .json file instead of the workspace")
     parser.set_defaults(func=run)
 
@@ -66,10 +69,17 @@ def run(args: argparse.Namespace) -> int:
         dataset_fingerprint=meta.get("dataset_fingerprint"),
         pair_ids=pair_ids,
     )
-    path = save_selection(selection, path=args.out)
+    path = save_selection(selection, path=args.out, overwrite=args.overwrite)
     share = len(pair_ids) / len(table) if len(table) else 0.0
     print(f"selected {len(pair_ids)} of {len(table)} pairs ({share:.1%}) -> {path}")
     return 0
+
+
+def _checked_name(name: str) -> str:
+    try:
+        return check_name(name, "selection name")
+    except UserError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def rule_params(args: argparse.Namespace) -> dict:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from dpo_engine.runs import manager as runs
+from dpo_engine import runs
 
 
 def add_parser(subparsers) -> None:

@@ -8,20 +8,12 @@ known: long answers, many slots and bf16 on a CUDA GPU, the short CPU demo's val
 
 from __future__ import annotations
 
-import re
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
-from dpo_engine.errors import ConfigError
-
-JUDGE_HELP = (
-    "who judges each answer against the baseline's: 'builtin' (offline stand-in: embedding reward head trained on "
-    "GPT-4-scored UltraFeedback pairs), 'reward-model:PATH' (a local AutoModelForSequenceClassification directory) "
-    "or 'openai:BASE_URL:MODEL' (an OpenAI-compatible /chat/completions endpoint, e.g. "
-    "openai:http://localhost:8000/v1:my-model; the key is read from $OPENAI_API_KEY when set)"
-)
-# openai:<scheme>://<host>[:<port>][/<path without ':'>]:<model, which may hold ':' and '/'>
-OPENAI_SPEC = re.compile(r"^openai:(https?://[^/:]+(?::\d+)?(?:/[^:]*)?):(.+)$")
+from dpo_engine.errors import ConfigError, UserError
+from dpo_engine.evaluation.judge_factory import JUDGE_HELP
+from dpo_engine.paths import check_name
 
 # Device-dependent generation defaults. On a GPU, AlpacaEval 2 answers run to ~2,000 tokens and 64 slots keep it
 # busy; on a CPU the demo stays short (a 135M model makes 50-90 tokens/s with 8 slots, docs/benchmarks.md §3).
@@ -76,8 +68,14 @@ class EvalConfig:
         if not self.run_ids:
             raise ConfigError("run_ids", "give at least one run to evaluate")
         if not (self.judge == "builtin" or (self.judge.startswith("reward-model:") and len(self.judge) > 13)
-                or OPENAI_SPEC.match(self.judge)):
-            raise ConfigError("judge", f"'{self.judge}' is not builtin, reward-model:PATH or openai:BASE_URL:MODEL")
+                or (self.judge.startswith("openai:") and len(self.judge) > 7)):
+            raise ConfigError("judge", f"'{self.judge}' is not builtin, reward-model:PATH, openai:NAME or "
+                              "openai:BASE_URL:MODEL")
+        if self.name is not None:
+            try:
+                check_name(self.name, "evaluation name")
+            except UserError as error:
+                raise ConfigError("name", str(error)) from None
         checks = [
             ("n", self.n is None or self.n >= 1, "at least 1 (or unset: all prompts)"),
             ("max_new_tokens", self.max_new_tokens is None or self.max_new_tokens >= 1, "at least 1"),

@@ -31,6 +31,7 @@ from typing import Callable, Protocol, Sequence, runtime_checkable
 import numpy as np
 
 from dpo_engine.errors import ModelError
+from dpo_engine.evaluation.judge_endpoints import check_endpoint_url
 from dpo_engine.files import atomic_write_json, atomic_write_text, read_json, read_jsonl
 
 ScoreFn = Callable[[Sequence[str], Sequence[str]], np.ndarray]
@@ -228,15 +229,16 @@ class OpenAIChatJudge:
 
     Each prompt is asked twice, candidate as Output (a) then as Output (b); each answer scores the candidate 1 or 0
     and the preference is their mean (so 0.5 when the two orders disagree: position bias cancels). Requests use the
-    stdlib only, with ``Authorization: Bearer $<api_key_env>`` when that variable is set. Timeouts, connection
-    errors, HTTP 429 and 5xx are retried up to ``max_retries`` times, sleeping ``backoff * 2**k`` seconds before
-    retry ``k + 1``. A reply without a clear choice, or a request that still fails, makes that prompt NaN with an
+    stdlib only, with ``Authorization: Bearer $<api_key_env>`` when that variable is set (``api_key_env=None``: no
+    key). ``base_url`` must be https, or plain http to loopback (`judge_endpoints.check_endpoint_url`).
+    Timeouts, connection errors, HTTP 429 and 5xx are retried up to ``max_retries`` times, sleeping
+    ``backoff * 2**k`` seconds before retry ``k + 1``. A reply without a clear choice, or a request that still fails, makes that prompt NaN with an
     entry in ``errors``. ``raw`` keeps every request body and response text. Prompts run ``max_workers`` at a time.
     """
 
-    def __init__(self, base_url: str, model: str, api_key_env: str = "OPENAI_API_KEY", timeout: float = 30,
+    def __init__(self, base_url: str, model: str, api_key_env: str | None = "OPENAI_API_KEY", timeout: float = 30,
                  max_retries: int = 3, backoff: float = 1.0, max_tokens: int = 5, max_workers: int = 4):
-        self.url = base_url.rstrip("/") + "/chat/completions"
+        self.url = check_endpoint_url(base_url, "judge").rstrip("/") + "/chat/completions"
         self.model = model
         self.api_key_env = api_key_env
         self.timeout = timeout
@@ -329,7 +331,7 @@ class OpenAIChatJudge:
     def _post(self, body: dict) -> str:
         """One HTTP POST of ``body`` as JSON; the response body text. Raises on HTTP errors and timeouts."""
         headers = {"Content-Type": "application/json"}
-        api_key = os.environ.get(self.api_key_env)
+        api_key = os.environ.get(self.api_key_env) if self.api_key_env else None
         if api_key:
             headers["Authorization"] = f"Bearer {api_key}"
         request = urllib.request.Request(self.url, data=json.dumps(body).encode("utf-8"), headers=headers,

@@ -142,7 +142,7 @@ def train_config(config: RoundsConfig, base: str, subset: Path) -> dict:
 
 def run_id_in(run_dir: Path) -> str | None:
     """The id of the run whose directory is ``run_dir``, or None if no run was created there."""
-    from dpo_engine.runs.manager import list_runs
+    from dpo_engine.runs import list_runs
 
     resolved = run_dir.resolve()
     return next((info.run_id for info in list_runs() if Path(info.run_dir).resolve() == resolved), None)
@@ -150,7 +150,7 @@ def run_id_in(run_dir: Path) -> str | None:
 
 def create_round_run(config: RoundsConfig, base: str, subset: Path, run_dir: Path, name: str) -> str:
     """Create (not launch) the round's run in ``run_dir``; return its id. ``ConfigError`` names a bad field."""
-    from dpo_engine.runs.manager import create_run
+    from dpo_engine.runs import create_run
 
     return create_run(train_config(config, base, subset), name=name, selection_name=name, run_dir=run_dir)
 
@@ -161,7 +161,7 @@ def train_until_done(run_id: str, progress: Progress | None = None) -> str:
     The run trains in its own detached worker (the runs queue): killing the loop leaves it training, and a
     restarted loop waits for the same run.
     """
-    from dpo_engine.runs import manager as runs
+    from dpo_engine import runs
 
     info = runs.get_run(run_id)
     if info.status.get("launched") is None:
@@ -181,7 +181,7 @@ def train_until_done(run_id: str, progress: Progress | None = None) -> str:
 
 def training_metrics(run_id: str) -> pd.DataFrame:
     """The run's metrics.jsonl rows (step, loss, rewards/..., ...)."""
-    from dpo_engine.runs.manager import read_metrics
+    from dpo_engine.runs import read_metrics
 
     return read_metrics(run_id)
 
@@ -217,7 +217,8 @@ def evaluate_against_base(config: RoundsConfig, policy: str, prompts: pd.DataFra
     """
     from dpo_engine.evaluation.generation import GenerationSettings, generate
     from dpo_engine.evaluation.metrics import bootstrap_ci, win_rate
-    from dpo_engine.evaluation.report import CONFIDENCE, N_BOOTSTRAP, offline_judge
+    from dpo_engine.evaluation.judge_factory import offline_judge
+    from dpo_engine.evaluation.results import CONFIDENCE, N_BOOTSTRAP
 
     settings = GenerationSettings(max_new_tokens=config.eval_max_new_tokens, temperature=0.0,
                                   batch_size=config.generation_batch_size, dtype=config.precision,

@@ -41,7 +41,7 @@ def make_scorer(config: RoundsConfig) -> tuple[ScoreFn, str]:
     if config.scorer == "judge-api":
         rater = ChatRater(config.judge_base_url, config.judge_model, config.judge_api_key_env)
         return rater.score, f"chat model {config.judge_model} at {config.judge_base_url}, 1-10 rating"
-    from dpo_engine.evaluation.report import JUDGE_ARTIFACT
+    from dpo_engine.evaluation.judge_factory import JUDGE_ARTIFACT
     from dpo_engine.models.reward_head import EmbeddingRewardModel
 
     head = EmbeddingRewardModel.load(JUDGE_ARTIFACT)

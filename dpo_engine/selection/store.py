@@ -6,7 +6,9 @@ Saved as JSON under the workspace's ``selections/``; `export_selection` writes t
 from __future__ import annotations
 
 import json
+import os
 import re
+import threading
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
@@ -46,18 +48,51 @@ def _file_stem(name: str) -> str:
     return stem
 
 
-def save_selection(selection: Selection, directory: str | Path | None = None, *, path: str | Path | None = None) -> Path:
-    """Write ``selection`` as JSON and return the file's path, replacing a selection of the same name.
+class SelectionExists(UserError):
+    """A save that would replace an existing selection file without ``overwrite``."""
 
-    The file is ``<directory>/<sanitised name>.json`` (``directory`` defaults to the workspace's ``selections/``),
-    or exactly ``path`` when given. The write is atomic: a reader sees the old file or the new one.
+
+def selection_path(name: str, directory: str | Path | None = None) -> Path:
+    """Where the selection ``name`` is saved: ``<directory>/<sanitised name>.json``, inside ``directory``.
+
+    ``directory`` defaults to the workspace's ``selections/``. Names a user types are checked first with
+    `dpo_engine.paths.check_name` (the dashboard and the CLI do); the sanitising here keeps any name inside.
     """
-    if path is None:
-        directory = Path(directory) if directory is not None else workspace_subdir("selections")
-        path = directory / f"{_file_stem(selection.name)}.json"
-    path = Path(path)
-    atomic_write_json(path, asdict(selection))
+    directory = Path(directory) if directory is not None else workspace_subdir("selections")
+    return directory / f"{_file_stem(name)}.json"
+
+
+def save_selection(selection: Selection, directory: str | Path | None = None, *, path: str | Path | None = None,
+                   overwrite: bool = False) -> Path:
+    """Write ``selection`` as JSON and return the file's path; never replaces a file unless ``overwrite``.
+
+    The file is `selection_path` (``directory`` defaults to the workspace's ``selections/``), or exactly ``path``
+    when given. Without ``overwrite`` the file is created exclusively, so of two saves under one name (or two
+    names that sanitise to one file, e.g. ``a/b`` and ``a_b``) one wins and the other raises `SelectionExists`.
+    Either way the write is atomic: a reader sees the old file or the new one.
+    """
+    path = Path(path) if path is not None else selection_path(selection.name, directory)
+    if overwrite:
+        atomic_write_json(path, asdict(selection))
+    else:
+        _create_json(path, asdict(selection), selection.name)
     return path
+
+
+def _create_json(path: Path, value: dict, name: str) -> None:
+    """Write ``value`` to ``path`` only if no file is there: a complete temporary file, hard-linked into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    atomic_write_json(staging, value)
+    try:
+        os.link(staging, path)  # fails if the name exists: an atomic exclusive create of the whole file
+    except FileExistsError:
+        raise SelectionExists(
+            f"selection {name!r}: {path} already exists; choose another name or overwrite it explicitly "
+            "(the Overwrite box in the dashboard, --overwrite on the command line)"
+        ) from None
+    finally:
+        staging.unlink(missing_ok=True)
 
 
 def load_selection(path_or_name: str | Path) -> Selection:

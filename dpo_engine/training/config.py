@@ -12,6 +12,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import yaml
+
 from dpo_engine.errors import ConfigError, DataError, ModelError, UserError
 from dpo_engine.losses.catalog import LOSS_DEFAULTS, LOSS_NAMES
 
@@ -25,6 +27,29 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 
 def _help(text: str) -> dict:
     return {"help": text}
+
+
+# Inclusive bounds of the numeric fields, checked when a config is built from plain values and before launch, so
+# an absurd value (max_steps: 1e12, learning_rate: 1e300) is refused at once with the field named.
+NUMERIC_BOUNDS: dict[str, tuple[float, float]] = {
+    "max_length": (2, 131_072),
+    "max_prompt_length": (1, 131_072),
+    "lora_r": (1, 4096),
+    "lora_alpha": (1e-6, 1e4),
+    "lora_dropout": (0.0, 1.0),
+    "learning_rate": (1e-12, 1.0),
+    "num_epochs": (1e-6, 10_000),
+    "max_steps": (-1, 100_000_000),
+    "batch_size": (1, 65_536),
+    "gradient_accumulation_steps": (1, 65_536),
+    "warmup_ratio": (0.0, 1.0),
+    "weight_decay": (0.0, 100.0),
+    "max_grad_norm": (0.0, 1e6),
+    "seed": (0, 2**32 - 1),
+    "logging_steps": (1, 100_000_000),
+    "save_steps": (1, 100_000_000),
+    "save_total_limit": (1, 10_000),
+}
 
 
 @dataclass
@@ -137,21 +162,33 @@ class TrainConfig:
         unknown = sorted(set(values) - set(known))
         if unknown:
             raise ConfigError(unknown[0], f"unknown field; known fields: {', '.join(known)}")
-        return cls(**{name: _coerce(name, value, known[name].type) for name, value in values.items()})
+        config = cls(**{name: _coerce(name, value, known[name].type) for name, value in values.items()})
+        config.check_bounds()
+        return config
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike) -> "TrainConfig":
-        """A config from a YAML file of ``field: value`` lines (relative paths are relative to the working directory)."""
-        import yaml
+        """A config from a YAML file of ``field: value`` lines (relative paths are relative to the working directory).
 
+        YAML aliases are refused (an alias bomb hangs the parser), and so are non-text elements of list fields.
+        """
         path = Path(path)
         if not path.exists():
             raise UserError(f"config file {path} not found")
         try:
-            values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as error:
+            values = yaml.load(path.read_text(encoding="utf-8"), Loader=_NoAliasLoader) or {}
+        except _AliasRefused as refused:
+            raise UserError(f"config file {path}: {refused}") from None
+        except (yaml.YAMLError, UnicodeDecodeError, ValueError) as error:
             raise UserError(f"config file {path} is not valid YAML: {error}") from None
         return cls.from_dict(values)
+
+    def check_bounds(self) -> None:
+        """``ConfigError`` naming the first numeric field outside ``NUMERIC_BOUNDS`` (torch-free, cheap)."""
+        for name, (low, high) in NUMERIC_BOUNDS.items():
+            value = getattr(self, name, None)
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and not low <= value <= high:
+                raise ConfigError(name, f"must be between {low:g} and {high:g}, got {value!r}")
 
     def to_dict(self) -> dict:
         """Plain values that ``from_dict`` reads back to an equal config."""
@@ -179,6 +216,7 @@ class TrainConfig:
             if not ok:
                 raise ConfigError(name, f"must be {rule}, got {getattr(self, name)!r}")
 
+        self.check_bounds()
         make_loss(self.loss, **self.loss_params)  # ConfigError names "loss" or the bad hyperparameter
         require(self.max_prompt_length >= 1, "max_prompt_length", ">= 1")
         require(self.max_length > self.max_prompt_length, "max_length", f"> max_prompt_length ({self.max_prompt_length})")
@@ -252,10 +290,33 @@ def _coerce(name: str, value: Any, kind: str) -> Any:
     if kind == "list":
         if not isinstance(value, list):
             raise ConfigError(name, f"must be a list, got {value!r}")
-        return list(value)
+        return _text_list(name, value)
+    if kind == "str | list":  # a name, or a list of names
+        return _text_list(name, value) if isinstance(value, list) else _coerce(name, value, "str")
     if kind == "str" and not isinstance(value, str):
         raise ConfigError(name, f"must be text, got {value!r}")
     return value
+
+
+def _text_list(name: str, values: list) -> list[str]:
+    """``values`` when every element is text (the list fields hold names); else ``ConfigError`` naming the element."""
+    for index, element in enumerate(values):
+        if not isinstance(element, str):
+            raise ConfigError(f"{name}[{index}]", f"must be text, got {type(element).__name__} {element!r:.60}")
+    return list(values)
+
+
+class _AliasRefused(ValueError):
+    """A YAML alias in a config: refused before it is expanded (an alias bomb would take minutes and gigabytes)."""
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing aliases as it meets them."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.events.AliasEvent):
+            raise _AliasRefused("YAML aliases (*name) are not accepted in configs: write each value out")
+        return super().compose_node(parent, index)
 
 
 def load_subset(config: TrainConfig) -> pd.DataFrame:

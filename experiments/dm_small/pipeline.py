@@ -262,8 +262,8 @@ class Study:
             if same:
                 selection = previous
             else:
-                save_selection(selection, path=study_copy)
-            save_selection(selection)  # the workspace copy: the dashboard and results.csv's subset_rule read it
+                save_selection(selection, path=study_copy, overwrite=True)
+            save_selection(selection, overwrite=True)  # the workspace copy: the dashboard and results.csv's subset_rule read it
             if not same or not subset_path.exists():
                 export_selection(selection, pairs, subset_path)
             exported[spec.key] = subset_path
@@ -307,7 +307,7 @@ class Study:
 
     def current_runs(self, variant: Variant, wanted: str) -> list:
         """Runs of this variant made with the wanted settings, newest first."""
-        from dpo_engine.runs import manager as runs
+        from dpo_engine import runs
 
         found = []
         for run in runs.list_runs():
@@ -321,7 +321,7 @@ class Study:
 
     def train(self, variant: Variant, subset_path: Path) -> str:
         """The variant's completed run id: an existing one, a resumed one, or a new one trained in this process."""
-        from dpo_engine.runs import manager as runs
+        from dpo_engine import runs
 
         config = self.train_config(variant, subset_path)
         wanted = self._desired_stamp(config, subset_path)
@@ -357,13 +357,13 @@ class Study:
         return final.run_id
 
     def _foreground(self, run_id: str) -> None:
-        from dpo_engine.runs import manager as runs
+        from dpo_engine import runs
 
         final = runs.run_foreground(run_id)
         self.log(f"run {run_id}: {final['state']}: {(final.get('message') or '').splitlines()[0]}")
 
     def _wait(self, run_id: str) -> None:
-        from dpo_engine.runs import manager as runs
+        from dpo_engine import runs
 
         last, logged = None, 0.0
         while True:
@@ -399,7 +399,7 @@ class Study:
     @property
     def judge(self):
         if self._judge is None:
-            from dpo_engine.cli.eval import make_judge
+            from dpo_engine.evaluation.judge_factory import make_judge
 
             self._judge = make_judge(self.profile["eval"]["judge"])
         return self._judge
@@ -409,7 +409,7 @@ class Study:
 
     def find_eval(self, name: str, run_ids: list[str], prompts: pd.DataFrame) -> str | None:
         """The newest saved evaluation called ``name`` of exactly ``run_ids`` with the study's eval settings."""
-        from dpo_engine.evaluation.report import list_evals, load_eval
+        from dpo_engine.evaluation.store import list_evals, load_eval
 
         evals = list_evals()
         for eval_id in evals[evals.name == name].eval_id:
@@ -455,7 +455,8 @@ class Study:
         Generations come from the engine's cache, so this costs judging only. An older combined evaluation of a
         subset of these runs (a partial study) is deleted when a new one replaces it.
         """
-        from dpo_engine.evaluation.report import evaluate, list_evals, load_eval
+        from dpo_engine.evaluation.report import evaluate
+        from dpo_engine.evaluation.store import list_evals, load_eval
 
         variants = self.evaluated()
         if not variants:

@@ -49,7 +49,7 @@ def _p(value: float) -> str:
 
 def collect(study: Study) -> tuple[pd.DataFrame, list[dict], dict, list[str]] | None:
     """Per-prompt table of every evaluated variant, their run details (variant = key), the judge, variant keys."""
-    from dpo_engine.evaluation.report import load_eval
+    from dpo_engine.evaluation.store import load_eval
 
     evaluated = study.evaluated()
     if not evaluated:
@@ -79,7 +79,8 @@ def collect(study: Study) -> tuple[pd.DataFrame, list[dict], dict, list[str]] | 
 def write_summary(study: Study) -> Path | None:
     """Write the summary files from the study's evaluated variants; None when nothing is evaluated yet."""
     from dpo_engine.evaluation.metrics import bootstrap_ci, paired_difference
-    from dpo_engine.evaluation.report import paired_figure, results_table, win_rate_figure
+    from dpo_engine.evaluation.figures import paired_figure, win_rate_figure
+    from dpo_engine.evaluation.results import results_table
 
     collected = collect(study)
     if collected is None:
@@ -177,7 +178,7 @@ def training_rows(states: dict, keys: list[str]) -> list[dict]:
     """End-of-training statistics of each variant's run, from its metrics.jsonl: means over the last
     ``TRAINING_TAIL`` logged steps of the loss, reward margin (nats scaled by the loss's beta) and reward accuracy
     (share of the batch's pairs whose implicit reward ranks chosen first). Runs without metrics are left out."""
-    from dpo_engine.runs import manager as runs
+    from dpo_engine import runs
 
     rows = []
     for key in keys:
