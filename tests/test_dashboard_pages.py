@@ -309,7 +309,8 @@ def test_runs_form_refuses_a_launch_that_will_not_fit(workspace, tiny_model_dir)
     at = app("views/runs.py")
     assert "gradient_checkpointing" in {box.label for box in at.checkbox}
     next(box for box in at.text_input if box.label == "model").set_value("tiny-random")
-    next(box for box in at.number_input if box.label == "max_length").set_value(10**7)
+    next(box for box in at.number_input if box.label == "max_length").set_value(131_072)  # the bound; too big here
+    next(box for box in at.number_input if box.label == "batch_size").set_value(4096)
     next(box for box in at.selectbox if box.label == "device").set_value("cpu")
     at.get("form_submit_button")[0].click().run()
     refusal = [item.value for item in at.error]
