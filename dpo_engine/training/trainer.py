@@ -18,6 +18,7 @@ implicit margins after training).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import os
@@ -35,12 +36,13 @@ from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
-from dpo_engine.margins import formulas as margins
 from dpo_engine.files import append_jsonl, atomic_write_json, atomic_write_text, read_json, read_jsonl
-from dpo_engine.models.logps import policy_logps
+from dpo_engine.margins.scoring import implicit_margin_table
+from dpo_engine.models.logp_cache import cached_logps, logps_cache_key, logps_dir
+from dpo_engine.models.logps import pair_logps, policy_logps
 from dpo_engine.losses.functions import is_stateful, make_loss, uses_reference
-from dpo_engine.models.loading import detect_device, load_model, resolve_model
-from dpo_engine.models.tokenization import EncodedPair, collate, encode_pair
+from dpo_engine.models.loading import detect_device, device_precision, load_model, resolve_model
+from dpo_engine.models.tokenization import EncodedPair, collate, encode_pairs
 from dpo_engine.training.config import TrainConfig, load_subset
 
 METRICS_FILE = "metrics.jsonl"
@@ -168,6 +170,7 @@ class PairCollator:
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
         pairs = [EncodedPair(e["prompt_ids"], e["chosen_ids"], e["rejected_ids"]) for e in examples]
         batch = collate(pairs, self.pad_token_id)
+        batch["pairs"] = pairs  # policy_logps scores these directly, without unpacking the padded rows
         if "ref_chosen_logps" in examples[0]:
             for key in ("ref_chosen_logps", "ref_rejected_logps"):
                 batch[key] = torch.tensor([example[key] for example in examples], dtype=torch.float32)
@@ -279,22 +282,20 @@ def train(
 
     pairs = load_subset(config)
     device = detect_device() if config.device == "auto" else config.device
+    config = dataclasses.replace(config, precision=device_precision(config.precision, device))  # "auto" resolved
     lora = not config.full_finetune
     bf16 = config.precision == "bf16"
     # With LoRA the base is frozen, so it can be stored in bf16; trained weights stay fp32 for the optimizer.
     model, tokenizer = load_model(config.model, dtype="bf16" if bf16 and lora else "fp32", device=device)
     _disable_dropout(model)
-    encoded = [
-        encode_pair(tokenizer, list(row.prompt_messages), row.chosen, row.rejected,
-                    config.max_length, config.max_prompt_length)
-        for row in pairs.itertuples()
-    ]
+    encoded = encode_pairs(tokenizer, [list(m) for m in pairs.prompt_messages], list(pairs.chosen),
+                           list(pairs.rejected), config.max_length, config.max_prompt_length)
 
     loss_fn = make_loss(config.loss, **config.loss_params)
     needs_reference = uses_reference(config.loss)
     reference = None
     if config.precompute_reference and (needs_reference or config.full_finetune):
-        reference = _reference_table(model, tokenizer, pairs, config, device)
+        reference = _reference_table(model, tokenizer, pairs, encoded, config, device)
 
     set_seed(config.seed)  # right before the adapter is created: its initialisation is random (TRL does the same)
     ref_model = None
@@ -342,6 +343,7 @@ def train(
         "model_dir": None,
         "pair_rewards": None,
         "loss_params": config.resolved_loss_params(),
+        "precision": config.precision,
         "loss_state": loss_fn.state_dict() if is_stateful(loss_fn) else None,
     }
     if not control.stopped:
@@ -466,26 +468,24 @@ def _autocast(config: TrainConfig, device: str):
     return torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=config.precision == "bf16")
 
 
-def _reference_table(model, tokenizer, pairs: pd.DataFrame, config: TrainConfig, device: str) -> pd.DataFrame:
+def _reference_table(model, tokenizer, pairs: pd.DataFrame, encoded: list[EncodedPair], config: TrainConfig,
+                     device: str) -> pd.DataFrame:
     """Reference log-probs of every pair (the model before training), in ``pairs`` order; cached on disk."""
-    from dpo_engine.margins.scoring import logps_cache_key, score_logps
-
     # bf16 runs score under the training step's autocast, which differs from scoring's plain bf16: separate keys.
     dtype_key = "fp32" if config.precision == "fp32" else f"bf16-autocast-{'full' if config.full_finetune else 'lora'}"
     key = logps_cache_key(pairs, resolve_model(config.model), None, config.max_length, config.max_prompt_length,
                           dtype_key)
     with _autocast(config, device):
-        return score_logps(pairs, model, tokenizer, cache_key=key, batch_size=2 * config.batch_size,
-                           max_length=config.max_length, max_prompt_length=config.max_prompt_length)
+        return cached_logps(model, encoded, pairs.pair_id.tolist(), logps_dir(key), pad_token_id=tokenizer.pad_token_id)
 
 
 def _batched_logps(model, encoded: list[EncodedPair], pad_token_id: int, batch_size: int) -> dict[str, np.ndarray]:
-    """``policy_logps`` over all pairs in inference mode, concatenated in order."""
+    """``pair_logps`` over all pairs in inference mode, concatenated in order."""
     parts: dict[str, list] = {}
     model.eval()
     for start in range(0, len(encoded), batch_size):
         with torch.inference_mode():
-            out = policy_logps(model, collate(encoded[start : start + batch_size], pad_token_id))
+            out = pair_logps(model, encoded[start : start + batch_size], pad_token_id)
         for key, value in out.items():
             parts.setdefault(key, []).append(value.float().cpu().numpy())
     return {key: np.concatenate(values) for key, values in parts.items()}
@@ -510,21 +510,9 @@ def _pair_rewards(model, ref_model, reference, tokenizer, pairs, encoded, config
                     ref = _batched_logps(model, encoded, tokenizer.pad_token_id, batch_size)
             ref_chosen, ref_rejected = ref["chosen_logps"], ref["rejected_logps"]
         else:
-            ref_chosen = ref_rejected = np.full(len(encoded), np.nan)
-    table = pd.DataFrame({
-        "pair_id": pairs.pair_id.to_numpy(),
-        "policy_chosen_logps": policy["chosen_logps"],
-        "policy_rejected_logps": policy["rejected_logps"],
-        "ref_chosen_logps": np.asarray(ref_chosen, dtype=float),
-        "ref_rejected_logps": np.asarray(ref_rejected, dtype=float),
-        "chosen_tokens": policy["chosen_tokens"].astype(int),
-        "rejected_tokens": policy["rejected_tokens"].astype(int),
-    })
-    table["implicit_margin"] = margins.implicit_margin(
-        table.policy_chosen_logps.to_numpy(), table.policy_rejected_logps.to_numpy(),
-        table.ref_chosen_logps.to_numpy(), table.ref_rejected_logps.to_numpy(),
-    )
-    return table
+            ref_chosen = ref_rejected = None
+    reference_logps = None if ref_chosen is None else {"chosen_logps": ref_chosen, "rejected_logps": ref_rejected}
+    return implicit_margin_table(pairs.pair_id.to_numpy(), policy, reference_logps)
 
 
 def _save_adapter(model, tokenizer, config: TrainConfig, directory: Path) -> Path:
