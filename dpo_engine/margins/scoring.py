@@ -52,12 +52,14 @@ def score_logps(
     """Summed response log-probs of every pair under ``model``; one row per pair, in ``pairs`` order.
 
     ``cache_key`` names the on-disk cache (see :func:`logps_cache_key`); pairs scored before are reused.
-    ``encoded``: the pairs' encodings when the caller has them (else they are made here with the max lengths).
+    ``encoded``: the pairs' encodings when the caller has them (else the pairs not cached yet are encoded here
+    with the max lengths).
     ``batch_size`` caps pairs per forward, ``token_budget`` tokens per forward (default by device).
     Returns ``pair_id, chosen_logps, rejected_logps`` (nats) and ``chosen_tokens, rejected_tokens``.
     """
     if encoded is None:
-        encoded = encode_frame(pairs, tokenizer, max_length, max_prompt_length)
+        def encoded(indices: list[int]) -> list:
+            return encode_frame(pairs.iloc[indices], tokenizer, max_length, max_prompt_length)
     return cached_logps(
         model, encoded, pairs.pair_id.tolist(), cache_dir() / "logps" / cache_key, pad_token_id=tokenizer.pad_token_id,
         batch_size=batch_size, token_budget=token_budget, progress=progress,
@@ -98,7 +100,7 @@ def implicit_margins(
     if base is None and reference is None:
         raise ValueError(f"{policy} is a full model: give the reference model it was trained from")
     model, tokenizer = load_model(str(policy_path), dtype=dtype, device=device)
-    encoded = encode_frame(pairs, tokenizer, **lengths)
+    encoded = _SharedEncodings(pairs, tokenizer, **lengths)
     if base is not None:
         base_path = resolve_model(base)
         key = logps_cache_key(pairs, base_path, policy_path, max_length, max_prompt_length, dtype)
@@ -113,7 +115,7 @@ def implicit_margins(
         del model
         model, ref_tokenizer = load_model(reference, dtype=dtype, device=device)
         if not _same_tokenizer(tokenizer, ref_tokenizer):
-            encoded = encode_frame(pairs, ref_tokenizer, **lengths)
+            encoded = _SharedEncodings(pairs, ref_tokenizer, **lengths)
         key = logps_cache_key(pairs, resolve_model(reference), None, max_length, max_prompt_length, dtype)
         ref_scores = score_logps(pairs, model, ref_tokenizer, cache_key=key, encoded=encoded, progress=stage(n),
                                  **settings)
@@ -210,6 +212,21 @@ def _reward_scores(pairs: pd.DataFrame, scorer, progress: Progress | None) -> tu
                       for m, r in zip(pairs.prompt_messages, pairs.rejected)]
     scores = scorer.score(conversations, progress=progress)
     return scores[:n], scores[n:]
+
+
+class _SharedEncodings:
+    """Encodings of a pairs table made on first request, then kept: the policy and reference passes of one job
+    share them, and a pass that finds everything cached asks for none."""
+
+    def __init__(self, pairs: pd.DataFrame, tokenizer, max_length: int, max_prompt_length: int):
+        self.pairs, self.tokenizer, self.lengths = pairs, tokenizer, (max_length, max_prompt_length)
+        self.encoded: dict[int, object] = {}
+
+    def __call__(self, indices: list[int]) -> list:
+        missing = [i for i in indices if i not in self.encoded]
+        if missing:
+            self.encoded.update(zip(missing, encode_frame(self.pairs.iloc[missing], self.tokenizer, *self.lengths)))
+        return [self.encoded[i] for i in indices]
 
 
 def _same_tokenizer(a, b) -> bool:

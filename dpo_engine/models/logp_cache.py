@@ -62,7 +62,7 @@ def logps_dir(cache_key: str) -> Path:
 
 def cached_logps(
     model,
-    encoded: Sequence,
+    encoded: Sequence | Callable[[list[int]], list],
     pair_ids: Sequence[str],
     parts_dir: Path,
     *,
@@ -75,7 +75,9 @@ def cached_logps(
 ) -> pd.DataFrame:
     """``LOGP_COLUMNS`` of every pair under ``model``, one row per ``pair_ids`` entry, in that order.
 
-    ``encoded[i]`` is the ``EncodedPair`` of ``pair_ids[i]``. Pairs already in ``parts_dir`` are not scored again.
+    ``encoded[i]`` is the ``EncodedPair`` of ``pair_ids[i]``; or ``encoded`` is a function of a list of indices
+    returning their encodings, called only for the pairs not yet cached (a fully cached job encodes nothing).
+    Pairs already in ``parts_dir`` are not scored again.
     A forward holds at most ``token_budget`` row tokens (default: :func:`default_token_budget` of the model's
     device) and ``batch_size`` pairs (default: no limit). ``progress(done, total)`` runs after each forward.
     Log-probs are float32 nats summed over response tokens; token counts are response lengths.
@@ -85,7 +87,8 @@ def cached_logps(
     done = read_parts(parts_dir, LOGP_COLUMNS)
     finished_ids = set(done.pair_id)
     todo = [i for i in range(len(pair_ids)) if pair_ids[i] not in finished_ids]
-    lengths = {i: row_tokens(model, encoded[i]) for i in todo}
+    pending = dict(zip(todo, encoded(todo) if callable(encoded) else [encoded[i] for i in todo]))
+    lengths = {i: row_tokens(model, pair) for i, pair in pending.items()}
     todo.sort(key=lengths.__getitem__, reverse=True)
     device = next(model.parameters()).device
     budget = token_budget or default_token_budget(device.type)
@@ -98,7 +101,7 @@ def cached_logps(
         for group in token_budget_batches([lengths[i] for i in todo], budget, batch_size):
             batch = [todo[k] for k in group]
             with torch.inference_mode():
-                out = pair_logps(model, [encoded[i] for i in batch], pad_token_id)
+                out = pair_logps(model, [pending[i] for i in batch], pad_token_id)
             writer.add([pair_ids[i] for i in batch], out)
             finished += len(batch)
             if progress:
