@@ -6,8 +6,9 @@ eight losses of ``dpo_engine.losses``. Everything else (optimizer, scheduler, gr
 checkpoints with optimizer/scheduler/RNG state, resume) is the Trainer's own, driven through its public callbacks.
 
 The reference model is the model before training. Its log-probs come, in order of preference, from a one-off pass
-over the subset before training (``precompute_reference``, cached on disk by ``dpo_engine.scoring``), from the
-LoRA model with its adapter disabled, or from a frozen copy of the initial model (full fine-tuning). This matches
+over the subset before training (``precompute_reference``, cached on disk by ``dpo_engine.models.logp_cache``, on
+the trainer's own encodings), from the LoRA model with its adapter disabled, or from a frozen copy of the initial
+model (full fine-tuning). This matches
 TRL's ``DPOTrainer`` (field-notes §1.3, §1.5); ``tests/test_training.py`` checks the numbers against it.
 
 A run directory holds (docs/architecture.md): ``metrics.jsonl`` (one record per logged step), ``checkpoints/``,
