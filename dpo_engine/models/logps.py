@@ -243,6 +243,12 @@ def _pad_id(batch: dict[str, torch.Tensor]) -> int:
     return int(padded[0]) if padded.numel() else 0
 
 
+def _logit_positions(pair) -> int:
+    """Distinct row positions whose hidden states predict a scored token of ``pair`` (the benchmark's work count)."""
+    p, c, r = len(pair.prompt_ids), len(pair.chosen_ids), len(pair.rejected_ids)
+    return (1 if p and (c or r) else 0) + max(c - 1, 0) + max(r - 1, 0)
+
+
 def layer_multiply_adds(model) -> tuple[int, int]:
     """Multiply-adds of one decoder layer, from the model's config: ``(linear work per token, attention work per
     (query, key) position)``. The linear work is the q/k/v/o projections and a gated MLP (Llama-style)."""
