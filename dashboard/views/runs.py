@@ -28,7 +28,7 @@ FORM_GROUPS = {
     "Lengths": ("max_length", "max_prompt_length"),
     "Hardware": ("precision", "device", "seed"),
 }
-CHOICES = {"precision": ["fp32", "bf16"], "device": ["auto", "cpu", "cuda", "mps"]}
+CHOICES = {"precision": ["auto", "fp32", "bf16"], "device": ["auto", "cpu", "cuda", "mps"]}
 
 
 @st.cache_resource
