@@ -83,7 +83,9 @@ def child(args) -> dict:
     if args.pairs:  # the N longest, as score_logps would order them
         encoded = {r.pair_id: encode_pair(tokenizer, list(r.prompt_messages), r.chosen, r.rejected, args.max_length,
                                           max_prompt_length) for r in pairs.itertuples()}
-        longest = scoring._length_sorted(encoded)[: args.pairs]
+        from dpo_engine.models.logps import row_tokens
+
+        longest = sorted(encoded, key=lambda i: row_tokens(model, encoded[i]), reverse=True)[: args.pairs]
         pairs = pairs.set_index("pair_id").loc[longest].reset_index()
     if args.child == "ours":
         cache = Path(tempfile.mkdtemp(prefix="bench-memory-"))

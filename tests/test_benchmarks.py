@@ -22,6 +22,7 @@ CASES = {
     "scoring": ("bench_scoring.py", TINY + ["--pairs", "4", "--repeats", "1", "--max-length", "256"]),
     "memory": ("bench_memory.py", TINY + ["--pairs", "4", "--max-length", "256"]),
     "training": ("bench_training.py", TINY + ["--pairs", "4", "--batch-size", "2", "--max-length", "1024"]),
+    "scale": ("bench_scale.py", TINY + ["--sizes", "10,20", "--max-length", "128"]),
 }
 
 
@@ -51,6 +52,9 @@ def test_quick_mode_runs_on_the_tiny_model(name, tmp_path):
         assert result["fp32"]["max_loss_gap"] < 1e-3  # loss curves of ours and TRL agree step by step
     if name == "memory":
         assert result["runs"]["ours"]["peak_rss_mb"] > 0
+    if name == "scale":  # every size timed fresh, cached and with the free forward
+        assert all(set(entry["seconds"]) == {"fresh", "cached", "free forward"} for entry in result["sizes"].values())
+        assert 0 < result["cached_share"] < 1 and result["overhead_ms_per_pair"] > 0
 
 
 @pytest.mark.browser

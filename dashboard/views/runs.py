@@ -29,7 +29,7 @@ FORM_GROUPS = {
     "Lengths": ("max_length", "max_prompt_length"),
     "Hardware": ("precision", "device", "gradient_checkpointing", "seed"),
 }
-CHOICES = {"precision": ["fp32", "bf16"], "device": ["auto", "cpu", "cuda", "mps"]}
+CHOICES = {"precision": ["auto", "fp32", "bf16"], "device": ["auto", "cpu", "cuda", "mps"]}
 
 
 @st.cache_resource

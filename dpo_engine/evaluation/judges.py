@@ -30,7 +30,6 @@ from typing import Callable, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
-from dpo_engine.errors import ModelError
 from dpo_engine.evaluation.judge_endpoints import check_endpoint_url
 from dpo_engine.files import atomic_write_json, atomic_write_text, read_json, read_jsonl
 
@@ -127,62 +126,34 @@ class ScoreFunctionJudge:
 class RewardModelJudge:
     """A local ``AutoModelForSequenceClassification`` reward model as judge (RM-as-judge, field notes §6).
 
-    Each (prompt, response) becomes the tokenizer's chat template of ``[user: prompt, assistant: response]`` when the
-    tokenizer has one, else ``"prompt\\n\\nresponse"``; its score is the model's first logit. Inputs longer than
-    ``max_length`` tokens lose their beginning (the response end, where the score is read, is kept).
+    Each (prompt, response) is the conversation ``[user: prompt, assistant: response]`` scored by
+    ``dpo_engine.models.reward_model.RewardModelScorer`` (the scorer of reward-model external margins): the chat
+    template when the tokenizer has one, else ``"prompt\n\nresponse"``; the score is the model's first logit.
+    Inputs longer than ``max_length`` tokens lose their beginning (the response end, where the score is read, is
+    kept). bf16 on CUDA, fp32 elsewhere.
     """
 
     def __init__(self, model_path: str | os.PathLike, batch_size: int = 8, device: str | None = None,
                  max_length: int = 4096):
-        import torch
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from dpo_engine.models.reward_model import RewardModelScorer
 
-        self.batch_size = batch_size
-        self.max_length = max_length
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        dtype = torch.bfloat16 if self.device.startswith("cuda") else torch.float32
-        try:
-            self.tokenizer = AutoTokenizer.from_pretrained(model_path)
-            self.model = AutoModelForSequenceClassification.from_pretrained(model_path, dtype=dtype)
-        except (OSError, ValueError) as exc:
-            raise ModelError(f"cannot load reward model from '{model_path}': {exc}") from exc
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
-        if self.model.config.pad_token_id is None:
-            self.model.config.pad_token_id = self.tokenizer.pad_token_id
-        self.tokenizer.truncation_side = "left"
-        self.model.to(self.device).eval()
-
+        self.scorer = RewardModelScorer(model_path, device=device or "auto", batch_size=batch_size,
+                                        max_length=max_length)
+        self.tokenizer, self.model, self.device = self.scorer.tokenizer, self.scorer.model, self.scorer.device
         self.name = f"reward-model:{Path(model_path).name}"
         self.description = (
             "Local reward model as judge (stand-in for AlpacaEval's GPT-4 annotator): preference = "
             "sigmoid(r(candidate) - r(baseline)); not comparable with published AlpacaEval numbers."
         )
-        self.extra = {"model_path": str(model_path)}
+        self.extra = {"model_path": str(model_path), "dtype": self.scorer.dtype}
 
     def render(self, prompt: str, response: str) -> str:
         """The text the reward model reads for one (prompt, response)."""
-        if self.tokenizer.chat_template:
-            messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
-            return self.tokenizer.apply_chat_template(messages, tokenize=False)
-        return f"{prompt}\n\n{response}"
+        return self.scorer.render(self._conversation(prompt, response))
 
     def score(self, prompts: Sequence[str], responses: Sequence[str]) -> np.ndarray:
         """Reward-model logits, float array ``(n,)``, batched by ``batch_size``."""
-        import torch
-
-        texts = [self.render(prompt, response) for prompt, response in zip(prompts, responses)]
-        # A chat template writes its own special tokens; plain text gets the tokenizer's usual ones.
-        add_special_tokens = not self.tokenizer.chat_template
-        scores = []
-        with torch.no_grad():
-            for start in range(0, len(texts), self.batch_size):
-                batch = self.tokenizer(
-                    texts[start:start + self.batch_size], padding=True, truncation=True, max_length=self.max_length,
-                    add_special_tokens=add_special_tokens, return_tensors="pt",
-                ).to(self.device)
-                scores.append(self.model(**batch).logits[:, 0].float().cpu().numpy())
-        return np.concatenate(scores) if scores else np.zeros(0)
+        return self.scorer.score([self._conversation(prompt, response) for prompt, response in zip(prompts, responses)])
 
     def judge(self, prompts: Sequence[str], candidates: Sequence[str], baselines: Sequence[str]) -> JudgeResult:
         """Preference = sigmoid(r(candidate) - r(baseline)) per prompt, shape ``(n,)``."""
@@ -190,6 +161,10 @@ class RewardModelJudge:
         return preferences_from_scores(
             self.score(prompts, candidates), self.score(prompts, baselines), _judge_info(self)
         )
+
+    @staticmethod
+    def _conversation(prompt: str, response: str) -> list[dict]:
+        return [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
 
 
 JUDGE_SYSTEM_PROMPT = (

@@ -1,37 +1,39 @@
 """Score preference pairs: response log-probs, implicit margins, external margins, and the margins table.
 
-Batch jobs, not per-click work. Log-probs are computed in length-sorted batches under ``torch.inference_mode``,
-each pair's prompt once for both responses and logits only at response positions (``dpo_engine.logps.pair_logps``),
-and cached on disk one part file
-per batch, keyed by dataset fingerprint + model + adapter + max lengths + dtype. A killed job keeps the batches
-it finished; running it again scores only what is missing.
+Batch jobs, not per-click work. Pairs are encoded once per job (``dpo_engine.models.tokenization.encode_pairs``)
+and the same encodings serve the policy and the reference pass. Log-probs come from the on-disk cache service
+``dpo_engine.models.logp_cache`` (token-budget forwards, longest first; parts written by time or size), keyed by
+dataset fingerprint + model + adapter + max lengths + resolved dtype. A killed job keeps what it wrote; running it
+again scores only what is missing.
 
 The implicit margin is DM's (methods §1.4): a proxy policy DPO-trained on a random seed subset, against its
-reference, with log-probs summed over response tokens and no beta.
+reference, with log-probs summed over response tokens and no beta. ``implicit_margin_table`` is the one builder of
+that table (training's ``pair_rewards.parquet`` uses it too).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import shutil
-from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-import torch
 
 from dpo_engine.margins import formulas as margin_math
-from dpo_engine.data.pairs import fingerprint
-from dpo_engine.files import read_parts, weights_identity, write_part
-from dpo_engine.models.logps import pair_logps
-from dpo_engine.models.loading import adapter_base, load_model, resolve_model
+from dpo_engine.models.logp_cache import LOGP_COLUMNS, cached_logps, logps_cache_key
+from dpo_engine.models.loading import adapter_base, device_precision, load_model, resolve_device, resolve_model
+from dpo_engine.models.tokenization import MAX_LENGTH, MAX_PROMPT_LENGTH, encode_pairs
 from dpo_engine.paths import cache_dir
-from dpo_engine.models.tokenization import encode_pair
 
 Progress = Callable[[int, int], None]
-LOGP_COLUMNS = ["pair_id", "chosen_logps", "rejected_logps", "chosen_tokens", "rejected_tokens"]
+__all__ = ["LOGP_COLUMNS", "logps_cache_key", "score_logps", "implicit_margins", "implicit_margin_table",
+           "external_margins", "encode_frame"]
+
+
+def encode_frame(pairs: pd.DataFrame, tokenizer, max_length: int = MAX_LENGTH,
+                 max_prompt_length: int = MAX_PROMPT_LENGTH) -> list:
+    """The ``EncodedPair`` of every row of a pairs table, in order (one batched tokenizer pass)."""
+    return encode_pairs(tokenizer, [list(m) for m in pairs.prompt_messages], list(pairs.chosen),
+                        list(pairs.rejected), max_length, max_prompt_length)
 
 
 def score_logps(
@@ -40,54 +42,28 @@ def score_logps(
     tokenizer,
     *,
     cache_key: str,
-    batch_size: int = 8,
-    max_length: int = 1024,
-    max_prompt_length: int = 512,
+    batch_size: int | None = None,
+    token_budget: int | None = None,
+    max_length: int = MAX_LENGTH,
+    max_prompt_length: int = MAX_PROMPT_LENGTH,
+    encoded: Sequence | None = None,
     progress: Progress | None = None,
 ) -> pd.DataFrame:
     """Summed response log-probs of every pair under ``model``; one row per pair, in ``pairs`` order.
 
-    ``cache_key`` names the on-disk cache (see :func:`logps_cache_key`); finished batches are reused.
+    ``cache_key`` names the on-disk cache (see :func:`logps_cache_key`); pairs scored before are reused.
+    ``encoded``: the pairs' encodings when the caller has them (else the pairs not cached yet are encoded here
+    with the max lengths).
+    ``batch_size`` caps pairs per forward, ``token_budget`` tokens per forward (default by device).
     Returns ``pair_id, chosen_logps, rejected_logps`` (nats) and ``chosen_tokens, rejected_tokens``.
     """
-    parts_dir = cache_dir() / "logps" / cache_key
-    parts_dir.mkdir(parents=True, exist_ok=True)
-    encoded = {
-        row.pair_id: encode_pair(tokenizer, list(row.prompt_messages), row.chosen, row.rejected, max_length, max_prompt_length)
-        for row in pairs.itertuples()
-    }
-    done = read_parts(parts_dir, LOGP_COLUMNS)
-    todo = [pair_id for pair_id in _length_sorted(encoded) if pair_id not in set(done.pair_id)]
-    total, finished = len(encoded), len(encoded) - len(todo)
-    if progress:
-        progress(finished, total)
-    model.eval()
-    for start in range(0, len(todo), batch_size):
-        batch_ids = todo[start : start + batch_size]
-        with torch.inference_mode():
-            out = pair_logps(model, [encoded[i] for i in batch_ids], tokenizer.pad_token_id)
-        part = pd.DataFrame({"pair_id": batch_ids, **{k: v.float().cpu().numpy() for k, v in out.items()}})
-        write_part(parts_dir, finished, part)  # named by the pairs done before it: unique within this cache
-        finished += len(batch_ids)
-        if progress:
-            progress(finished, total)
-    scored = read_parts(parts_dir, LOGP_COLUMNS).drop_duplicates("pair_id").set_index("pair_id")
-    return scored.loc[list(encoded)].reset_index()[LOGP_COLUMNS]
-
-
-def logps_cache_key(
-    pairs: pd.DataFrame, model_path: Path, adapter: Path | None, max_length: int, max_prompt_length: int, dtype: str
-) -> str:
-    """A cache key that changes when the data, the weights, the truncation or the precision change."""
-    identity = {
-        "data": fingerprint(pairs),
-        "model": weights_identity(model_path),
-        "adapter": weights_identity(adapter) if adapter else None,
-        "max_length": max_length,
-        "max_prompt_length": max_prompt_length,
-        "dtype": dtype,
-    }
-    return hashlib.sha1(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:20]
+    if encoded is None:
+        def encoded(indices: list[int]) -> list:
+            return encode_frame(pairs.iloc[indices], tokenizer, max_length, max_prompt_length)
+    return cached_logps(
+        model, encoded, pairs.pair_id.tolist(), cache_dir() / "logps" / cache_key, pad_token_id=tokenizer.pad_token_id,
+        batch_size=batch_size, token_budget=token_budget, progress=progress,
+    )
 
 
 def implicit_margins(
@@ -95,64 +71,84 @@ def implicit_margins(
     policy: str,
     *,
     reference: str | None = None,
-    dtype: str = "fp32",
+    dtype: str = "auto",
     device: str = "auto",
-    batch_size: int = 8,
-    max_length: int = 1024,
-    max_prompt_length: int = 512,
+    batch_size: int | None = None,
+    token_budget: int | None = None,
+    max_length: int = MAX_LENGTH,
+    max_prompt_length: int = MAX_PROMPT_LENGTH,
     progress: Progress | None = None,
 ) -> pd.DataFrame:
     """DM's implicit margin of every pair: ``[log pi(y_w) - log pi(y_l)] - [log ref(y_w) - log ref(y_l)]``.
 
     ``policy`` is a LoRA adapter directory (its base model, adapters disabled, is the reference) or a full model
-    directory (then ``reference`` names the reference model). ``progress(done, total)`` counts pairs over both
-    passes. Returns ``pair_id, policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
-    chosen_tokens, rejected_tokens, implicit_margin``.
+    directory (then ``reference`` names the reference model). ``dtype`` ``"auto"`` is resolved by device
+    (``dpo_engine.models.loading.resolve_precision``); the resolved name is ``table.attrs["dtype"]``.
+    ``progress(done, total)`` counts pairs over both passes. Returns :func:`implicit_margin_table`'s columns.
     """
     policy_path = resolve_model(policy)
     base = adapter_base(policy_path)
+    device = resolve_device(device)
+    dtype = device_precision(dtype, device)
     n = len(pairs)
-    settings = dict(batch_size=batch_size, max_length=max_length, max_prompt_length=max_prompt_length)
+    lengths = dict(max_length=max_length, max_prompt_length=max_prompt_length)
+    settings = dict(batch_size=batch_size, token_budget=token_budget, **lengths)
 
     def stage(offset: int) -> Progress | None:
         return (lambda done, total: progress(offset + done, 2 * n)) if progress else None
 
+    if base is None and reference is None:
+        raise ValueError(f"{policy} is a full model: give the reference model it was trained from")
+    model, tokenizer = load_model(str(policy_path), dtype=dtype, device=device)
+    encoded = _SharedEncodings(pairs, tokenizer, **lengths)
     if base is not None:
-        model, tokenizer = load_model(str(policy_path), dtype=dtype, device=device)
         base_path = resolve_model(base)
         key = logps_cache_key(pairs, base_path, policy_path, max_length, max_prompt_length, dtype)
-        policy_scores = score_logps(pairs, model, tokenizer, cache_key=key, progress=stage(0), **settings)
+        policy_scores = score_logps(pairs, model, tokenizer, cache_key=key, encoded=encoded, progress=stage(0), **settings)
         with model.disable_adapter():
             key = logps_cache_key(pairs, base_path, None, max_length, max_prompt_length, dtype)
-            ref_scores = score_logps(pairs, model, tokenizer, cache_key=key, progress=stage(n), **settings)
+            ref_scores = score_logps(pairs, model, tokenizer, cache_key=key, encoded=encoded, progress=stage(n),
+                                     **settings)
     else:
-        if reference is None:
-            raise ValueError(f"{policy} is a full model: give the reference model it was trained from")
-        for offset, name in ((0, policy), (n, reference)):
-            model, tokenizer = load_model(name, dtype=dtype, device=device)
-            key = logps_cache_key(pairs, resolve_model(name), None, max_length, max_prompt_length, dtype)
-            scores = score_logps(pairs, model, tokenizer, cache_key=key, progress=stage(offset), **settings)
-            if offset == 0:
-                policy_scores = scores
-            else:
-                ref_scores = scores
-            del model
-    table = pd.DataFrame(
-        {
-            "pair_id": policy_scores.pair_id,
-            "policy_chosen_logps": policy_scores.chosen_logps,
-            "policy_rejected_logps": policy_scores.rejected_logps,
-            "ref_chosen_logps": ref_scores.chosen_logps.to_numpy(),
-            "ref_rejected_logps": ref_scores.rejected_logps.to_numpy(),
-            "chosen_tokens": policy_scores.chosen_tokens.astype(int),
-            "rejected_tokens": policy_scores.rejected_tokens.astype(int),
-        }
+        key = logps_cache_key(pairs, policy_path, None, max_length, max_prompt_length, dtype)
+        policy_scores = score_logps(pairs, model, tokenizer, cache_key=key, encoded=encoded, progress=stage(0), **settings)
+        del model
+        model, ref_tokenizer = load_model(reference, dtype=dtype, device=device)
+        if not _same_tokenizer(tokenizer, ref_tokenizer):
+            encoded = _SharedEncodings(pairs, ref_tokenizer, **lengths)
+        key = logps_cache_key(pairs, resolve_model(reference), None, max_length, max_prompt_length, dtype)
+        ref_scores = score_logps(pairs, model, ref_tokenizer, cache_key=key, encoded=encoded, progress=stage(n),
+                                 **settings)
+    table = implicit_margin_table(pairs.pair_id.to_numpy(), policy_scores, ref_scores)
+    table.attrs["dtype"] = dtype
+    return table
+
+
+def implicit_margin_table(pair_ids: Sequence[str], policy: Mapping, reference: Mapping | None) -> pd.DataFrame:
+    """Per pair: policy and reference log-probs, response lengths and the implicit margin (nats, no beta).
+
+    ``policy`` and ``reference`` map ``chosen_logps`` and ``rejected_logps`` (and, for ``policy``, ``chosen_tokens``
+    and ``rejected_tokens``) to ``(n_pairs,)`` arrays, in ``pair_ids`` order (a ``score_logps`` table, or a dict
+    of arrays). ``reference`` None gives NaN reference columns and margins. Returns ``pair_id,
+    policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, chosen_tokens,
+    rejected_tokens, implicit_margin``.
+    """
+    n = len(pair_ids)
+    ref_chosen, ref_rejected = (
+        (np.full(n, np.nan), np.full(n, np.nan)) if reference is None
+        else (np.asarray(reference["chosen_logps"], float), np.asarray(reference["rejected_logps"], float))
     )
+    table = pd.DataFrame({
+        "pair_id": np.asarray(pair_ids),
+        "policy_chosen_logps": np.asarray(policy["chosen_logps"], float),
+        "policy_rejected_logps": np.asarray(policy["rejected_logps"], float),
+        "ref_chosen_logps": ref_chosen,
+        "ref_rejected_logps": ref_rejected,
+        "chosen_tokens": np.asarray(policy["chosen_tokens"]).astype(int),
+        "rejected_tokens": np.asarray(policy["rejected_tokens"]).astype(int),
+    })
     table["implicit_margin"] = margin_math.implicit_margin(
-        table.policy_chosen_logps.to_numpy(),
-        table.policy_rejected_logps.to_numpy(),
-        table.ref_chosen_logps.to_numpy(),
-        table.ref_rejected_logps.to_numpy(),
+        table.policy_chosen_logps.to_numpy(), table.policy_rejected_logps.to_numpy(), ref_chosen, ref_rejected,
     )
     return table
 
@@ -163,6 +159,7 @@ def external_margins(
     *,
     reward_model: str | None = None,
     batch_size: int = 8,
+    dtype: str = "auto",
     device: str = "auto",
     progress: Progress | None = None,
 ) -> tuple[pd.DataFrame, dict]:
@@ -171,7 +168,8 @@ def external_margins(
     ``source``:
       - ``"dataset"``: the data's own scores, ``score_chosen - score_rejected``;
       - ``"reward-model"``: ``reward_model`` is a local ``AutoModelForSequenceClassification`` directory; the
-        margin is the raw logit difference with the chat template applied (methods §1.3);
+        margin is the raw logit difference with the chat template applied (methods §1.3), scored by
+        ``dpo_engine.models.reward_model.RewardModelScorer`` in ``dtype`` (``"auto"``: bf16 on CUDA);
       - ``"builtin"``: the stand-in embedding reward head, cross-fitted (``dpo_engine.reward_head``).
 
     Returns (``pair_id, external_margin`` table, metadata dict).
@@ -184,10 +182,13 @@ def external_margins(
     elif source == "reward-model":
         if not reward_model:
             raise ValueError("source 'reward-model' needs reward_model= a local sequence-classification model")
-        chosen = _reward_scores(pairs, "chosen", reward_model, batch_size, device, progress)
-        rejected = _reward_scores(pairs, "rejected", reward_model, batch_size, device, progress)
+        from dpo_engine.models.reward_model import RewardModelScorer
+
+        scorer = RewardModelScorer(reward_model, dtype=dtype, device=device, batch_size=batch_size)
+        chosen, rejected = _reward_scores(pairs, scorer, progress)
         margin = margin_math.external_margin(chosen, rejected)
-        meta = {"source": "reward-model", "reward_model": str(reward_model), "description": "RM logit difference"}
+        meta = {"source": "reward-model", "reward_model": str(reward_model), "dtype": scorer.dtype,
+                "description": "RM logit difference"}
     elif source == "builtin":
         from dpo_engine.models.reward_head import STAND_IN_NOTE, cross_fitted_margins
 
@@ -203,45 +204,32 @@ def external_margins(
     return pd.DataFrame({"pair_id": pairs.pair_id.to_numpy(), "external_margin": np.asarray(margin, float)}), meta
 
 
-def clear_logps_cache() -> None:
-    """Delete every cached log-prob batch."""
-    shutil.rmtree(cache_dir() / "logps", ignore_errors=True)
+def _reward_scores(pairs: pd.DataFrame, scorer, progress: Progress | None) -> tuple[np.ndarray, np.ndarray]:
+    """Reward-model logits of ``prompt_messages + [assistant: chosen]`` and ``... rejected``, ``(n,)`` each."""
+    n = len(pairs)
+    conversations = [list(m) + [{"role": "assistant", "content": c}] for m, c in zip(pairs.prompt_messages, pairs.chosen)]
+    conversations += [list(m) + [{"role": "assistant", "content": r}]
+                      for m, r in zip(pairs.prompt_messages, pairs.rejected)]
+    scores = scorer.score(conversations, progress=progress)
+    return scores[:n], scores[n:]
 
 
-def _reward_scores(pairs, column, reward_model, batch_size, device, progress) -> np.ndarray:
-    """Raw reward-model logits of ``prompt_messages + [assistant: column]``, batched."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+class _SharedEncodings:
+    """Encodings of a pairs table made on first request, then kept: the policy and reference passes of one job
+    share them, and a pass that finds everything cached asks for none."""
 
-    from dpo_engine.models.loading import detect_device
+    def __init__(self, pairs: pd.DataFrame, tokenizer, max_length: int, max_prompt_length: int):
+        self.pairs, self.tokenizer, self.lengths = pairs, tokenizer, (max_length, max_prompt_length)
+        self.encoded: dict[int, object] = {}
 
-    device = detect_device() if device == "auto" else device
-    tokenizer = AutoTokenizer.from_pretrained(reward_model)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForSequenceClassification.from_pretrained(reward_model).to(device).eval()
-    texts = [
-        tokenizer.apply_chat_template(list(messages) + [{"role": "assistant", "content": response}], tokenize=False)
-        if tokenizer.chat_template
-        else "\n\n".join(m["content"] for m in messages) + "\n\n" + response
-        for messages, response in zip(pairs.prompt_messages, pairs[column])
-    ]
-    scores = []
-    for start in range(0, len(texts), batch_size):
-        batch = tokenizer(texts[start : start + batch_size], return_tensors="pt", padding=True, truncation=True)
-        with torch.inference_mode():
-            scores.append(model(**batch.to(device)).logits[:, 0].float().cpu().numpy())
-        if progress:
-            progress(min(start + batch_size, len(texts)), len(texts))
-    return np.concatenate(scores) if scores else np.zeros(0)
+    def __call__(self, indices: list[int]) -> list:
+        missing = [i for i in indices if i not in self.encoded]
+        if missing:
+            self.encoded.update(zip(missing, encode_frame(self.pairs.iloc[missing], self.tokenizer, *self.lengths)))
+        return [self.encoded[i] for i in indices]
 
 
-def _length_sorted(encoded: dict) -> list[str]:
-    """Pair ids, longest first: batches of similar length waste little padding, and memory errors show up early.
-
-    The length is that of the packed row ``pair_logps`` scores (prompt + chosen + rejected).
-    """
-    def length(pair_id):
-        pair = encoded[pair_id]
-        return len(pair.prompt_ids) + len(pair.chosen_ids) + len(pair.rejected_ids)
-
-    return sorted(encoded, key=length, reverse=True)
+def _same_tokenizer(a, b) -> bool:
+    """Whether two tokenizers encode pairs alike (same vocabulary, chat template and EOS)."""
+    return a is b or (a.get_vocab() == b.get_vocab() and a.chat_template == b.chat_template
+                      and a.eos_token == b.eos_token)

@@ -18,9 +18,12 @@ How a batch of pairs is scored (``pair_logps``; ``policy_logps`` is the same on 
 - **Response-only logits.** The vocabulary projection (the largest single cost of a small model) runs only at the
   positions that predict a response token: the last prompt token (it predicts both first response tokens) and
   each response token but the last. Prompt positions get no logits.
-- **Bounded memory.** A batch whose logits would exceed ``MAX_LOGIT_ELEMENTS`` values is split into smaller
-  forwards, and the log-softmax normaliser is taken in chunks, so the peak memory does not grow with ``max_length``
-  times the batch size.
+- **Bounded memory, one forward.** The decoder runs once over the row; the vocabulary projection and log-softmax
+  then run over the kept hidden states in chunks of ``MAX_LOGIT_ELEMENTS`` logits (``chunked_token_logps``), so
+  peak logits memory does not grow with the batch, whatever the vocabulary. Under autograd a chunk's logits are
+  recomputed in the backward pass instead of kept, but only when there is more than one chunk.
+- **Vectorised rows.** The row, its positions and the (column, label, slot) of every scored token are built with
+  numpy from each pair's lengths, not token by token in Python.
 
 Models with another attention implementation (flash-attention kernels) use the plain concatenated forward
 (``concatenated_logps``): chosen and rejected rows, left-padded, logits for the last response columns.
@@ -30,17 +33,20 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
 import torch
+from torch.utils.checkpoint import checkpoint
 
 from dpo_engine.models.segment_attention import SEGMENT_ATTENTION, segment_attention
 
-# Logits (positions x vocabulary) one forward may produce: 2**27 fp32 values = 512 MB, i.e. 2,730 positions of
-# SmolLM2's 49,152-word vocabulary. A larger batch is split into several forwards.
+# Logits (positions x vocabulary) computed at a time: 2**27 fp32 values = 512 MB, i.e. 2,730 positions of
+# SmolLM2's 49,152-word vocabulary or 1,048 of Llama-3's 128,256.
 MAX_LOGIT_ELEMENTS = 2**27
-# Rows of logits normalised at a time (logsumexp makes a temporary copy of what it reduces).
-_LSE_CHUNK = 512
 # Attention implementations the segment path stands in for (it computes the same attention with SDPA).
 _SEGMENTABLE_ATTENTION = ("sdpa", "eager")
+# Config fields of models whose forward changes the head's logits (Gemma's soft-capping, Cohere's and Granite's
+# scaling): those keep their own forward.
+_LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling")
 
 
 def sequence_logps(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor, average: bool = False) -> torch.Tensor:
@@ -77,7 +83,8 @@ def policy_logps(model, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
     """
     if not supports_packing(model):
         return concatenated_logps(model, batch)
-    return pair_logps(model, unpack_batch(batch), _pad_id(batch))
+    pairs = batch["pairs"] if "pairs" in batch else unpack_batch(batch)  # a collator may carry its pairs along
+    return pair_logps(model, pairs, _pad_id(batch))
 
 
 def pair_logps(
@@ -89,28 +96,78 @@ def pair_logps(
 ) -> dict[str, torch.Tensor]:
     """Summed response log-probs of ``pairs`` (``EncodedPair``-like: ``prompt_ids``, ``chosen_ids``, ``rejected_ids``).
 
-    One padding-free forward per group of pairs (see the module docstring); a group is cut when its logits would
-    exceed ``max_logit_elements`` values. ``pad_token_id`` is only used by the concatenated fallback. Same return
-    value as :func:`policy_logps`.
+    One padding-free forward over all ``pairs`` (see the module docstring); logits are computed
+    ``max_logit_elements`` at a time. ``pad_token_id`` is only used by the concatenated fallback. Same return value
+    as :func:`policy_logps`; the tensors stay on the model's device.
     """
     if not supports_packing(model):
         from dpo_engine.models.tokenization import collate
 
         return concatenated_logps(model, collate(list(pairs), pad_token_id))
     device = next(model.parameters()).device
-    chosen, rejected = [], []
-    for group in _groups(pairs, max(1, max_logit_elements // _vocab_size(model))):
-        c, r = _segments_forward(model, group, device)
-        chosen.append(c)
-        rejected.append(r)
-    tokens_c = torch.tensor([len(p.chosen_ids) for p in pairs], dtype=torch.long, device=device)
-    tokens_r = torch.tensor([len(p.rejected_ids) for p in pairs], dtype=torch.long, device=device)
+    chosen, rejected = _segments_forward(model, pairs, device, max_logit_elements)
+    lengths = torch.tensor([(len(p.chosen_ids), len(p.rejected_ids)) for p in pairs], dtype=torch.long)
+    lengths = lengths.reshape(-1, 2).to(device, non_blocking=True)
     return {
-        "chosen_logps": torch.cat(chosen),
-        "rejected_logps": torch.cat(rejected),
-        "chosen_tokens": tokens_c,
-        "rejected_tokens": tokens_r,
+        "chosen_logps": chosen,
+        "rejected_logps": rejected,
+        "chosen_tokens": lengths[:, 0],
+        "rejected_tokens": lengths[:, 1],
     }
+
+
+def chunked_token_logps(hidden: torch.Tensor, head, labels: torch.Tensor, chunk_rows: int) -> torch.Tensor:
+    """``log p(labels[k] | hidden[k])`` under the output layer ``head``, ``chunk_rows`` positions at a time.
+
+    Args:
+        hidden: ``(K, H)`` final hidden states of the positions that predict a scored token.
+        head: maps ``(k, H)`` hidden states to ``(k, V)`` logits (the model's output layer).
+        labels: ``(K,)`` token ids those positions predict.
+        chunk_rows: positions per chunk; at most ``chunk_rows x V`` logits exist at once (fp32 copy included).
+
+    Returns:
+        ``(K,)`` float32 log-probs in nats. With gradients and more than one chunk, each chunk's logits are
+        recomputed in the backward pass (``torch.utils.checkpoint``) instead of being kept: memory stays bounded
+        in training too, for one more pass of the output layer.
+    """
+    if hidden.shape[0] <= chunk_rows:
+        return _token_logps(head, hidden, labels)
+    recompute = torch.is_grad_enabled() and hidden.requires_grad
+    pieces = []
+    for rows, targets in zip(hidden.split(chunk_rows), labels.split(chunk_rows)):
+        if recompute:
+            pieces.append(checkpoint(_token_logps, head, rows, targets, use_reentrant=False))
+        else:
+            pieces.append(_token_logps(head, rows, targets))
+    return torch.cat(pieces)
+
+
+def _token_logps(head, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    logits = head(hidden).float()
+    # logit[label] - logsumexp(logits) avoids materialising a second (k, V) log_softmax tensor.
+    return logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+
+
+def row_tokens(model, pair) -> int:
+    """Tokens ``pair`` takes in a padding-free row: one packed segment, or the prompt twice (``prefer_packed``)."""
+    p, c, r = len(pair.prompt_ids), len(pair.chosen_ids), len(pair.rejected_ids)
+    return p + c + r if prefer_packed(model, pair) else 2 * p + c + r
+
+
+def token_budget_batches(lengths: Sequence[int], token_budget: int, max_pairs: int | None = None) -> list[list[int]]:
+    """Consecutive index groups of ``lengths`` (tokens per pair), each within ``token_budget`` tokens and
+    ``max_pairs`` pairs; a pair longer than the budget gets a group of its own. Give lengths longest first, so the
+    first forward is the largest (a memory error shows at once) and groups waste nothing on padding."""
+    groups, group, used = [], [], 0
+    for index, length in enumerate(lengths):
+        if group and (used + length > token_budget or (max_pairs is not None and len(group) >= max_pairs)):
+            groups.append(group)
+            group, used = [], 0
+        group.append(index)
+        used += length
+    if group:
+        groups.append(group)
+    return groups
 
 
 def supports_packing(model) -> bool:
@@ -188,21 +245,9 @@ def _pad_id(batch: dict[str, torch.Tensor]) -> int:
 
 
 def _logit_positions(pair) -> int:
+    """Distinct row positions whose hidden states predict a scored token of ``pair`` (the benchmark's work count)."""
     p, c, r = len(pair.prompt_ids), len(pair.chosen_ids), len(pair.rejected_ids)
     return (1 if p and (c or r) else 0) + max(c - 1, 0) + max(r - 1, 0)
-
-
-def _groups(pairs: Sequence, max_logit_tokens: int):
-    group, budget = [], 0
-    for pair in pairs:
-        need = _logit_positions(pair)
-        if group and budget + need > max_logit_tokens:
-            yield group
-            group, budget = [], 0
-        group.append(pair)
-        budget += need
-    if group:
-        yield group
 
 
 def layer_multiply_adds(model) -> tuple[int, int]:
@@ -234,68 +279,116 @@ def prefer_packed(model, pair) -> bool:
     return packed <= split
 
 
-def _segments_forward(model, pairs: Sequence, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Chosen and rejected log-probs of ``pairs`` from one forward over a single padding-free row.
+def _segments_forward(model, pairs: Sequence, device, max_logit_elements: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Chosen and rejected log-probs ``(n,)``, ``(n,)`` of ``pairs`` from one forward over a single padding-free row.
 
     Each pair becomes one packed segment ``[prompt | chosen | rejected]`` or two plain ones (``prefer_packed``);
     the segments are laid end to end and attend only within themselves (``dpo_engine.segment_attention``).
     """
     n = len(pairs)
-    specs = []  # (prompt, [(response, output slot)]): pair i's chosen goes to slot i, its rejected to n + i
+    row = _Row()
     for i, p in enumerate(pairs):
         if prefer_packed(model, p):
-            specs.append((p.prompt_ids, [(p.chosen_ids, i), (p.rejected_ids, n + i)]))
+            row.add(p.prompt_ids, [(p.chosen_ids, i), (p.rejected_ids, n + i)])
         else:
-            specs += [(p.prompt_ids, [(p.chosen_ids, i)]), (p.prompt_ids, [(p.rejected_ids, n + i)])]
-    input_ids, position_ids, segments = [], [], []
-    # Each scored token: (column whose logits predict it, label, output slot)
-    columns, labels, slots = [], [], []
-    for prompt, responses in specs:
-        start = len(input_ids)
-        p = len(prompt)
-        input_ids += prompt
-        position_ids += range(p)
-        segment_of = [0] * p  # 0 prompt, k = k-th response (for the packed segment's mask)
-        for k, (response, slot) in enumerate(responses, start=1):
-            offset = len(input_ids)
-            for j, token in enumerate(response):
-                if p == 0 and j == 0:  # no prompt: the first response token has no context to be predicted from
-                    continue
-                columns.append(start + p - 1 if j == 0 else offset + j - 1)
-                labels.append(token)
-                slots.append(slot)
-            input_ids += response
-            position_ids += range(p, p + len(response))
-            segment_of += [k] * len(response)
-        segments.append((start, len(input_ids), _segment_mask(segment_of, device) if len(responses) > 1 else None))
-
+            row.add(p.prompt_ids, [(p.chosen_ids, i)])
+            row.add(p.prompt_ids, [(p.rejected_ids, n + i)])
     out = torch.zeros(2 * n, dtype=torch.float32, device=device)
-    if not columns:
+    columns, labels, slots = (torch.from_numpy(a).to(device, non_blocking=True) for a in row.scored())
+    if not len(columns):
         return out[:n], out[n:]
-    keep = torch.zeros(1, len(input_ids), dtype=torch.bool)
-    keep[0, columns] = True
+    input_ids, position_ids = (torch.from_numpy(a)[None].to(device, non_blocking=True) for a in row.tokens())
+    segments = [(start, end, None if groups is None else _segment_mask(groups, device)) for start, end, groups in row.segments]
     with segment_attention(model):
-        outputs = model(
-            input_ids=torch.tensor([input_ids], device=device),
-            position_ids=torch.tensor([position_ids], device=device),
-            logits_to_keep=keep.to(device),
-            segments=segments,
-            use_cache=False,
-        )
-    logits = outputs.logits  # (number of kept positions, V), in column order
-    if logits.dim() == 3:  # a model that ignores boolean logits_to_keep: select the positions here
-        logits = logits[keep.to(device)]
-    index = (torch.cumsum(keep[0], 0) - 1)[torch.tensor(columns)].to(device)
-    picked = logits[index, torch.tensor(labels, device=device)].float()
-    normaliser = torch.cat([torch.logsumexp(chunk.float(), dim=-1) for chunk in logits.split(_LSE_CHUNK)])
-    token_logps = picked - normaliser[index]
-    out = out.index_add(0, torch.tensor(slots, device=device), token_logps)
+        token_logps = _kept_token_logps(model, input_ids, position_ids, segments, columns, labels, max_logit_elements)
+    out = out.index_add(0, slots, token_logps)
     return out[:n], out[n:]
 
 
-def _segment_mask(segment_of: list[int], device) -> torch.Tensor:
+def _kept_token_logps(model, input_ids, position_ids, segments, columns, labels, max_logit_elements) -> torch.Tensor:
+    """Log-probs ``(K,)`` of ``labels`` predicted at row ``columns``: one forward, the head in chunks.
+
+    Where the output layer is a plain bias-free ``nn.Linear`` that the model applies as is, the forward keeps no
+    logits and the decoder's final hidden states are taken from it (a forward hook) for
+    :func:`chunked_token_logps`. A model that scales or caps its logits, or an adapter on the head, keeps the
+    model's own logits at the kept columns, normalised in chunks.
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
+    config = base.config.get_text_config() if hasattr(base.config, "get_text_config") else base.config
+    plain = (type(head) is torch.nn.Linear and head.bias is None and hasattr(base, "get_decoder")
+             and not any(getattr(config, name, None) for name in _LOGIT_TRANSFORMS))
+    chunk_rows = max(1, max_logit_elements // _vocab_size(model))
+    keep = torch.zeros(1, input_ids.shape[1], dtype=torch.bool, device=input_ids.device)
+    if plain:
+        captured = []
+        hook = base.get_decoder().register_forward_hook(lambda module, args, output: captured.append(output[0]))
+        try:
+            model(input_ids=input_ids, position_ids=position_ids, logits_to_keep=keep, segments=segments,
+                  use_cache=False)
+        finally:
+            hook.remove()
+        return chunked_token_logps(captured[-1][0, columns], head, labels, chunk_rows)
+    keep[0, columns] = True
+    logits = model(input_ids=input_ids, position_ids=position_ids, logits_to_keep=keep, segments=segments,
+                   use_cache=False).logits
+    if logits.dim() == 3:  # a model that ignores boolean logits_to_keep: select the positions here
+        logits = logits[keep]
+    index = torch.cumsum(keep[0], 0)[columns] - 1  # logits rows are the kept columns, in row order
+    normaliser = torch.cat([torch.logsumexp(rows.float(), dim=-1) for rows in logits.split(chunk_rows)])
+    return logits[index, labels].float() - normaliser[index]
+
+
+class _Row:
+    """One padding-free row under construction: segments of ``prompt`` followed by one or two responses."""
+
+    def __init__(self):
+        self.ids, self.positions, self.segments = [], [], []  # segments: (start, end, per-token group ids or None)
+        self.columns, self.labels, self.slots = [], [], []
+        self.length = 0
+
+    def add(self, prompt: Sequence[int], responses: list[tuple[Sequence[int], int]]) -> None:
+        """Append a segment; each response's tokens are predicted from the column before them (the last prompt
+        token for a first token; a segment without a prompt cannot predict its first token) and summed into ``slot``."""
+        start, p = self.length, len(prompt)
+        self.ids.append(np.asarray(prompt, dtype=np.int64))
+        self.positions.append(np.arange(p))
+        offset = start + p
+        for response, slot in responses:
+            m = len(response)
+            self.ids.append(np.asarray(response, dtype=np.int64))
+            self.positions.append(np.arange(p, p + m))
+            first = 0 if p else 1
+            if m > first:
+                predictors = np.arange(offset + first - 1, offset + m - 1)
+                if p:
+                    predictors[0] = start + p - 1  # the first response token is predicted by the prompt's end
+                self.columns.append(predictors)
+                self.labels.append(self.ids[-1][first:])
+                self.slots.append(np.full(m - first, slot))
+            offset += m
+        groups = None
+        if len(responses) > 1:  # 0 = prompt, k = k-th response: the packed segment's mask keeps responses apart
+            groups = np.repeat(np.arange(len(responses) + 1), [p] + [len(r) for r, _ in responses])
+        self.segments.append((start, offset, groups))
+        self.length = offset
+
+    def tokens(self) -> tuple[np.ndarray, np.ndarray]:
+        """``input_ids`` and ``position_ids`` of the row, each ``(L,)`` int64."""
+        return _cat(self.ids), _cat(self.positions)
+
+    def scored(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per scored token: the column whose hidden state predicts it, its id, and its output slot; ``(K,)`` each."""
+        return _cat(self.columns), _cat(self.labels), _cat(self.slots)
+
+
+def _cat(arrays: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate(arrays).astype(np.int64, copy=False) if arrays else np.zeros(0, dtype=np.int64)
+
+
+def _segment_mask(segment_of: np.ndarray, device) -> torch.Tensor:
     """``(1, 1, L, L)`` mask of a packed segment: causal, and chosen/rejected tokens blind to each other."""
-    segment = torch.tensor(segment_of, device=device)
+    segment = torch.from_numpy(segment_of).to(device)
     causal = torch.ones(len(segment_of), len(segment_of), dtype=torch.bool, device=device).tril()
     same_or_prompt = (segment[None, :] == 0) | (segment[None, :] == segment[:, None])
     return (causal & same_or_prompt)[None, None]

@@ -75,6 +75,7 @@ class PairCollator:
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
         pairs = [EncodedPair(e["prompt_ids"], e["chosen_ids"], e["rejected_ids"]) for e in examples]
         batch = collate(pairs, self.pad_token_id)
+        batch["pairs"] = pairs  # policy_logps scores these directly, without unpacking the padded rows
         if "ref_chosen_logps" in examples[0]:
             for key in ("ref_chosen_logps", "ref_rejected_logps"):
                 batch[key] = torch.tensor([example[key] for example in examples], dtype=torch.float32)

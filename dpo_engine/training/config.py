@@ -21,7 +21,7 @@ if TYPE_CHECKING:  # pandas is imported where pairs are loaded: this module stay
     import pandas as pd
 
 DEFAULT_MODEL = "smollm2-135m-instruct"  # dpo_engine.models.DEFAULT_MODEL, repeated to avoid importing torch
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
@@ -134,8 +134,9 @@ class TrainConfig:
         "fine-tuning, where the initial model is gone after training and pair_rewards.parquet needs it."))
 
     # Hardware
-    precision: str = field(default="fp32", metadata=_help(
-        "'fp32', or 'bf16': bf16 autocast (with LoRA the frozen base weights are also stored in bf16)."))
+    precision: str = field(default="auto", metadata=_help(
+        "'auto' (bf16 on a CUDA GPU that has it, else fp32), 'fp32', or 'bf16': bf16 autocast (with LoRA the "
+        "frozen base weights are also stored in bf16, the adapter stays fp32)."))
     device: str = field(default="auto", metadata=_help("'auto' (cuda, then mps, then cpu), 'cpu', 'cuda' or 'mps'."))
     gradient_checkpointing: bool = field(default=False, metadata=_help(
         "Keep only each layer's input for backward and recompute the rest: activations shrink by about the "

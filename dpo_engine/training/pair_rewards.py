@@ -6,10 +6,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from dpo_engine.margins import formulas as margins
+from dpo_engine.margins.scoring import implicit_margin_table
 from dpo_engine.models.loading import resolve_model
-from dpo_engine.models.logps import policy_logps
-from dpo_engine.models.tokenization import EncodedPair, collate
+from dpo_engine.models.logp_cache import cached_logps, logps_cache_key, logps_dir
+from dpo_engine.models.logps import pair_logps
+from dpo_engine.models.tokenization import EncodedPair
 from dpo_engine.training.config import TrainConfig
 
 
@@ -18,26 +19,25 @@ def training_autocast(config: TrainConfig, device: str):
     return torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=config.precision == "bf16")
 
 
-def reference_table(model, tokenizer, pairs: pd.DataFrame, config: TrainConfig, device: str) -> pd.DataFrame:
-    """Reference log-probs of every pair (the model before training), in ``pairs`` order; cached on disk."""
-    from dpo_engine.margins.scoring import logps_cache_key, score_logps
-
+def reference_table(model, tokenizer, pairs: pd.DataFrame, encoded: list[EncodedPair], config: TrainConfig,
+                    device: str) -> pd.DataFrame:
+    """Reference log-probs of every pair (the model before training), in ``pairs`` order; cached on disk by the
+    log-prob cache service, on the trainer's own encodings."""
     # bf16 runs score under the training step's autocast, which differs from scoring's plain bf16: separate keys.
     dtype_key = "fp32" if config.precision == "fp32" else f"bf16-autocast-{'full' if config.full_finetune else 'lora'}"
     key = logps_cache_key(pairs, resolve_model(config.model), None, config.max_length, config.max_prompt_length,
                           dtype_key)
     with training_autocast(config, device):
-        return score_logps(pairs, model, tokenizer, cache_key=key, batch_size=2 * config.batch_size,
-                           max_length=config.max_length, max_prompt_length=config.max_prompt_length)
+        return cached_logps(model, encoded, pairs.pair_id.tolist(), logps_dir(key), pad_token_id=tokenizer.pad_token_id)
 
 
 def _batched_logps(model, encoded: list[EncodedPair], pad_token_id: int, batch_size: int) -> dict[str, np.ndarray]:
-    """``policy_logps`` over all pairs in inference mode, concatenated in order."""
+    """``pair_logps`` over all pairs in inference mode, concatenated in order."""
     parts: dict[str, list] = {}
     model.eval()
     for start in range(0, len(encoded), batch_size):
         with torch.inference_mode():
-            out = policy_logps(model, collate(encoded[start : start + batch_size], pad_token_id))
+            out = pair_logps(model, encoded[start : start + batch_size], pad_token_id)
         for key, value in out.items():
             parts.setdefault(key, []).append(value.float().cpu().numpy())
     return {key: np.concatenate(values) for key, values in parts.items()}
@@ -62,18 +62,6 @@ def pair_rewards_table(model, ref_model, reference, tokenizer, pairs, encoded, c
                     ref = _batched_logps(model, encoded, tokenizer.pad_token_id, batch_size)
             ref_chosen, ref_rejected = ref["chosen_logps"], ref["rejected_logps"]
         else:
-            ref_chosen = ref_rejected = np.full(len(encoded), np.nan)
-    table = pd.DataFrame({
-        "pair_id": pairs.pair_id.to_numpy(),
-        "policy_chosen_logps": policy["chosen_logps"],
-        "policy_rejected_logps": policy["rejected_logps"],
-        "ref_chosen_logps": np.asarray(ref_chosen, dtype=float),
-        "ref_rejected_logps": np.asarray(ref_rejected, dtype=float),
-        "chosen_tokens": policy["chosen_tokens"].astype(int),
-        "rejected_tokens": policy["rejected_tokens"].astype(int),
-    })
-    table["implicit_margin"] = margins.implicit_margin(
-        table.policy_chosen_logps.to_numpy(), table.policy_rejected_logps.to_numpy(),
-        table.ref_chosen_logps.to_numpy(), table.ref_rejected_logps.to_numpy(),
-    )
-    return table
+            ref_chosen = ref_rejected = None
+    reference_logps = None if ref_chosen is None else {"chosen_logps": ref_chosen, "rejected_logps": ref_rejected}
+    return implicit_margin_table(pairs.pair_id.to_numpy(), policy, reference_logps)

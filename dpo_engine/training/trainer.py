@@ -17,6 +17,7 @@ implicit margins after training).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import os
 import shutil
@@ -32,9 +33,10 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoin
 
 from dpo_engine.files import atomic_write_text, read_json, read_jsonl
 from dpo_engine.losses.functions import is_stateful, make_loss, uses_reference
-from dpo_engine.models.loading import detect_device, load_model, resolve_model
+from dpo_engine.models.loading import detect_device, device_precision, load_model, resolve_model
 from dpo_engine.models.adapters import record_base_model
-from dpo_engine.models.tokenization import EncodedPair, encode_pair
+from dpo_engine.models.tokenization import EncodedPair
+from dpo_engine.models.tokenization import encode_pairs as encode_pairs_batched
 from dpo_engine.training.batches import PairCollator, length_grouped_order, pair_dataset, pair_tokens
 from dpo_engine.training.callbacks import (
     LOSS_STATE_FILE,
@@ -90,6 +92,7 @@ def train(
     pair_inputs = prepare_pair_inputs(config, load_subset(config))
     pairs = pair_inputs.pairs  # in curriculum order when there is one
     device = detect_device() if config.device == "auto" else config.device
+    config = dataclasses.replace(config, precision=device_precision(config.precision, device))  # "auto" resolved
     lora = not config.full_finetune
     # With LoRA the base is frozen, so it can be stored in bf16; trained weights stay fp32 for the optimizer.
     model, tokenizer = load_model(config.model, dtype="bf16" if config.precision == "bf16" and lora else "fp32",
@@ -102,7 +105,7 @@ def train(
     needs_reference = uses_reference(config.loss)
     reference = None
     if config.precompute_reference and (needs_reference or config.full_finetune):
-        reference = reference_table(model, tokenizer, pairs, config, device)
+        reference = reference_table(model, tokenizer, pairs, encoded, config, device)
 
     model, ref_model = _policy_and_reference(model, config, needs_reference and reference is None)
     _restore_loss_state(loss_fn, checkpoint, config)
@@ -143,6 +146,7 @@ def train(
         "model_dir": None,
         "pair_rewards": None,
         "loss_params": config.resolved_loss_params(),
+        "precision": config.precision,
         "loss_state": loss_fn.state_dict() if is_stateful(loss_fn) else None,
         "memory_estimate": estimate.to_dict(),
     }
@@ -165,6 +169,7 @@ def dry_run(config: TrainConfig) -> tuple[MemoryEstimate, str, int]:
 
     config.validate()
     device = detect_device() if config.device == "auto" else config.device
+    config = dataclasses.replace(config, precision=device_precision(config.precision, device))
     model_path = resolve_model(config.model)
     encoded = encode_pairs(load_tokenizer(str(model_path)), load_subset(config), config)
     estimate, available = _checked_estimate(config, ModelShape.from_model_dir(model_path), encoded, device)
@@ -183,12 +188,9 @@ def _checked_estimate(config: TrainConfig, shape: ModelShape, encoded: list[Enco
 
 
 def encode_pairs(tokenizer, pairs, config: TrainConfig) -> list[EncodedPair]:
-    """The subset's pairs as token ids, cut to the config's lengths."""
-    return [
-        encode_pair(tokenizer, list(row.prompt_messages), row.chosen, row.rejected,
-                    config.max_length, config.max_prompt_length)
-        for row in pairs.itertuples()
-    ]
+    """The subset's pairs as token ids, cut to the config's lengths (the tokenizer called in batches)."""
+    return encode_pairs_batched(tokenizer, [list(m) for m in pairs.prompt_messages], list(pairs.chosen),
+                                list(pairs.rejected), config.max_length, config.max_prompt_length)
 
 
 def train_foreground(config: TrainConfig, run_dir: str | os.PathLike, *, resume: bool = False) -> dict:

@@ -1,0 +1,81 @@
+"""The configuration of a scoring job: ``ScoreConfig``, the one declaration of scoring's settings and defaults.
+
+``dpo-engine score`` generates its flags from these fields (``dpo_engine.cli.flags``), and the dashboard and the
+study build a ``ScoreConfig`` instead of argv. Torch-free at import time, so a form can check a value at once:
+``validate()`` raises ``ConfigError`` naming the field.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from dpo_engine.errors import ConfigError
+from dpo_engine.models.tokenization import MAX_LENGTH, MAX_PROMPT_LENGTH
+
+DEFAULT_MODEL = "smollm2-135m-instruct"  # dpo_engine.models.DEFAULT_MODEL, repeated to avoid importing torch
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+def _help(text: str) -> dict:
+    return {"help": text}
+
+
+@dataclass
+class ScoreConfig:
+    """Everything ``dpo-engine score`` needs: the data, where the margins table goes, and how each margin is made."""
+
+    pairs: str = field(metadata=_help("preference data file or directory (anything `dpo-engine validate` accepts)"))
+    out: str = field(metadata=_help("margins table to write (.parquet or .csv)"))
+    external: Literal["auto", "dataset", "builtin", "reward-model", "none"] = field(default="auto", metadata=_help(
+        "external margin source; auto = the data's scores if it has them, else the built-in stand-in head"))
+    reward_model: str | None = field(default=None, metadata=_help(
+        "local AutoModelForSequenceClassification dir (--external reward-model)"))
+    implicit: Literal["auto", "warmup", "policy", "none"] = field(default="auto", metadata=_help(
+        "implicit margin source; auto = --policy if given, else train a warm-up proxy (DM step 1)"))
+    policy: str | None = field(default=None, metadata=_help(
+        "LoRA adapter dir (reference = its base) or full model dir (needs --reference)"))
+    reference: str | None = field(default=None, metadata=_help("reference model for a full-model --policy"))
+    model: str = field(default=DEFAULT_MODEL, metadata=_help("base model for the warm-up proxy"))
+    seed_size: int | None = field(default=None, metadata=_help(
+        "warm-up seed subset size (default min(2000, 10 percent of pairs))"))
+    warmup_dir: str | None = field(default=None, metadata=_help(
+        "where the warm-up proxy is trained (default: next to --out)"))
+    warmup_epochs: int = field(default=2, metadata=_help("warm-up proxy epochs"))
+    warmup_lr: float = field(default=5e-5, metadata=_help("warm-up proxy learning rate (LoRA)"))
+    seed: int = field(default=42, metadata=_help("seed of the warm-up subset and training"))
+    dtype: Literal["auto", "fp32", "bf16"] = field(default="auto", metadata=_help(
+        "precision of every model of the job; auto = bf16 on a CUDA GPU that has it, else fp32"))
+    device: str = field(default="auto", metadata=_help("cuda, mps, cpu or auto"))
+    batch_size: int | None = field(default=None, metadata=_help(
+        "at most this many pairs per forward (default: no limit; --token-budget sizes the forwards)"))
+    token_budget: int | None = field(default=None, metadata=_help(
+        "tokens per scoring forward (default by device: 32768 on CUDA, 8192 on CPU and MPS)"))
+    max_length: int = field(default=MAX_LENGTH, metadata=_help("max tokens of prompt + response"))
+    max_prompt_length: int = field(default=MAX_PROMPT_LENGTH, metadata=_help("max prompt tokens (keeps the end)"))
+    progress_file: str | None = field(default=None, metadata=_help(
+        "JSON file updated with {stage, done, total} (for the dashboard)"))
+
+    def validate(self) -> None:
+        """Check every field before launch (no torch, no model load); raise ``ConfigError`` naming the first bad one."""
+
+        def require(ok: bool, name: str, rule: str) -> None:
+            if not ok:
+                raise ConfigError(name, f"must be {rule}, got {getattr(self, name)!r}")
+
+        require(bool(self.pairs) and Path(self.pairs).expanduser().exists(), "pairs", "an existing file or directory")
+        require(bool(self.out), "out", "a path for the margins table")
+        require(self.max_prompt_length >= 1, "max_prompt_length", ">= 1")
+        require(self.max_length > self.max_prompt_length, "max_length", f"> max_prompt_length ({self.max_prompt_length})")
+        require(self.batch_size is None or self.batch_size >= 1, "batch_size", ">= 1 (or unset)")
+        require(self.token_budget is None or self.token_budget >= 1, "token_budget", ">= 1 (or unset)")
+        require(self.seed_size is None or self.seed_size >= 2, "seed_size", ">= 2 (or unset)")
+        require(self.warmup_epochs >= 1, "warmup_epochs", ">= 1")
+        require(self.warmup_lr > 0, "warmup_lr", "> 0")
+        require(self.device in DEVICES or self.device.startswith("cuda:"), "device", f"one of {', '.join(DEVICES)}")
+        if self.external == "reward-model":
+            require(bool(self.reward_model) and Path(self.reward_model).expanduser().is_dir(), "reward_model",
+                    "a local model directory when external is 'reward-model'")
+        if self.implicit == "policy":
+            require(bool(self.policy), "policy", "a model or adapter directory when implicit is 'policy'")
