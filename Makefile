@@ -1,5 +1,5 @@
 # Margin Lab. `make demo` launches the dashboard on the bundled demo (on 127.0.0.1; `make demo HOST=0.0.0.0`
-# to share it, with a login); `make test` runs every test.
+# to share it, with a login); `make test` lints (ruff) and runs every test.
 # Both run `make setup` first, which is idempotent.
 VENV    ?= .venv
 PY      := $(VENV)/bin/python
@@ -34,6 +34,7 @@ demo: setup
 	$(PY) -m dashboard.launch --host $(HOST) --port $(PORT)
 
 test: setup browser
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest
 
 bench: setup

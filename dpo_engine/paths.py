@@ -57,3 +57,9 @@ def workspace_file(subdir: str, name: str, suffix: str, what: str = "name") -> P
     if path.resolve().parent != workspace_subdir(subdir).resolve():
         raise UserError(f"{what} {name!r} would be saved outside {workspace_subdir(subdir)}")
     return path
+
+
+def slug(text: str | None, separator: str = "-", max_length: int = 60) -> str:
+    """``text`` as a file-name fragment: runs of anything but letters, digits, '.', '_' and '-' become
+    ``separator``, leading and trailing '.', '_', '-' are dropped; ``""`` when nothing usable is left."""
+    return re.sub(r"[^A-Za-z0-9._-]+", separator, text or "").strip("._-")[:max_length]

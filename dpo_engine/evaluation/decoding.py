@@ -9,7 +9,7 @@ template's system prompt, computed once, and itself: ``dpo_engine.segment_attent
 spliced into the shared cache (left-padded to a common length), and every step decodes one token for every busy
 slot. Greedy answers equal one-prompt-at-a-time ``generate`` up to floating point (tests/test_generation.py). Two
 things make a CPU step cheaper: the language-model head as ``weight @ hidden.T`` (`_DecodingStep`) and cache
-buffers written in place instead of concatenated (`_RoomyLayer`).
+buffers written in place instead of concatenated (`_InPlaceCacheLayer`).
 
 Only models whose every layer caches keys and values for the whole sequence (``DynamicLayer``: Llama, Qwen2,
 SmolLM and the like) can be spliced this way; `supports_continuous_batching` says whether a model can.
@@ -256,7 +256,7 @@ def _layers(cache: DynamicCache) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return [(layer.keys, layer.values) for layer in cache.layers]
 
 
-class _RoomyLayer(DynamicLayer):
+class _InPlaceCacheLayer(DynamicLayer):
     """A full-sequence cache layer whose keys and values sit at the start of buffers with room for ``ROOM`` more
     positions: a decoding step writes its new position in place, where ``DynamicLayer`` copies the whole cache with
     ``torch.cat`` (60 copies per step for a 30-layer model; docs/benchmarks.md §3). The buffers grow by ``ROOM``
@@ -289,10 +289,10 @@ class _RoomyLayer(DynamicLayer):
 
 
 def _rebuilt(layers: list[tuple[torch.Tensor, torch.Tensor]], mask: torch.Tensor) -> tuple[DynamicCache, torch.Tensor]:
-    """A cache of ``layers`` (`_RoomyLayer`s) and its ``mask``, without the leading positions that no row uses."""
+    """A cache of ``layers`` (`_InPlaceCacheLayer`s) and its ``mask``, without the leading positions that no row uses."""
     first = int(mask.any(dim=0).nonzero()[0])
     cache = DynamicCache()
-    cache.layers = [_RoomyLayer(keys[:, :, first:], values[:, :, first:]) for keys, values in layers]
+    cache.layers = [_InPlaceCacheLayer(keys[:, :, first:], values[:, :, first:]) for keys, values in layers]
     return cache, mask[:, first:]
 
 

@@ -14,6 +14,7 @@ import math
 from typing import Sequence
 
 import numpy as np
+from scipy.special import expit  # 1 / (1 + exp(-x)) without overflow; NaN stays NaN
 from sklearn.linear_model import LogisticRegression
 
 ArrayLike = Sequence[float] | np.ndarray
@@ -50,11 +51,6 @@ def _as_preferences(preferences: ArrayLike) -> np.ndarray:
     if np.any((finite < 0) | (finite > 1)):
         raise ValueError("preferences must lie in [0, 1] (1 = candidate wins, 0.5 = tie, 0 = baseline wins)")
     return values
-
-
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    """Numerically stable logistic function."""
-    return np.exp(-np.logaddexp(0.0, -x))
 
 
 def win_rate(preferences: ArrayLike) -> dict:
@@ -185,7 +181,7 @@ def _sandwich_covariance(features: np.ndarray, preferences: np.ndarray, weights:
     constant column only this reduces to the raw win rate's ``ddof=1`` standard error.
     """
     n, k = features.shape
-    predicted = _sigmoid(features @ weights)
+    predicted = expit(features @ weights)
     bread = np.linalg.pinv((features * (predicted * (1 - predicted))[:, None]).T @ features)
     scores = features * (preferences - predicted)[:, None]
     return n / max(n - k, 1) * bread @ (scores.T @ scores) @ bread
@@ -257,7 +253,7 @@ def length_controlled_win_rate(
     uses_length = "phi" in names
 
     weights = _fit_soft_logistic(fit_features, p)
-    predicted = _sigmoid(predict_features @ weights)
+    predicted = expit(predict_features @ weights)
     lc = 100 * predicted.mean()
     # delta method: SE(LC) = 100 * sqrt(g' Cov g) with g = d mean(predicted) / d weights
     gradient = (predict_features * (predicted * (1 - predicted))[:, None]).mean(axis=0)

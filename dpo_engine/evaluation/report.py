@@ -23,7 +23,6 @@ name `dpo_engine.evaluation.judge_factory`. Their names are re-exported here, wh
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
@@ -33,6 +32,7 @@ from dpo_engine.evaluation.figures import paired_figure, win_rate_figure
 from dpo_engine.evaluation.generation import GenerationSettings, generate, load_eval_prompts
 from dpo_engine.evaluation.judge_factory import JUDGE_ARTIFACT, offline_judge
 from dpo_engine.evaluation.judges import PairwiseJudge
+from dpo_engine.timestamps import utc_now_iso
 from dpo_engine.evaluation.results import CONFIDENCE, N_BOOTSTRAP, NOTES, results_table
 from dpo_engine.evaluation.store import (
     PER_PROMPT_COLUMNS,
@@ -136,7 +136,7 @@ def evaluate(
     results, lc_notes = results_table(per_prompt, runs, compare_to, baseline, judge_info)
     meta = {
         "name": eval_name or "",
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": utc_now_iso(),
         "runs": run_ids,
         "run_details": runs,
         "baseline": baseline,

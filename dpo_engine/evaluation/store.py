@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import shutil
 import uuid
 from collections.abc import Sequence
@@ -22,7 +21,7 @@ import pandas as pd
 
 from dpo_engine.errors import UserError
 from dpo_engine.files import atomic_write_json, atomic_write_text, read_json
-from dpo_engine.paths import workspace_subdir
+from dpo_engine.paths import slug, workspace_subdir
 
 # results.csv, in this column order.
 RESULT_COLUMNS = [
@@ -60,7 +59,7 @@ def save_evaluation(eval_name, results, per_prompt, judgements, prompts, meta) -
     `dpo_engine.paths.check_name`) is kept in meta.json; its slug starts the evaluation id, inside ``evals/``.
     """
     evals = workspace_subdir("evals")
-    eval_id = f"{_slug(eval_name) or 'eval'}-{datetime.now().strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
+    eval_id = f"{slug(eval_name) or 'eval'}-{datetime.now().strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
     staging = evals / f".{eval_id}.partial"
     staging.mkdir()
     try:
@@ -90,10 +89,6 @@ def save_evaluation(eval_name, results, per_prompt, judgements, prompts, meta) -
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return load_eval(eval_id)
-
-
-def _slug(name: str | None) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", name or "").strip(".-_")[:60]
 
 
 def load_eval(eval_id: str) -> EvalResult:

@@ -1,6 +1,6 @@
 """Preference losses: eight variants behind `make_loss(name, **hparams)`.
 
-Formulas follow ../shared/docs/methods.md §2 (α-DPO, as in its code), §3 (SimPO), §4 (DPOP) and §5 (DPO, cDPO,
+Formulas follow docs/methods.md §2 (α-DPO, as in its code), §3 (SimPO), §4 (DPOP) and §5 (DPO, cDPO,
 robust DPO, IPO and hinge, as in TRL). Every loss has the same call signature:
 
     loss_fn(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,

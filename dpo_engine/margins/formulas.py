@@ -1,6 +1,6 @@
 """Per-pair selection signals: external and implicit margins, their DM/BeeS fusions, and two other metrics.
 
-Formulas follow ../shared/docs/methods.md: §1.3–§1.5 (Deng et al.: external margin, implicit margin, DM-ADD,
+Formulas follow docs/methods.md: §1.3–§1.5 (Deng et al.: external margin, implicit margin, DM-ADD,
 DM-MUL and its data-driven upper bound, read from the official ``m_sampler.py``), §1.5 BeeS (the K-source form
 of DM-MUL), §6 (Huang et al.: alignment potential) and §7 (Qi et al.: difficulty gap).
 
@@ -20,6 +20,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
+from scipy.special import expit  # 1 / (1 + exp(-x)) without overflow; NaN stays NaN
 import pandas as pd
 
 from dpo_engine.errors import UserError
@@ -49,12 +50,6 @@ def _as_arrays(*values) -> list[np.ndarray]:
     if len(lengths) > 1:
         raise ValueError(f"inputs must have the same length (n_pairs,), got lengths {[a.size for a in arrays]}")
     return arrays
-
-
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    """1 / (1 + exp(-x)) without overflow for large |x|; NaN stays NaN."""
-    with np.errstate(invalid="ignore"):  # NaN in is expected (a pair without a value), not a numerical fault
-        return np.exp(-np.logaddexp(0.0, -x))
 
 
 def _zscore(values: np.ndarray) -> np.ndarray:
@@ -184,7 +179,7 @@ def bayes_aggregate(probs: Sequence, eps: float = 1e-6):
         raise ValueError("bayes_aggregate needs at least one probability array")
     arrays = [np.clip(p, eps, 1.0 - eps) for p in _as_arrays(*probs)]
     total_log_odds = sum(np.log(p) - np.log1p(-p) for p in arrays)
-    return _sigmoid(total_log_odds)
+    return expit(total_log_odds)
 
 
 def bees(margins: Sequence, lowers: Sequence[float] | None = None, uppers: Sequence[float | None] | None = None):

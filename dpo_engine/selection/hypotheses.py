@@ -1,6 +1,6 @@
 """The field's margin hypotheses as selectors: pure index picks and the rules of `select_pairs` built on them.
 
-Each selector answers "which pairs?" under one published hypothesis (../shared/docs/frontier.md):
+Each selector answers "which pairs?" under one published hypothesis (each function names its paper and reference code):
 
 - ``smallest_gap``: Qi, Xu, Jin (methods §7): the smallest implicit reward gaps of a DPO model, ascending.
 - ``alignment_potential``: Huang et al. (methods §6): the largest M_AP.

@@ -5,7 +5,7 @@ Index rules (pure, ``(n_pairs,)`` array-likes in, numpy int64 indices out):
 over a table. `select_pairs` runs one named rule over a margins table and returns pair ids: the CLI, the dashboard
 and the stored `Selection` all go through it, so a saved ``(rule, params)`` reproduces its ``pair_ids``.
 
-Rules follow ../shared/docs/methods.md §1.6 (top-k of the fused score) and §1.7 (random, TOP/MID/BOT partitions).
+Rules follow docs/methods.md §1.6 (top-k of the fused score) and §1.7 (random, TOP/MID/BOT partitions).
 NaN scores are never selected.
 """
 

@@ -7,22 +7,17 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import threading
 from dataclasses import asdict, dataclass, field, fields
-from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
 
 from dpo_engine.errors import UserError
 from dpo_engine.files import atomic_write_json
-from dpo_engine.paths import workspace_subdir
+from dpo_engine.paths import slug, workspace_subdir
+from dpo_engine.timestamps import utc_now_iso
 from dpo_engine.selection.rules import filter_by_ids
-
-def _now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
 
 @dataclass
 class Selection:
@@ -37,12 +32,12 @@ class Selection:
     params: dict
     dataset_fingerprint: str | None
     pair_ids: list[str]
-    created: str = field(default_factory=_now_iso)
+    created: str = field(default_factory=utc_now_iso)
 
 
 def _file_stem(name: str) -> str:
     """A selection name as a safe file name: runs of anything but letters, digits, '.', '_' and '-' become '_'."""
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._-")
+    stem = slug(name, separator="_", max_length=255)
     if not stem:
         raise UserError(f"selection name {name!r} has no usable characters (use letters, digits, '.', '_' or '-')")
     return stem

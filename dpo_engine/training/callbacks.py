@@ -80,7 +80,7 @@ class MetricsLogger(TrainerCallback):
             "tokens_per_second": tokens / max(now - self.last_logged, 1e-9),
             "elapsed_seconds": self.elapsed_before + now - self.started,
         }
-        append_jsonl(self.path, {key: _plain(record.get(key)) for key in METRIC_KEYS})
+        append_jsonl(self.path, {key: _json_scalar(record.get(key)) for key in METRIC_KEYS})
         self.last_logged = now
         self.last_loss = logs["loss"]
 
@@ -115,7 +115,7 @@ class LossStateSaver(TrainerCallback):
         atomic_write_json(checkpoint / LOSS_STATE_FILE, self.loss_fn.state_dict())
 
 
-def _plain(value):
+def _json_scalar(value):
     """JSON-safe scalars: tensors to floats, NaN/inf to None."""
     if isinstance(value, torch.Tensor):
         value = value.item()
