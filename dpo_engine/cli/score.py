@@ -71,10 +71,10 @@ def _external(config: ScoreConfig, pairs, reporter) -> tuple[object, dict | None
     if source == "none":
         return None, None
     if source == "dataset" and not pairs.score_chosen.notna().any():
-        raise ConfigError("external", f"'dataset' needs score columns, and {config.pairs} has none (map them with "
+        raise ConfigError("--external", f"'dataset' needs score columns, and {config.pairs} has none (map them with "
                           "score_chosen/score_rejected, or use --external builtin or reward-model)")
     if source == "reward-model" and not config.reward_model:
-        raise ConfigError("reward_model", "--external reward-model needs a local sequence-classification model")
+        raise ConfigError("--reward-model", "--external reward-model needs a local sequence-classification model")
     reporter.stage(f"external margins ({source})")
     return external_margins(pairs, source, reward_model=config.reward_model, batch_size=config.batch_size or 8,
                             dtype=config.dtype, device=config.device, progress=reporter.update)

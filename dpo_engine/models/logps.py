@@ -386,9 +386,9 @@ def _cat(arrays: list[np.ndarray]) -> np.ndarray:
     return np.concatenate(arrays).astype(np.int64, copy=False) if arrays else np.zeros(0, dtype=np.int64)
 
 
-def _segment_mask(segment_of: np.ndarray, device) -> torch.Tensor:
+def _segment_mask(segment_of, device) -> torch.Tensor:
     """``(1, 1, L, L)`` mask of a packed segment: causal, and chosen/rejected tokens blind to each other."""
-    segment = torch.from_numpy(segment_of).to(device)
+    segment = torch.as_tensor(np.asarray(segment_of)).to(device)
     causal = torch.ones(len(segment_of), len(segment_of), dtype=torch.bool, device=device).tril()
     same_or_prompt = (segment[None, :] == 0) | (segment[None, :] == segment[:, None])
     return (causal & same_or_prompt)[None, None]
