@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from dpo_engine.runs import manager as runs
+from dpo_engine.runs.annotations import Annotations, parse_tags, write_annotations
 
 # Status fields `runs show` prints, in this order (times are shown as local dates).
 STATUS_FIELDS = ("state", "message", "step", "total_steps", "device", "pid", "launched", "started", "finished", "heartbeat")
@@ -44,6 +45,7 @@ def add_parser(subparsers) -> None:
     launch.add_argument("config", type=Path, metavar="CONFIG.yaml", help="training configuration (TrainConfig fields)")
     launch.add_argument("--name", help="readable name; replaces the loss at the front of the run id")
     launch.add_argument("--selection", metavar="NAME", help="name of the saved selection the subset was exported from")
+    launch.add_argument("--tags", default="", help="comma-separated tags stored with the run (e.g. sweep:lr-grid)")
     launch.set_defaults(func=run_launch)
 
     listing = commands.add_parser(
@@ -85,7 +87,10 @@ def add_parser(subparsers) -> None:
 
 
 def run_launch(args: argparse.Namespace) -> int:
+    tags = parse_tags(args.tags)  # before creating the run: a bad tag leaves nothing behind
     run_id = runs.create_run(args.config, name=args.name, selection_name=args.selection)
+    if tags:
+        write_annotations(runs.get_run(run_id).run_dir, Annotations(tags=tags))
     runs.launch(run_id)
     print(run_id)
     return 0
