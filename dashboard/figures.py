@@ -293,8 +293,13 @@ def response_length_chart(edges: np.ndarray, chosen_counts: np.ndarray, rejected
 CURVES = (("loss", "loss"), ("rewards/margins", "reward margin"), ("rewards/accuracies", "reward accuracy"))
 
 
-def training_curves(metrics: dict[str, pd.DataFrame]) -> go.Figure:
-    """Loss, reward margin and reward accuracy against step, one colour per run (``{label: metrics.jsonl rows}``)."""
+def training_curves(metrics: dict[str, pd.DataFrame], smoothing: float = 0.0, log_loss: bool = False) -> go.Figure:
+    """Loss, reward margin and reward accuracy against step, one small chart (own y axis) per metric, one colour
+    per run (``{label: metrics.jsonl rows}``). With ``smoothing`` > 0 the raw curve stays faint behind its EMA
+    (`dpo_engine.runs.smoothing.ema`); ``log_loss`` puts the loss on a log axis (IPO's ~25 next to DPO's 0.69).
+    """
+    from dpo_engine.runs.smoothing import ema
+
     fig = make_subplots(rows=1, cols=len(CURVES), subplot_titles=[title for _, title in CURVES], horizontal_spacing=0.06)
     for number, (label, frame) in enumerate(metrics.items()):
         color = PALETTE[number % len(PALETTE)]
@@ -302,9 +307,13 @@ def training_curves(metrics: dict[str, pd.DataFrame]) -> go.Figure:
             if key not in frame or frame[key].isna().all():
                 continue
             points = frame[["step", key]].dropna()
+            shown = ema(points[key].to_numpy(float), smoothing) if smoothing else points[key]
+            if smoothing:
+                fig.add_trace(go.Scatter(x=points["step"], y=points[key], mode="lines", line=dict(color=color, width=1),
+                                         opacity=0.25, showlegend=False, hoverinfo="skip", legendgroup=label), row=1, col=col)
             fig.add_trace(
                 go.Scatter(
-                    x=points["step"], y=points[key], mode="lines+markers" if len(points) < 30 else "lines",
+                    x=points["step"], y=shown, mode="lines+markers" if len(points) < 30 else "lines",
                     name=label, legendgroup=label, showlegend=col == 1, line=dict(color=color, width=2),
                     marker=dict(size=5), hovertemplate=f"{label}<br>step %{{x}}: %{{y:.4g}}<extra></extra>",
                 ),
@@ -313,8 +322,49 @@ def training_curves(metrics: dict[str, pd.DataFrame]) -> go.Figure:
             )
     fig.update_xaxes(title_text="step", gridcolor=GRID)
     fig.update_yaxes(gridcolor=GRID)
+    if log_loss:
+        fig.update_yaxes(type="log", row=1, col=1)
     fig.update_layout(
         height=360, margin=dict(l=10, r=10, t=60, b=10), plot_bgcolor="white",
         legend=dict(orientation="h", y=-0.25, x=0), uirevision="curves",
     )
     return fig
+
+
+def win_rate_chart(results: pd.DataFrame) -> go.Figure:
+    """Win rate against the baseline per run (rows of results.csv, labelled by variant): a point with its
+    95 % CI whiskers on an axis zoomed around 50 % (so a 2-point difference is visible), the LC win rate as a
+    diamond, and win / tie / loss counts in each row's label."""
+    variants = results.variant.fillna("").astype(str)
+    labels = [variant or run_id for variant, run_id in zip(variants, results.run_id)]
+    repeated = pd.Series(labels).duplicated(keep=False)
+    labels = [f"{label} [{run_id}]" if again else label for label, run_id, again in zip(labels, results.run_id, repeated)]
+    win = results.win_rate.to_numpy(float)
+    low, high = results.ci_low.to_numpy(float), results.ci_high.to_numpy(float)
+    reach = np.nanmax(np.abs(np.concatenate([low, high, results.lc_win_rate.to_numpy(float)]) - 50), initial=0.0)
+    half = max(5.0, float(reach) * 1.2 + 1.0)
+    rows = [f"<b>{html.escape(label)}</b><br>{row.n_wins:.0f} W · {row.n_draws:.0f} T · {row.n_losses:.0f} L"
+            for label, row in zip(labels, results.itertuples())]
+    figure = go.Figure()
+    figure.add_vline(x=50, line_dash="dash", line_color="grey", annotation_text="50 % = baseline",
+                     annotation_position="top")
+    figure.add_scatter(
+        x=win, y=rows, mode="markers+text", name="win rate (95 % CI)", marker=dict(size=12, color=SELECTED),
+        error_x=dict(type="data", symmetric=False, array=high - win, arrayminus=win - low, thickness=2.5, width=8),
+        text=[f"{rate:.1f} % [{lo:.1f}, {hi:.1f}]" for rate, lo, hi in zip(win, low, high)],
+        textposition="top center", textfont=dict(size=13),
+        hovertemplate="%{y}<br>win rate %{x:.1f} %<extra></extra>",
+    )
+    figure.add_scatter(
+        x=results.lc_win_rate.to_numpy(float), y=rows, mode="markers", name="LC win rate",
+        marker=dict(symbol="diamond-open", size=11, color="#e8590c", line=dict(width=2)),
+        hovertemplate="%{y}<br>LC win rate %{x:.1f} %<extra></extra>",
+    )
+    figure.update_xaxes(range=[50 - half, 50 + half], title_text="win rate against the baseline (%)", gridcolor=GRID,
+                        ticksuffix=" %")
+    figure.update_yaxes(autorange="reversed", tickfont=dict(size=13), automargin=True)
+    figure.update_layout(
+        height=140 + 70 * len(results), margin=dict(l=10, r=30, t=50, b=10), plot_bgcolor="white",
+        legend=dict(orientation="h", y=1.08, x=0), font=dict(size=13),
+    )
+    return figure
