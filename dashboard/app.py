@@ -15,8 +15,9 @@ from dashboard.state import current_source  # noqa: E402
 st.set_page_config(page_title="Margin Lab", page_icon=":material/scatter_plot:", layout="wide")
 
 pages = [
+    st.Page("views/home.py", title="Home", icon=":material/home:", default=True),
     st.Page("views/data.py", title="Data", icon=":material/table_view:"),
-    st.Page("views/margins.py", title="Margins & Select", icon=":material/scatter_plot:", default=True),
+    st.Page("views/margins.py", title="Margins & Select", icon=":material/scatter_plot:"),
     st.Page("views/runs.py", title="Runs", icon=":material/model_training:"),
     st.Page("views/results.py", title="Results", icon=":material/leaderboard:"),
 ]

@@ -332,9 +332,12 @@ def training_curves(metrics: dict[str, pd.DataFrame], smoothing: float = 0.0, lo
 
 
 def win_rate_chart(results: pd.DataFrame) -> go.Figure:
-    """Win rate against the baseline per run (rows of results.csv, labelled by variant): a point with its
-    95 % CI whiskers on an axis zoomed around 50 % (so a 2-point difference is visible), the LC win rate as a
-    diamond, and win / tie / loss counts in each row's label."""
+    """Win rate against the baseline per run (rows of results.csv, labelled by variant), zoomed around 50 %.
+
+    Each bar rises or falls from the 50 % line (``base=50``, length ``win_rate - 50`` points) so a 2-point
+    difference is visible; whiskers: the 95 % CI; diamonds: the LC win rate; each label carries the run's
+    win / tie / loss counts. The axis spans every CI with a margin, and at least 45-55 %.
+    """
     variants = results.variant.fillna("").astype(str)
     labels = [variant or run_id for variant, run_id in zip(variants, results.run_id)]
     repeated = pd.Series(labels).duplicated(keep=False)
@@ -342,29 +345,30 @@ def win_rate_chart(results: pd.DataFrame) -> go.Figure:
     win = results.win_rate.to_numpy(float)
     low, high = results.ci_low.to_numpy(float), results.ci_high.to_numpy(float)
     reach = np.nanmax(np.abs(np.concatenate([low, high, results.lc_win_rate.to_numpy(float)]) - 50), initial=0.0)
-    half = max(5.0, float(reach) * 1.2 + 1.0)
-    rows = [f"<b>{html.escape(label)}</b><br>{row.n_wins:.0f} W · {row.n_draws:.0f} T · {row.n_losses:.0f} L"
-            for label, row in zip(labels, results.itertuples())]
+    half = max(5.0, float(reach) * 1.15 + 1.0)
+    names = [f"<b>{html.escape(label)}</b><br>{row.n_wins:.0f} W · {row.n_draws:.0f} T · {row.n_losses:.0f} L"
+             for label, row in zip(labels, results.itertuples())]
     figure = go.Figure()
-    figure.add_vline(x=50, line_dash="dash", line_color="grey", annotation_text="50 % = baseline",
-                     annotation_position="top")
-    figure.add_scatter(
-        x=win, y=rows, mode="markers+text", name="win rate (95 % CI)", marker=dict(size=12, color=SELECTED),
-        error_x=dict(type="data", symmetric=False, array=high - win, arrayminus=win - low, thickness=2.5, width=8),
-        text=[f"{rate:.1f} % [{lo:.1f}, {hi:.1f}]" for rate, lo, hi in zip(win, low, high)],
-        textposition="top center", textfont=dict(size=13),
-        hovertemplate="%{y}<br>win rate %{x:.1f} %<extra></extra>",
+    figure.add_bar(
+        x=names, y=win - 50, base=50, name="win rate (95 % CI)", marker_color=SELECTED, width=0.5,
+        error_y=dict(type="data", symmetric=False, array=high - win, arrayminus=win - low, thickness=2, width=10,
+                     color="#212529"),
+        text=[f"{rate:.1f} %" for rate in win], textposition="outside", textfont=dict(size=13), cliponaxis=False,
+        customdata=np.stack([win, low, high], axis=1),
+        hovertemplate="%{x}<br>win rate %{customdata[0]:.1f} % [%{customdata[1]:.1f}, %{customdata[2]:.1f}]<extra></extra>",
     )
     figure.add_scatter(
-        x=results.lc_win_rate.to_numpy(float), y=rows, mode="markers", name="LC win rate",
+        x=names, y=results.lc_win_rate.to_numpy(float), mode="markers", name="LC win rate",
         marker=dict(symbol="diamond-open", size=11, color="#e8590c", line=dict(width=2)),
-        hovertemplate="%{y}<br>LC win rate %{x:.1f} %<extra></extra>",
+        hovertemplate="%{x}<br>LC win rate %{y:.1f} %<extra></extra>",
     )
-    figure.update_xaxes(range=[50 - half, 50 + half], title_text="win rate against the baseline (%)", gridcolor=GRID,
+    figure.add_hline(y=50, line_dash="dash", line_color="grey", annotation_text="50 % = baseline",
+                     annotation_position="top left")
+    figure.update_yaxes(range=[50 - half, 50 + half], title_text="win rate against the baseline (%)", gridcolor=GRID,
                         ticksuffix=" %")
-    figure.update_yaxes(autorange="reversed", tickfont=dict(size=13), automargin=True)
+    figure.update_xaxes(tickfont=dict(size=12), automargin=True)
     figure.update_layout(
-        height=140 + 70 * len(results), margin=dict(l=10, r=30, t=50, b=10), plot_bgcolor="white",
-        legend=dict(orientation="h", y=1.08, x=0), font=dict(size=13),
+        height=480, margin=dict(l=10, r=10, t=50, b=10), plot_bgcolor="white", font=dict(size=13),
+        legend=dict(orientation="h", y=1.1, x=0), title=dict(text="Win rate against the baseline", x=0),
     )
     return figure

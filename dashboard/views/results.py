@@ -1,9 +1,14 @@
 """Results: evaluate trained runs with a judge (a background job), then compare their win rates."""
 
+import time
+
 import pandas as pd
 import streamlit as st
 
-from dpo_engine import jobs
+from dashboard.figures import win_rate_chart
+from dpo_engine import jobs, progress
+from dpo_engine.evaluation.warnings import evaluation_warnings
+from dpo_engine.launch_guard import claim_launch
 from dpo_engine.runs import manager as runs
 
 JUDGES = {
@@ -14,6 +19,9 @@ JUDGES = {
 TABLE_COLUMNS = {
     "variant": st.column_config.TextColumn("variant"),
     "win_rate": st.column_config.NumberColumn("win rate %", format="%.1f"),
+    "n_wins": st.column_config.NumberColumn("wins"),
+    "n_draws": st.column_config.NumberColumn("ties"),
+    "n_losses": st.column_config.NumberColumn("losses"),
     "ci_low": st.column_config.NumberColumn("CI low", format="%.1f"),
     "ci_high": st.column_config.NumberColumn("CI high", format="%.1f"),
     "lc_win_rate": st.column_config.NumberColumn("LC win rate %", format="%.1f"),
@@ -41,7 +49,7 @@ def eval_form(completed: list) -> None:
     ids = [run.run_id for run in completed]
     picked = st.multiselect("Runs to evaluate", ids, default=ids[:4], help="Completed runs (they have a trained adapter).")
     judge = st.selectbox("Judge", list(JUDGES), format_func=JUDGES.get)
-    with st.form("evaluate"):
+    with st.form("evaluate", enter_to_submit=False):
         spec = "builtin"
         if judge == "reward-model":
             spec = "reward-model:" + st.text_input("Reward model directory")
@@ -59,15 +67,35 @@ def eval_form(completed: list) -> None:
         dtype = middle.selectbox("Precision", ["fp32", "bf16"])
         device = right.selectbox("Device", ["auto", "cpu", "cuda", "mps"])
         name = st.text_input("Evaluation name (optional)")
-        if not st.form_submit_button("Evaluate", type="primary"):
+        if st.form_submit_button("Review evaluation", type="primary"):
+            argv = ["eval", *picked, "--judge", spec, "--baseline", baseline, "--max-new-tokens", str(max_new_tokens),
+                    "--dtype", dtype, "--device", device,
+                    "--compare-to", compare_to if compare_to in picked else (picked or [""])[0]]
+            argv += ["--n", str(n_prompts)] if n_prompts else []
+            argv += ["--name", name.strip()] if name.strip() else []
+            summary = (f"{len(picked)} runs ({', '.join(picked)}) · {n_prompts or 805} prompts · up to {max_new_tokens} "
+                       f"new tokens · baseline {baseline} · judge {judge} · {device} {dtype}")
+            st.session_state["pending_eval"] = (argv, summary) if picked else None
+            if not picked:
+                st.error("Pick at least one run.")
+    if st.session_state.get("pending_eval"):
+        review_eval(*st.session_state["pending_eval"])
+
+
+def review_eval(argv: list[str], summary: str) -> None:
+    """What "Evaluate" would start, then Evaluate / Cancel; the same evaluation twice in seconds starts once."""
+    with st.container(border=True):
+        st.markdown(f"**Will evaluate:** {summary}")
+        start, cancel = st.columns([1, 6])
+        if cancel.button("Cancel", key="cancel-eval"):
+            del st.session_state["pending_eval"]
+            st.rerun()
+        if not start.button("Evaluate", type="primary", key="confirm-eval"):
             return
-    if not picked:
-        st.error("Pick at least one run.")
+    del st.session_state["pending_eval"]
+    if not claim_launch("eval", {"argv": argv}):
+        st.warning("This evaluation was started seconds ago; not starting it twice.")
         return
-    argv = ["eval", *picked, "--judge", spec, "--baseline", baseline, "--max-new-tokens", str(max_new_tokens),
-            "--dtype", dtype, "--device", device, "--compare-to", compare_to if compare_to in picked else picked[0]]
-    argv += ["--n", str(n_prompts)] if n_prompts else []
-    argv += ["--name", name.strip()] if name.strip() else []
     jobs.start("eval", argv)
     st.rerun()
 
@@ -77,9 +105,8 @@ def eval_progress(job_dir) -> None:
     info = jobs.status(job_dir)
     if info["state"] != "running":
         st.rerun(scope="app")
-    progress = info["progress"]
-    done, total = progress.get("done", 0), progress.get("total", 0)
-    st.progress(done / total if total else 0.0, text=f"Evaluating: {progress.get('stage') or 'starting'} ({done} / {total})")
+    estimate = progress.from_job_record(info["progress"], time.time())
+    st.progress(estimate.fraction, text=f"Evaluating: {progress.describe(estimate)}")
     if st.button("Stop evaluation"):
         jobs.stop(job_dir)
     with st.expander("Job log"):
@@ -142,32 +169,45 @@ def show_eval(eval_id: str) -> None:
         key="pair_against",
     )
     results = repaired(eval_id, compare_to)
-    chart, paired = st.columns([3, 2])
-    chart.plotly_chart(report.win_rate_figure(results), key="win_rates", config={"toImageButtonOptions": {"filename": f"{eval_id}-win-rates"}})
+    for run_id, problems in evaluation_warnings(result.per_prompt).items():
+        st.warning(f"**{run_id}**: " + " ".join(problems), icon=":material/warning:")
+    image = {"toImageButtonOptions": {"filename": f"{eval_id}-win-rates", "format": "png", "scale": 3}}
+    st.plotly_chart(win_rate_chart(results), key="win_rates", config=image)
     if len(results) > 1:
         against = results.set_index("run_id").variant.get(compare_to) or compare_to
-        paired.plotly_chart(
+        st.plotly_chart(
             report.paired_figure(results, title=f"Difference vs {against} (points, same prompts)"),
             key="paired",
-            config={"toImageButtonOptions": {"filename": f"{eval_id}-paired"}},
+            config={"toImageButtonOptions": {"filename": f"{eval_id}-paired", "format": "png", "scale": 3}},
         )
     else:
-        paired.caption("Paired differences need at least two runs in the evaluation.")
+        st.caption("Paired differences need at least two runs in the evaluation.")
     st.dataframe(results[["run_id", *TABLE_COLUMNS]], hide_index=True, column_config=TABLE_COLUMNS)
 
     csv, html, _ = st.columns([1, 1, 3])
     csv.download_button("Table (.csv)", results.to_csv(index=False), file_name=f"{eval_id}-results.csv", mime="text/csv",
                         icon=":material/download:")
-    html.download_button("Chart (.html)", lambda: report.win_rate_figure(results).to_html(include_plotlyjs="cdn"),
+    # include_plotlyjs=True: the file opens offline (about 4.7 MB, plotly.js inside).
+    html.download_button("Chart (.html, offline)", lambda: win_rate_chart(results).to_html(include_plotlyjs=True),
                          file_name=f"{eval_id}-win-rates.html", mime="text/html", icon=":material/download:")
-    st.caption("PNG: use the camera icon in each chart's toolbar.")
+    st.caption("PNG: the camera icon in each chart's toolbar saves it at 3x resolution (server-side PNG export "
+               "would need kaleido and a Chrome it drives, which this install does not have).")
 
     st.subheader("Per prompt")
-    per_prompt = result.per_prompt
-    left, right = st.columns([2, 1], vertical_alignment="bottom")
+    per_prompt_view(result.per_prompt, run_ids)
+
+
+def per_prompt_view(per_prompt: pd.DataFrame, run_ids: list[str]) -> None:
+    """One prompt at a time: the run's answer beside the baseline's, or beside another run's."""
+    left, middle, right = st.columns([2, 2, 1], vertical_alignment="bottom")
     run_id = left.selectbox("Run", run_ids)
+    others = ["baseline", *(other for other in run_ids if other != run_id)]
+    against = middle.selectbox("Beside", others, help="The baseline's answer, or another run's answer to the same prompt.")
     outcome = right.segmented_control("Show", ["all", "wins", "losses", "ties"], default="all", required=True)
     rows = per_prompt[per_prompt.run_id == run_id].reset_index(drop=True)
+    if against != "baseline":
+        theirs = per_prompt[per_prompt.run_id == against].set_index("prompt_id")
+        rows = rows.assign(other_output=rows.prompt_id.map(theirs.output), other_preference=rows.prompt_id.map(theirs.preference))
     if outcome != "all":
         value = {"wins": rows.preference > 0.5, "losses": rows.preference < 0.5, "ties": rows.preference == 0.5}[outcome]
         rows = rows[value].reset_index(drop=True)
@@ -177,13 +217,17 @@ def show_eval(eval_id: str) -> None:
     number = st.slider("Prompt", 1, len(rows), 1) if len(rows) > 1 else 1
     row = rows.iloc[number - 1]
     with st.container(border=True):
-        st.markdown(f"**{row.prompt_id}** ({row.dataset}) · preference for the run: **{row.preference:.2f}**")
+        st.markdown(f"**{row.prompt_id}** ({row.dataset}) · preference for the run over the baseline: **{row.preference:.2f}**")
         st.text(row.instruction)
-        mine, base = st.columns(2)
+        mine, other = st.columns(2)
         mine.markdown(f"**{run_id}**")
         mine.text(row.output or "(empty answer)")
-        base.markdown("**Baseline**")
-        base.text(row.baseline_output or "(empty answer)")
+        if against == "baseline":
+            other.markdown("**Baseline**")
+            other.text(row.baseline_output or "(empty answer)")
+        else:
+            other.markdown(f"**{against}** · preference over the baseline: {row.other_preference:.2f}")
+            other.text(row.other_output if isinstance(row.other_output, str) and row.other_output else "(empty answer)")
 
 
 # ---- page ----------------------------------------------------------------------------------------------------------
