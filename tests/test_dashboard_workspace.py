@@ -132,3 +132,22 @@ def test_training_curves_smooth_with_ema_and_can_use_a_log_loss_axis():
     np.testing.assert_allclose(smoothed.y, ema(frame.loss.to_numpy(), 0.6))
     assert raw.opacity < 1 and not raw.showlegend
     assert figure.layout.yaxis.type == "log" and figure.layout.yaxis2.type != "log"
+
+
+def test_the_default_selection_name_follows_the_rule(workspace):
+    from test_dashboard_pages import SHIPPED, write_test_margins
+
+    if not SHIPPED.exists():
+        write_test_margins(workspace)
+    at = page("views/margins.py")
+    at.button_group[0].set_value("top_k").run()
+    assert at.text_input(key="selection_name").value == "top-k-dm_mul-10pct"
+    at.slider(key=next(s.key for s in at.slider if s.label == "Share of all pairs (%)")).set_value(20).run()
+    assert at.text_input(key="selection_name").value == "top-k-dm_mul-20pct"  # not stale
+    save = next(item for item in at.button if item.label == "Save selection")
+    metric = next(item for item in at.metric if item.label == "Selected pairs")
+    assert save and metric.value == "240"
+    # The pair card of the first selected pair shows its margins and their ranks.
+    card = next(item.value for item in at.markdown if "DM-MUL **" in item.value)
+    rank = int(card.split("DM-MUL **")[1].split("rank ")[1].split(" of")[0].replace(",", ""))
+    assert "of 1,200" in card and rank <= 240  # a selected pair of the top 20 % by DM-MUL

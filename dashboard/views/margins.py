@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from dashboard.components import pair_browser
+from dashboard.components import pair_browser, pair_viewer
 from dashboard import figures
 from dashboard.figures import hover_texts, margin_density, margin_scatter, selection_marginals
 from dashboard.state import (
@@ -21,7 +21,9 @@ from dashboard.state import (
 )
 from dpo_engine import jobs
 from dpo_engine.errors import UserError
+from dpo_engine.margins.ranks import pair_ranks
 from dpo_engine.selection.hypotheses import DEFAULT_COLUMNS, SELECTIVE_DPO_TAU
+from dpo_engine.selection.naming import default_selection_name
 from dpo_engine.selection.rules import (
     DEFAULT_RANDOM_SEED,
     column_stats,
@@ -411,8 +413,16 @@ def select_section(table: pd.DataFrame, pairs: pd.DataFrame, dataset_fp: str, ca
         )
     else:
         warmup = warmup_mask(table)
-        st.plotly_chart(margin_scatter(table, hover, selected=selected, color=color, color_label=color_title,
-                                       thresholds=lines, warmup=warmup))
+        clicked = st.plotly_chart(margin_scatter(table, hover, selected=selected, color=color, color_label=color_title,
+                                                 thresholds=lines, warmup=warmup),
+                                  key="rule_chart", on_select="rerun", selection_mode="points")
+        points = [point for point in clicked.selection.points if point.get("curve_number", 0) == 0]
+        if points:  # a click on a point opens that pair
+            opened = table[table.pair_id.astype(str) == str(points[0]["customdata"])]
+            if not opened.empty:
+                pair_viewer(opened.iloc[0], pair_ranks(table, opened.iloc[0]["pair_id"]))
+        else:
+            st.caption("Click a point to open its pair.")
 
     whole = table_statistics(table, cache_key)
     size, share, pearson, spearman = st.columns(4)
@@ -425,6 +435,7 @@ def select_section(table: pd.DataFrame, pairs: pd.DataFrame, dataset_fp: str, ca
     if not ids:
         st.info("Nothing selected yet." if rule == "manual" else "No pair passes this rule.")
         return
+    save_and_export(rule, params, ids, dataset_fp, pairs)
     if rule == "manual":
         st.plotly_chart(selection_marginals(table, selected))
     st.dataframe(summary_frame(summary).style.format("{:.3g}", na_rep="–"))
@@ -435,12 +446,19 @@ def select_section(table: pd.DataFrame, pairs: pd.DataFrame, dataset_fp: str, ca
         st.caption(f"Showing the first {TABLE_ROW_LIMIT:,} of {len(chosen):,} selected pairs; "
                    "save or export the selection for all of them.")
         chosen = chosen.iloc[:TABLE_ROW_LIMIT]
-    pair_browser(chosen, ["pair_id", "prompt", "external_margin", "implicit_margin", "dm_mul"], key="selected_pairs")
+    pair_browser(chosen, ["pair_id", "prompt", "external_margin", "implicit_margin", "dm_mul"], key="selected_pairs",
+                 ranked_in=table)
 
-    st.subheader("Save or export")
+
+def save_and_export(rule: str, params: dict, ids: list[str], dataset_fp: str, pairs: pd.DataFrame) -> None:
+    """Name, save and download the selection, right below its count. The default name follows the rule and
+    its parameters, and is renewed when they change (a name the user typed stays until then)."""
     selection = Selection(name="", rule=rule, params=params, dataset_fingerprint=dataset_fp, pair_ids=ids)
-    name_column, save_column = st.columns([3, 1], vertical_alignment="bottom")
-    name = name_column.text_input("Selection name", value=f"{rule}-{len(ids)}", key="selection_name")
+    default = default_selection_name(rule, params, len(ids))
+    if st.session_state.get("selection_name_default") != default:
+        st.session_state["selection_name_default"] = st.session_state["selection_name"] = default
+    name_column, save_column, jsonl, parquet = st.columns([3, 1, 1, 1], vertical_alignment="bottom")
+    name = name_column.text_input("Selection name", key="selection_name")
     if save_column.button("Save selection", type="primary"):
         selection.name = name
         try:
@@ -450,7 +468,6 @@ def select_section(table: pd.DataFrame, pairs: pd.DataFrame, dataset_fp: str, ca
         else:
             st.success(f"Saved {len(ids):,} pairs as **{name}** (`{path}`). Train on it from the Runs page.")
     selection.name = name or "selection"
-    jsonl, parquet, _ = st.columns([1, 1, 2])
     jsonl.download_button("Download .jsonl", export_bytes(selection, pairs, ".jsonl"), file_name=f"{selection.name}.jsonl",
                           mime="application/jsonl", icon=":material/download:")
     parquet.download_button("Download .parquet", export_bytes(selection, pairs, ".parquet"), file_name=f"{selection.name}.parquet",
@@ -458,7 +475,6 @@ def select_section(table: pd.DataFrame, pairs: pd.DataFrame, dataset_fp: str, ca
     saved = list_selections()
     if saved:
         st.caption("Saved selections: " + ", ".join(f"**{item.name}** ({len(item.pair_ids):,})" for item in saved[:12]))
-
 
 # ---- page ----------------------------------------------------------------------------------------------------------
 
