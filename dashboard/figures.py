@@ -346,14 +346,14 @@ def win_rate_chart(results: pd.DataFrame) -> go.Figure:
     low, high = results.ci_low.to_numpy(float), results.ci_high.to_numpy(float)
     reach = np.nanmax(np.abs(np.concatenate([low, high, results.lc_win_rate.to_numpy(float)]) - 50), initial=0.0)
     half = max(5.0, float(reach) * 1.15 + 1.0)
-    names = [f"<b>{html.escape(label)}</b><br>{row.n_wins:.0f} W · {row.n_draws:.0f} T · {row.n_losses:.0f} L"
-             for label, row in zip(labels, results.itertuples())]
+    # The value and the counts sit in each label, clear of the whiskers, on lines short enough not to rotate.
+    names = [f"<b>{html.escape(label)}</b><br>{row.win_rate:.1f} %<br>{row.n_wins:.0f} W · {row.n_draws:.0f} T · "
+             f"{row.n_losses:.0f} L" for label, row in zip(labels, results.itertuples())]
     figure = go.Figure()
     figure.add_bar(
         x=names, y=win - 50, base=50, name="win rate (95 % CI)", marker_color=SELECTED, width=0.5,
         error_y=dict(type="data", symmetric=False, array=high - win, arrayminus=win - low, thickness=2, width=10,
                      color="#212529"),
-        text=[f"{rate:.1f} %" for rate in win], textposition="outside", textfont=dict(size=13), cliponaxis=False,
         customdata=np.stack([win, low, high], axis=1),
         hovertemplate="%{x}<br>win rate %{customdata[0]:.1f} % [%{customdata[1]:.1f}, %{customdata[2]:.1f}]<extra></extra>",
     )
@@ -362,13 +362,14 @@ def win_rate_chart(results: pd.DataFrame) -> go.Figure:
         marker=dict(symbol="diamond-open", size=11, color="#e8590c", line=dict(width=2)),
         hovertemplate="%{x}<br>LC win rate %{y:.1f} %<extra></extra>",
     )
-    figure.add_hline(y=50, line_dash="dash", line_color="grey", annotation_text="50 % = baseline",
-                     annotation_position="top left")
-    figure.update_yaxes(range=[50 - half, 50 + half], title_text="win rate against the baseline (%)", gridcolor=GRID,
-                        ticksuffix=" %")
-    figure.update_xaxes(tickfont=dict(size=12), automargin=True)
+    figure.add_hline(y=50, line_dash="dash", line_color="grey")
+    figure.update_yaxes(range=[50 - half, 50 + half], title_text="win rate vs baseline (%; 50 = as good)",
+                        gridcolor=GRID, ticksuffix=" %")
+    # Side by side up to six labels fit; more are slanted so they do not run into each other.
+    figure.update_xaxes(tickfont=dict(size=11), tickangle=0 if len(results) <= 6 else -40, automargin=True)
     figure.update_layout(
-        height=480, margin=dict(l=10, r=10, t=50, b=10), plot_bgcolor="white", font=dict(size=13),
-        legend=dict(orientation="h", y=1.1, x=0), title=dict(text="Win rate against the baseline", x=0),
+        height=480 if len(results) <= 6 else 560, margin=dict(l=10, r=10, t=50, b=10), plot_bgcolor="white",
+        font=dict(size=13), title=dict(text="Win rate against the baseline", x=0),
+        legend=dict(orientation="h", y=1.12, x=1, xanchor="right"),
     )
     return figure

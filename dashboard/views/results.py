@@ -169,8 +169,12 @@ def show_eval(eval_id: str) -> None:
         key="pair_against",
     )
     results = repaired(eval_id, compare_to)
+    grouped: dict[tuple[str, ...], list[str]] = {}
     for run_id, problems in evaluation_warnings(result.per_prompt).items():
-        st.warning(f"**{run_id}**: " + " ".join(problems), icon=":material/warning:")
+        grouped.setdefault(tuple(problems), []).append(run_id)
+    for problems, flagged in grouped.items():  # one box per kind of problem, however many runs share it
+        who = flagged[0] if len(flagged) == 1 else f"{len(flagged)} runs ({', '.join(flagged)})"
+        st.warning(f"**{who}**: " + " ".join(problems), icon=":material/warning:")
     image = {"toImageButtonOptions": {"filename": f"{eval_id}-win-rates", "format": "png", "scale": 3}}
     st.plotly_chart(win_rate_chart(results), key="win_rates", config=image)
     if len(results) > 1:

@@ -26,7 +26,7 @@ STEP_SECONDS = "1.5"  # the stand-in trainer's seconds per step: long enough for
 def workspace_home(tmp_path_factory) -> Path:
     home = tmp_path_factory.mktemp("workspace") / "home"
     [source] = DEMO_EVALS.iterdir()  # the demo study's evaluation, every answer replaced by the baseline's
-    target = home / "evals" / "identical-answers"
+    target = home / "evals" / source.name  # load_eval finds it by the eval_id in its meta.json
     shutil.copytree(source, target)
     per_prompt = pd.read_parquet(target / "per_prompt.parquet")
     per_prompt.assign(output=per_prompt.baseline_output, preference=0.5).to_parquet(target / "per_prompt.parquet")
@@ -93,8 +93,10 @@ def test_enter_does_not_launch_and_a_run_shows_its_eta(page, workspace_home):
     page.get_by_role("button", name="Review launch", exact=True).click()
     page.get_by_text(re.compile(r"tiny-random · all pairs \(1,200 pairs\) · dpo \(beta 0\.1\) · 8 steps")).wait_for()
     page.get_by_role("button", name="Launch", exact=True).click()
-    # The runs table's step column reads "training: i / 8 · r s/step · ETA t" while the run trains.
-    page.get_by_text(re.compile(r"training: \d / 8 · [\d.]+ s/step · ETA \d+ s")).first.wait_for(timeout=240_000)
+    # The runs table's step column reads "training: i / 8 · r s/step · ETA t" while the run trains (the grid
+    # draws on a canvas: its cells are in the DOM, hidden, for accessibility).
+    eta = re.compile(r"training: \d / 8 · [\d.]+ s/step · ETA \d+ s")
+    page.get_by_text(eta).first.wait_for(state="attached", timeout=240_000)
     assert len(list((workspace_home / "runs").iterdir())) == 1
 
 
@@ -124,24 +126,36 @@ def test_a_two_by_two_sweep_appears_as_one_group(page):
 def test_identical_answers_carry_a_warning(page):
     page.goto("/results")
     wait_for_app(page, timeout=240_000)
-    page.get_by_text("answers are identical to the baseline's").first.wait_for()
-    assert page.get_by_text("answers are identical to the baseline's").count() == 12
+    warning = page.get_by_test_id("stAlert").filter(has_text="answers are identical to the baseline's")
+    warning.first.wait_for()
+    assert warning.count() == 1 and "12 runs (" in warning.inner_text()  # one box names every run it concerns
     page.locator(".js-plotly-plot").first.wait_for()
     assert page.evaluate("() => document.querySelector('.js-plotly-plot')._fullData[0].type") == "bar"
     screenshot(page, "results-warning")
 
 
+def test_home_is_the_opening_page(page):
+    page.goto("/")
+    wait_for_app(page, timeout=120_000)
+    page.get_by_role("heading", name="Margin Lab").wait_for()
+    for link in ("Open Data", "Open Margins & Select", "Open Runs", "Open Results"):
+        assert page.get_by_role("link", name=link).count() == 1
+    page.locator(".js-plotly-plot").first.wait_for()
+    screenshot(page, "home")
+
+
 def test_a_click_on_a_chart_point_opens_the_pair(page):
+    page.set_viewport_size({"width": 1400, "height": 1800})  # the whole scatter on screen, to click into
     page.goto("/margins")
     wait_for_app(page, timeout=120_000)
     chart = page.locator(".js-plotly-plot").first
     chart.wait_for()
     page.wait_for_timeout(1000)
-    # The pair with the highest external margin, in page pixels (plotly's own axis conversion).
+    # The pair with the highest external margin, in page pixels (plotly's own conversion, on the scatter's subplot).
     pair_id, x, y = page.evaluate("""() => {
         const gd = document.querySelector('.js-plotly-plot'); const trace = gd._fullData[0];
         const xs = Array.from(trace.x), i = xs.indexOf(Math.max(...xs)), box = gd.getBoundingClientRect();
-        const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis;
+        const xa = gd._fullLayout['xaxis' + trace.xaxis.slice(1)], ya = gd._fullLayout['yaxis' + trace.yaxis.slice(1)];
         return [trace.customdata[i], box.left + xa._offset + xa.l2p(xs[i]), box.top + ya._offset + ya.l2p(trace.y[i])];
     }""")
     page.mouse.move(x, y)
