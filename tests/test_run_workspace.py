@@ -56,3 +56,21 @@ def test_ema_by_hand():
     assert np.isnan(smoothed[1])
     assert smoothed[2] == pytest.approx(2.5 / 0.75)
     assert np.allclose(smoothing.ema(np.array([1.0, 5.0]), 0.0), [1.0, 5.0])
+
+
+def test_cli_launch_stores_tags_and_a_bad_tag_creates_no_run(workspace, tmp_path, monkeypatch, capsys):
+    from dpo_engine.cli import main
+    from dpo_engine.runs import manager as runs
+
+    monkeypatch.setattr(runs, "launch", lambda run_id: None)  # the run directory is what is tested, not training
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text('{"prompt": "p", "chosen": "a", "rejected": "b"}\n')
+    config = tmp_path / "config.yaml"
+    config.write_text(f"model: tiny-random\nsubset: {pairs}\nmax_steps: 2\n")
+    assert main(["runs", "launch", str(config), "--tags", "sweep:sw01,baseline"]) == 0
+    run_id = capsys.readouterr().out.strip()
+    stored = annotations.read_annotations(runs.get_run(run_id).run_dir)
+    assert stored.tags == ("sweep:sw01", "baseline") and stored.sweep == "sw01"
+    assert main(["runs", "launch", str(config), "--tags", "no/slash"]) == 2
+    assert "tags: 'no/slash'" in capsys.readouterr().err
+    assert [run.run_id for run in runs.list_runs()] == [run_id]
