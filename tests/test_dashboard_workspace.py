@@ -72,6 +72,7 @@ def test_review_shows_the_summary_and_only_launch_starts_once(workspace, started
 
 def test_a_sweep_launches_one_tagged_run_per_grid_point(workspace, started):
     at = page("views/runs.py")
+    at.toggle(key="plan_sweep").set_value(True).run()
     next(box for box in at.text_input if box.key == "sweep-learning_rate").set_value("1e-5, 5e-6")
     next(box for box in at.text_input if box.key == "sweep-loss_params.beta").set_value("0.1, 0.3")
     at.multiselect(key="sweep_selections").set_value(["__all__"])

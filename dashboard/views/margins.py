@@ -1,6 +1,7 @@
 """Margins & Select: external vs implicit margin per pair, and the subset to train on."""
 
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -19,8 +20,9 @@ from dashboard.state import (
     margins_path,
     pairs_file,
 )
-from dpo_engine import jobs
+from dpo_engine import jobs, progress
 from dpo_engine.errors import UserError
+from dpo_engine.launch_guard import claim_launch
 from dpo_engine.margins.ranks import pair_ranks
 from dpo_engine.selection.hypotheses import DEFAULT_COLUMNS, SELECTIVE_DPO_TAU
 from dpo_engine.selection.naming import default_selection_name
@@ -102,7 +104,7 @@ def score_job_for(out_path: Path) -> dict | None:
 
 def compute_form(source, loaded, dataset_fp: str, has_scores: bool) -> None:
     """Settings for `dpo-engine score`, and the button that starts it."""
-    with st.form("score"):
+    with st.form("score", enter_to_submit=False):
         left, right = st.columns(2)
         external = left.selectbox(
             "External margin",
@@ -135,8 +137,13 @@ def compute_form(source, loaded, dataset_fp: str, has_scores: bool) -> None:
             ]
             if seed_size:
                 argv += ["--seed-size", str(seed_size)]
+            if not claim_launch("score", {"argv": argv}):
+                st.warning("These margins were started seconds ago; not starting them twice.")
+                return
             jobs.start("score", argv)
             st.rerun()
+        st.caption("Starts one background job: external and implicit margins for every pair of this dataset, "
+                   "with the settings above; its progress (pairs done, seconds per pair, ETA) shows here.")
 
 
 @st.fragment(run_every=2)
@@ -145,9 +152,8 @@ def job_progress(out_path: Path) -> None:
     info = score_job_for(out_path)
     if info["state"] != "running":
         st.rerun(scope="app")
-    progress = info["progress"]
-    done, total = progress.get("done", 0), progress.get("total", 0)
-    st.progress(done / total if total else 0.0, text=f"Computing margins: {progress.get('stage') or 'starting'} ({done:,} / {total:,})")
+    estimate = progress.from_job_record(info["progress"], time.time())
+    st.progress(estimate.fraction, text=f"Computing margins: {progress.describe(estimate, 'pair')}")
     if st.button("Stop", key="stop_score"):
         jobs.stop(info["dir"])
     with st.expander("Job log"):

@@ -323,7 +323,8 @@ with st.expander("New run", expanded=not runs.list_runs(), icon=":material/add:"
     else:
         launch_form(source, loaded, dataset_fingerprint(source))
 with st.expander("New sweep", icon=":material/grid_on:"):
-    if loaded is not None:
+    # Built only on request: its fields share names with the New-run form's, and most visits need neither.
+    if loaded is not None and st.toggle("Plan a sweep", key="plan_sweep"):
         sweep_form(source, loaded, dataset_fingerprint(source))
 all_runs = runs.list_runs()
 seen = signature(all_runs)

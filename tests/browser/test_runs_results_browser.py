@@ -28,7 +28,7 @@ def saved_selection(server_env) -> str:
 
 
 def set_number(page, label: str, value: str) -> None:
-    field = page.get_by_label(label, exact=True).first  # the New-run form's; the New-sweep form below has its own
+    field = page.get_by_label(label, exact=True)
     field.fill(value)
     field.press("Tab")
 
@@ -37,7 +37,7 @@ def test_tiny_run_completes_with_curves_then_evaluates(page, saved_selection):
     page.goto("/runs")
     wait_for_app(page, timeout=240_000)  # the launch form reads TrainConfig: the first visit imports torch
     page.get_by_placeholder("dpo-tiny-eight").wait_for()  # the saved selection is the default training pairs
-    model = page.get_by_label("model", exact=True).first
+    model = page.get_by_label("model", exact=True)
     model.fill("tiny-random")
     model.press("Tab")
     set_number(page, "max_steps", "2")

@@ -104,6 +104,8 @@ def test_a_two_by_two_sweep_appears_as_one_group(page):
     page.goto("/runs")
     wait_for_app(page, timeout=240_000)
     page.get_by_text("New sweep").click()
+    page.get_by_text("Plan a sweep").click()
+    wait_for_app(page)
     sweep = page.get_by_test_id("stForm").filter(has_text="Values to sweep")
     sweep.get_by_label("learning_rate", exact=True).fill("1e-5, 5e-6")
     sweep.get_by_label("loss_params.beta", exact=True).fill("0.1, 0.3")
