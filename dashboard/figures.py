@@ -370,6 +370,6 @@ def win_rate_chart(results: pd.DataFrame) -> go.Figure:
     figure.update_layout(
         height=480 if len(results) <= 6 else 560, margin=dict(l=10, r=10, t=50, b=10), plot_bgcolor="white",
         font=dict(size=13), title=dict(text="Win rate against the baseline", x=0),
-        legend=dict(orientation="h", y=1.12, x=1, xanchor="right"),
+        legend=dict(orientation="h", y=1.12, x=0.5, xanchor="center"),  # clear of the title and the toolbar
     )
     return figure
