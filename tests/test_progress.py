@@ -50,3 +50,21 @@ def test_identical_launch_within_the_window_is_refused(tmp_path, monkeypatch):
     assert launch_guard.claim_launch("train", {**config, "learning_rate": 2e-5}, now=1003.0)
     assert launch_guard.claim_launch("eval", config, now=1003.0)
     assert launch_guard.claim_launch("train", config, now=1000.0 + launch_guard.DUPLICATE_WINDOW_S + 1)
+
+
+def test_the_cli_progress_file_carries_the_stage_start(tmp_path):
+    import json
+    import time
+
+    from dpo_engine.cli.score import _Progress
+
+    path = tmp_path / "progress.json"
+    reporter = _Progress(str(path))
+    before = time.time()
+    reporter.stage("encoding")
+    reporter.update(3, 12)
+    record = json.loads(path.read_text())
+    assert (record["stage"], record["done"], record["total"]) == ("encoding", 3, 12)
+    assert before <= record["stage_started"] <= time.time()
+    estimate = progress.from_job_record(record, now=record["stage_started"] + 6.0)
+    assert estimate.seconds_per_item == pytest.approx(2.0) and estimate.eta_seconds == pytest.approx(18.0)
