@@ -7,6 +7,7 @@ dashboard and the CLI say the same thing.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 
@@ -77,3 +78,21 @@ def from_run_status(status: dict, now: float) -> ProgressEstimate:
     phase = status.get("phase") or ("training" if step else "preparing")
     started = status.get("training_started") or status.get("started")
     return estimate(phase, step, status.get("total_steps"), started, now)
+
+
+def planned_steps(n_pairs: int, batch_size: int, accumulation: int, num_epochs: float, max_steps: int) -> int:
+    """Optimizer steps a run will take: ``max_steps`` when > 0, else ``ceil(ceil(n_pairs / batch_size) /
+    accumulation) * num_epochs`` rounded up (the Trainer's count for one device)."""
+    if max_steps > 0:
+        return max_steps
+    batches = math.ceil(n_pairs / batch_size)
+    return math.ceil(math.ceil(batches / accumulation) * num_epochs)
+
+
+def measured_seconds_per_step(status: dict) -> float | None:
+    """Seconds per optimizer step of a finished run, from its status.json (``started``, ``finished``, ``step``);
+    None when it has no such record. Includes the run's preparation, so estimates from it err long."""
+    started, finished, step = status.get("started"), status.get("finished"), status.get("step") or 0
+    if not (started and finished and step) or finished <= started:
+        return None
+    return (finished - started) / step

@@ -61,6 +61,7 @@ def test_review_shows_the_summary_and_only_launch_starts_once(workspace, started
     assert not started  # reviewing launches nothing
     summary = next(item.value for item in at.markdown if item.value.startswith("**Will launch:**"))
     assert "tiny-random · all pairs (1,200 pairs) · dpo (beta 0.1) · 16 steps" in summary
+    assert "an ETA appears once its first steps are measured" in summary  # no finished run of this shape yet
     button(at, "Launch").click().run()
     assert [kind for kind, _ in started] == ["launch"]
     # The same launch again within seconds (a double click): refused by the engine's config hash.
@@ -152,3 +153,19 @@ def test_the_default_selection_name_follows_the_rule(workspace):
     card = next(item.value for item in at.markdown if "DM-MUL **" in item.value)
     rank = int(card.split("DM-MUL **")[1].split("rank ")[1].split(" of")[0].replace(",", ""))
     assert "of 1,200" in card and rank <= 240  # a selected pair of the top 20 % by DM-MUL
+
+
+@pytest.mark.slow  # trains the tiny random model for two steps (seconds)
+def test_the_summary_estimates_the_time_from_a_finished_run_of_the_same_shape(workspace, started, tmp_path):
+    from dpo_engine.runs import manager as runs
+
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text('{"prompt": "p", "chosen": "a", "rejected": "b"}\n')
+    run_id = runs.create_run({"model": "tiny-random", "subset": str(pairs), "max_steps": 2})
+    assert runs.run_foreground(run_id)["state"] == "completed"
+    at = page("views/runs.py")
+    next(box for box in at.text_input if box.label == "model").set_value("tiny-random")
+    next(box for box in at.number_input if box.label == "max_steps").set_value(40)
+    button(at, "Review launch").click().run()
+    summary = next(item.value for item in at.markdown if item.value.startswith("**Will launch:**"))
+    assert f"as {run_id} took)" in summary and "time ≈ " in summary and "40 steps" in summary

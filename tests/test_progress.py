@@ -68,3 +68,11 @@ def test_the_cli_progress_file_carries_the_stage_start(tmp_path):
     assert before <= record["stage_started"] <= time.time()
     estimate = progress.from_job_record(record, now=record["stage_started"] + 6.0)
     assert estimate.seconds_per_item == pytest.approx(2.0) and estimate.eta_seconds == pytest.approx(18.0)
+
+
+def test_planned_steps_and_measured_rate_by_hand():
+    assert progress.planned_steps(120, 4, 2, 1.0, -1) == 15  # 30 batches, 2 per step
+    assert progress.planned_steps(121, 4, 2, 2.0, -1) == 32  # 31 batches -> 16 steps per epoch
+    assert progress.planned_steps(120, 4, 2, 1.0, 7) == 7
+    assert progress.measured_seconds_per_step({"started": 100.0, "finished": 140.0, "step": 16}) == 2.5
+    assert progress.measured_seconds_per_step({"started": 100.0, "finished": None, "step": 3}) is None

@@ -96,14 +96,25 @@ def launch_form(source, loaded, dataset_fp: str) -> None:
 
 
 def launch_summary(pending: dict) -> str:
-    """One line: what "Launch" would start."""
+    """One line: what "Launch" would start, with its time when a finished run of the same shape measured it."""
     config = pending["config"]
-    steps = f"{config['max_steps']} steps" if config["max_steps"] > 0 else f"{config['num_epochs']:g} epochs"
+    steps = progress.planned_steps(pending["n_pairs"], config["batch_size"], config["gradient_accumulation_steps"],
+                                   config["num_epochs"], config["max_steps"])
     pairs = "all pairs" if pending["subset"] == ALL_PAIRS else f"selection {pending['subset']}"
     params = ", ".join(f"{key} {value:g}" for key, value in config["loss_params"].items())
-    return (f"{config['model']} · {pairs} ({pending['n_pairs']:,} pairs) · {config['loss']} ({params}) · {steps} · "
+    return (f"{config['model']} · {pairs} ({pending['n_pairs']:,} pairs) · {config['loss']} ({params}) · {steps} steps · "
             f"lr {config['learning_rate']:g} · batch {config['batch_size']} × {config['gradient_accumulation_steps']}"
-            f" · {config['device']} {config['precision']} · time: ETA shown once the first steps are measured")
+            f" · {config['device']} {config['precision']} · {expected_time(config, steps)}")
+
+
+def expected_time(config: dict, steps: int) -> str:
+    """"time ≈ …" from the newest completed run with the same model, batch and lengths, else when it is known."""
+    shape = ("model", "batch_size", "gradient_accumulation_steps", "max_length", "device", "precision")
+    for run in runs.list_runs():
+        rate = progress.measured_seconds_per_step(run.status) if run.state == "completed" else None
+        if rate is not None and all(run.config.get(key) == config[key] for key in shape):
+            return f"time ≈ {progress.format_duration(rate * steps)} (at {rate:.2g} s/step, as {run.run_id} took)"
+    return "time: an ETA appears once its first steps are measured"
 
 
 def review_launch(pending: dict, selections: dict, source, loaded, dataset_fp: str) -> None:
