@@ -71,6 +71,8 @@ def test_cli_launch_stores_tags_and_a_bad_tag_creates_no_run(workspace, tmp_path
     run_id = capsys.readouterr().out.strip()
     stored = annotations.read_annotations(runs.get_run(run_id).run_dir)
     assert stored.tags == ("sweep:sw01", "baseline") and stored.sweep == "sw01"
+    assert main(["runs", "show", run_id]) == 0
+    assert "  tags: sweep:sw01, baseline" in capsys.readouterr().out.splitlines()
     assert main(["runs", "launch", str(config), "--tags", "no/slash"]) == 2
     assert "tags: 'no/slash'" in capsys.readouterr().err
     assert [run.run_id for run in runs.list_runs()] == [run_id]

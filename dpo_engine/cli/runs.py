@@ -17,8 +17,9 @@ import json
 import time
 from pathlib import Path
 
+from dpo_engine import progress
 from dpo_engine.runs import manager as runs
-from dpo_engine.runs.annotations import Annotations, parse_tags, write_annotations
+from dpo_engine.runs.annotations import Annotations, parse_tags, read_annotations, write_annotations
 
 # Status fields `runs show` prints, in this order (times are shown as local dates).
 STATUS_FIELDS = ("state", "message", "step", "total_steps", "device", "pid", "launched", "started", "finished", "heartbeat")
@@ -135,6 +136,12 @@ def run_show(args: argparse.Namespace) -> int:
         print(f"  {field}: {lines[0]}")
         for line in lines[1:]:
             print(f"    {line}")
+    if run.is_active:
+        print(f"  progress: {progress.describe(progress.from_run_status(run.status, time.time()), 'step')}")
+    notes = read_annotations(run.run_dir)
+    if notes.tags or notes.notes:
+        print(f"  tags: {', '.join(notes.tags) or '-'}")
+        print(f"  notes: {notes.notes or '-'}")
     print("config:")
     for line in yaml.safe_dump(run.config, sort_keys=False).splitlines():
         print(f"  {line}")
