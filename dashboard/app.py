@@ -18,8 +18,9 @@ st.set_page_config(page_title="Margin Lab", page_icon=":material/scatter_plot:",
 require_login()  # before any page renders
 
 pages = [
+    st.Page("views/home.py", title="Home", icon=":material/home:", default=True),
     st.Page("views/data.py", title="Data", icon=":material/table_view:"),
-    st.Page("views/margins.py", title="Margins & Select", icon=":material/scatter_plot:", default=True),
+    st.Page("views/margins.py", title="Margins & Select", icon=":material/scatter_plot:"),
     st.Page("views/runs.py", title="Runs", icon=":material/model_training:"),
     st.Page("views/results.py", title="Results", icon=":material/leaderboard:"),
     st.Page("views/rounds.py", title="Rounds", icon=":material/autorenew:"),

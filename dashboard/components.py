@@ -8,6 +8,10 @@ import pandas as pd
 import streamlit as st
 
 from dpo_engine.data.pairs import ValidationReport
+from dpo_engine.margins.ranks import pair_ranks
+
+MARGIN_NAMES = {"external_margin": "external", "implicit_margin": "implicit", "dm_add": "DM-ADD", "dm_mul": "DM-MUL",
+                "bees": "BeeS"}
 
 PAIR_TABLE_COLUMNS = {
     "pair_id": st.column_config.TextColumn("pair id", width="medium"),
@@ -39,8 +43,9 @@ def escape_markdown(text, *, keep_lines: bool = False) -> str:
     return ("  \n" if keep_lines else " ").join(lines)
 
 
-def pair_browser(pairs: pd.DataFrame, columns: list[str], *, key: str) -> None:
-    """A table of pairs; the row the user clicks is shown in full below it."""
+def pair_browser(pairs: pd.DataFrame, columns: list[str], *, key: str, ranked_in: pd.DataFrame | None = None) -> None:
+    """A table of pairs; the row the user clicks is shown in full below it (with its margins' ranks among
+    ``ranked_in``'s pairs, when given)."""
     if pairs.empty:
         st.info("No pairs to show.")
         return
@@ -60,13 +65,21 @@ def pair_browser(pairs: pd.DataFrame, columns: list[str], *, key: str) -> None:
     position = rows[0] if rows else 0
     if not rows:
         st.caption("Click a row to read that pair in full. Showing the first one.")
-    pair_viewer(pairs.iloc[position])
+    pair = pairs.iloc[position]
+    pair_viewer(pair, None if ranked_in is None else pair_ranks(ranked_in, pair["pair_id"]))
 
 
-def pair_viewer(pair: pd.Series) -> None:
-    """Full text of one pair: the prompt conversation, then chosen and rejected side by side."""
+def pair_viewer(pair: pd.Series, ranks: pd.DataFrame | None = None) -> None:
+    """Full text of one pair: its margins and ranks (`dpo_engine.margins.ranks.pair_ranks`), the prompt
+    conversation, then chosen and rejected side by side."""
     with st.container(border=True):
         st.markdown(f"**Pair {escape_markdown(pair['pair_id'])}** · source row {pair['row']}")
+        if ranks is not None and not ranks.empty:
+            st.markdown(" · ".join(
+                f"{MARGIN_NAMES.get(row.margin, row.margin)} **{row.value:.3g}** (rank {row.rank:,.0f} of {row.of:,}, "
+                f"top {row.top_percent:.0f} %)" if pd.notna(row.rank) else f"{MARGIN_NAMES.get(row.margin, row.margin)} –"
+                for row in ranks.itertuples()
+            ))
         if pair.get("warnings"):
             st.warning(f"Warnings: {escape_markdown(pair['warnings'].replace(';', ', '))}")
         for message in pair["prompt_messages"]:

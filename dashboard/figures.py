@@ -293,8 +293,13 @@ def response_length_chart(edges: np.ndarray, chosen_counts: np.ndarray, rejected
 CURVES = (("loss", "loss"), ("rewards/margins", "reward margin"), ("rewards/accuracies", "reward accuracy"))
 
 
-def training_curves(metrics: dict[str, pd.DataFrame]) -> go.Figure:
-    """Loss, reward margin and reward accuracy against step, one colour per run (``{label: metrics.jsonl rows}``)."""
+def training_curves(metrics: dict[str, pd.DataFrame], smoothing: float = 0.0, log_loss: bool = False) -> go.Figure:
+    """Loss, reward margin and reward accuracy against step, one small chart (own y axis) per metric, one colour
+    per run (``{label: metrics.jsonl rows}``). With ``smoothing`` > 0 the raw curve stays faint behind its EMA
+    (`dpo_engine.runs.smoothing.ema`); ``log_loss`` puts the loss on a log axis (IPO's ~25 next to DPO's 0.69).
+    """
+    from dpo_engine.runs.smoothing import ema
+
     fig = make_subplots(rows=1, cols=len(CURVES), subplot_titles=[title for _, title in CURVES], horizontal_spacing=0.06)
     for number, (label, frame) in enumerate(metrics.items()):
         color = PALETTE[number % len(PALETTE)]
@@ -302,9 +307,13 @@ def training_curves(metrics: dict[str, pd.DataFrame]) -> go.Figure:
             if key not in frame or frame[key].isna().all():
                 continue
             points = frame[["step", key]].dropna()
+            shown = ema(points[key].to_numpy(float), smoothing) if smoothing else points[key]
+            if smoothing:
+                fig.add_trace(go.Scatter(x=points["step"], y=points[key], mode="lines", line=dict(color=color, width=1),
+                                         opacity=0.25, showlegend=False, hoverinfo="skip", legendgroup=label), row=1, col=col)
             fig.add_trace(
                 go.Scatter(
-                    x=points["step"], y=points[key], mode="lines+markers" if len(points) < 30 else "lines",
+                    x=points["step"], y=shown, mode="lines+markers" if len(points) < 30 else "lines",
                     name=label, legendgroup=label, showlegend=col == 1, line=dict(color=color, width=2),
                     marker=dict(size=5), hovertemplate=f"{label}<br>step %{{x}}: %{{y:.4g}}<extra></extra>",
                 ),
@@ -313,8 +322,54 @@ def training_curves(metrics: dict[str, pd.DataFrame]) -> go.Figure:
             )
     fig.update_xaxes(title_text="step", gridcolor=GRID)
     fig.update_yaxes(gridcolor=GRID)
+    if log_loss:
+        fig.update_yaxes(type="log", row=1, col=1)
     fig.update_layout(
         height=360, margin=dict(l=10, r=10, t=60, b=10), plot_bgcolor="white",
         legend=dict(orientation="h", y=-0.25, x=0), uirevision="curves",
     )
     return fig
+
+
+def win_rate_chart(results: pd.DataFrame) -> go.Figure:
+    """Win rate against the baseline per run (rows of results.csv, labelled by variant), zoomed around 50 %.
+
+    Each bar rises or falls from the 50 % line (``base=50``, length ``win_rate - 50`` points) so a 2-point
+    difference is visible; whiskers: the 95 % CI; diamonds: the LC win rate; each label carries the run's
+    win / tie / loss counts. The axis spans every CI with a margin, and at least 45-55 %.
+    """
+    variants = results.variant.fillna("").astype(str)
+    labels = [variant or run_id for variant, run_id in zip(variants, results.run_id)]
+    repeated = pd.Series(labels).duplicated(keep=False)
+    labels = [f"{label} [{run_id}]" if again else label for label, run_id, again in zip(labels, results.run_id, repeated)]
+    win = results.win_rate.to_numpy(float)
+    low, high = results.ci_low.to_numpy(float), results.ci_high.to_numpy(float)
+    reach = np.nanmax(np.abs(np.concatenate([low, high, results.lc_win_rate.to_numpy(float)]) - 50), initial=0.0)
+    half = max(5.0, float(reach) * 1.15 + 1.0)
+    # The value and the counts sit in each label, clear of the whiskers, on lines short enough not to rotate.
+    names = [f"<b>{html.escape(label)}</b><br>{row.win_rate:.1f} %<br>{row.n_wins:.0f} W · {row.n_draws:.0f} T · "
+             f"{row.n_losses:.0f} L" for label, row in zip(labels, results.itertuples())]
+    figure = go.Figure()
+    figure.add_bar(
+        x=names, y=win - 50, base=50, name="win rate (95 % CI)", marker_color=SELECTED, width=0.5,
+        error_y=dict(type="data", symmetric=False, array=high - win, arrayminus=win - low, thickness=2, width=10,
+                     color="#212529"),
+        customdata=np.stack([win, low, high], axis=1),
+        hovertemplate="%{x}<br>win rate %{customdata[0]:.1f} % [%{customdata[1]:.1f}, %{customdata[2]:.1f}]<extra></extra>",
+    )
+    figure.add_scatter(
+        x=names, y=results.lc_win_rate.to_numpy(float), mode="markers", name="LC win rate",
+        marker=dict(symbol="diamond-open", size=11, color="#e8590c", line=dict(width=2)),
+        hovertemplate="%{x}<br>LC win rate %{y:.1f} %<extra></extra>",
+    )
+    figure.add_hline(y=50, line_dash="dash", line_color="grey")
+    figure.update_yaxes(range=[50 - half, 50 + half], title_text="win rate vs baseline (%; 50 = as good)",
+                        gridcolor=GRID, ticksuffix=" %")
+    # Side by side up to six labels fit; more are slanted so they do not run into each other.
+    figure.update_xaxes(tickfont=dict(size=11), tickangle=0 if len(results) <= 6 else -40, automargin=True)
+    figure.update_layout(
+        height=480 if len(results) <= 6 else 560, margin=dict(l=10, r=10, t=50, b=10), plot_bgcolor="white",
+        font=dict(size=13), title=dict(text="Win rate against the baseline", x=0),
+        legend=dict(orientation="h", y=1.12, x=0.5, xanchor="center"),  # clear of the title and the toolbar
+    )
+    return figure

@@ -67,7 +67,8 @@ def with_margins(workspace) -> str:
     return write_test_margins(workspace)
 
 
-def app(page: str | None = None) -> AppTest:
+def app(page: str = "views/margins.py") -> AppTest:
+    """The app on ``page`` (default Margins & Select, which the tests below exercise; the app opens on Home)."""
     at = AppTest.from_file(APP, default_timeout=TIMEOUT)
     at.run()
     if page:

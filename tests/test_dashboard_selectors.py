@@ -34,6 +34,8 @@ def test_margin_scatter_rings_the_warmup_pairs_in_a_second_trace():
 def page():
     at = AppTest.from_file(APP, default_timeout=180)
     at.run()
+    at.switch_page("views/margins.py")  # the app opens on Home
+    at.run()
     assert not at.exception, [error.message for error in at.exception]
     return at
 

@@ -325,3 +325,15 @@ def test_fused_scores_are_nan_when_a_source_is_missing(columns):
     scored = fused_scores(pd.DataFrame({"pair_id": ["a", "b"], **columns}))
     for column in ("dm_add", "dm_mul", "bees"):
         assert scored[column].isna().all()
+
+
+def test_pair_ranks_by_hand():
+    from dpo_engine.margins.ranks import pair_ranks
+
+    table = pd.DataFrame({"pair_id": ["a", "b", "c", "d"], "external_margin": [3.0, 1.0, 3.0, np.nan],
+                          "implicit_margin": [0.1, 0.4, 0.2, 0.3], "dm_mul": [np.nan] * 4})
+    ranks = pair_ranks(table, "c").set_index("margin")
+    assert list(ranks.index) == ["external_margin", "implicit_margin"]  # dm_mul has no values
+    assert ranks.loc["external_margin", "rank"] == 1 and ranks.loc["external_margin", "of"] == 3  # tied with a
+    assert ranks.loc["implicit_margin", "rank"] == 3 and ranks.loc["implicit_margin", "top_percent"] == 75.0
+    assert np.isnan(pair_ranks(table, "d").set_index("margin").loc["external_margin", "rank"])

@@ -332,3 +332,18 @@ def test_margin_correlations_pearson_and_spearman_with_ties():
     assert got["spearman"] == pytest.approx(scipy.stats.spearmanr(table.external_margin[:4], table.implicit_margin[:4])[0])
     assert got["pearson"] == pytest.approx(np.corrcoef([0, 1, 1, 3], [-2, 0.5, 4, 1])[0, 1])
     assert margin_correlations(table.iloc[:1]) == {"pearson": None, "spearman": None}
+
+
+def test_default_selection_names_follow_the_rule():
+    from dpo_engine.selection.naming import default_selection_name
+
+    assert default_selection_name("top_k", {"score": "dm_mul", "frac": 0.1}, 120) == "top-k-dm_mul-10pct"
+    both_positive = {"score": "bees", "frac": 0.25, "where": {"external_margin": [0.0, None]}}
+    assert default_selection_name("top_k", both_positive, 300) == "top-k-bees-25pct-pos"
+    assert default_selection_name("random", {"frac": 0.1, "seed": 7}, 120) == "random-10pct-s7"
+    assert default_selection_name("partition", {"score": "implicit_margin", "part": "mid", "frac": 0.05}, 60) == \
+        "mid-implicit_margin-5pct"
+    where = {"external_margin": [0.5, None], "implicit_margin": [None, None]}
+    assert default_selection_name("threshold", {"where": where}, 412) == "threshold-external_margin-412"
+    assert default_selection_name("manual", {"pair_ids": ["a"] * 34}, 34) == "box-34"
+    assert default_selection_name("smallest_gap", {"score": "implicit_margin", "frac": 0.1}, 120) == "smallest-gap-10pct"

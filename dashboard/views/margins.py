@@ -1,13 +1,14 @@
 """Margins & Select: external vs implicit margin per pair, and the subset to train on."""
 
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import streamlit as st
 
-from dashboard.components import escape_markdown, pair_browser
+from dashboard.components import escape_markdown, pair_browser, pair_viewer
 from dashboard import figures
 from dashboard.figures import hover_texts, margin_density, margin_scatter, selection_marginals
 from dashboard.state import (
@@ -19,10 +20,13 @@ from dashboard.state import (
     margins_path,
     pairs_file,
 )
-from dpo_engine import jobs
+from dpo_engine import jobs, progress
 from dpo_engine.errors import UserError
+from dpo_engine.launch_guard import claim_launch
+from dpo_engine.margins.ranks import pair_ranks
 from dpo_engine.paths import NAME_RULE, check_name
 from dpo_engine.selection.hypotheses import DEFAULT_COLUMNS, SELECTIVE_DPO_TAU
+from dpo_engine.selection.naming import default_selection_name
 from dpo_engine.selection.rules import (
     DEFAULT_RANDOM_SEED,
     column_stats,
@@ -96,7 +100,7 @@ def score_job_for(out_path: Path) -> dict | None:
 
 def compute_form(source, loaded, dataset_fp: str, has_scores: bool) -> None:
     """Settings for `dpo-engine score`, and the button that starts it."""
-    with st.form("score"):
+    with st.form("score", enter_to_submit=False):
         left, right = st.columns(2)
         external = left.selectbox(
             "External margin",
@@ -129,8 +133,13 @@ def compute_form(source, loaded, dataset_fp: str, has_scores: bool) -> None:
             ]
             if seed_size:
                 argv += ["--seed-size", str(seed_size)]
+            if not claim_launch("score", {"argv": argv}):
+                st.warning("These margins were started seconds ago; not starting them twice.")
+                return
             jobs.start("score", argv)
             st.rerun()
+        st.caption("Starts one background job: external and implicit margins for every pair of this dataset, "
+                   "with the settings above; its progress (pairs done, seconds per pair, ETA) shows here.")
 
 
 @st.fragment(run_every=2)
@@ -139,9 +148,8 @@ def job_progress(out_path: Path) -> None:
     info = score_job_for(out_path)
     if info["state"] != "running":
         st.rerun(scope="app")
-    progress = info["progress"]
-    done, total = progress.get("done", 0), progress.get("total", 0)
-    st.progress(done / total if total else 0.0, text=f"Computing margins: {progress.get('stage') or 'starting'} ({done:,} / {total:,})")
+    estimate = progress.from_job_record(info["progress"], time.time())
+    st.progress(estimate.fraction, text=f"Computing margins: {progress.describe(estimate, 'pair')}")
     if st.button("Stop", key="stop_score"):
         jobs.stop(info["dir"])
     with st.expander("Job log"):
@@ -407,8 +415,16 @@ def select_section(table: pd.DataFrame, pairs: pd.DataFrame, dataset_fp: str, ca
         )
     else:
         warmup = warmup_mask(table)
-        st.plotly_chart(margin_scatter(table, hover, selected=selected, color=color, color_label=color_title,
-                                       thresholds=lines, warmup=warmup))
+        clicked = st.plotly_chart(margin_scatter(table, hover, selected=selected, color=color, color_label=color_title,
+                                                 thresholds=lines, warmup=warmup),
+                                  key="rule_chart", on_select="rerun", selection_mode="points")
+        points = [point for point in clicked.selection.points if point.get("curve_number", 0) == 0]
+        if points:  # a click on a point opens that pair
+            opened = table[table.pair_id.astype(str) == str(points[0]["customdata"])]
+            if not opened.empty:
+                pair_viewer(opened.iloc[0], pair_ranks(table, opened.iloc[0]["pair_id"]))
+        else:
+            st.caption("Click a point to open its pair.")
 
     whole = table_statistics(table, cache_key)
     size, share, pearson, spearman = st.columns(4)
@@ -421,6 +437,7 @@ def select_section(table: pd.DataFrame, pairs: pd.DataFrame, dataset_fp: str, ca
     if not ids:
         st.info("Nothing selected yet." if rule == "manual" else "No pair passes this rule.")
         return
+    save_and_export(rule, params, ids, dataset_fp, pairs)
     if rule == "manual":
         st.plotly_chart(selection_marginals(table, selected))
     st.dataframe(summary_frame(summary).style.format("{:.3g}", na_rep="–"))
@@ -431,12 +448,19 @@ def select_section(table: pd.DataFrame, pairs: pd.DataFrame, dataset_fp: str, ca
         st.caption(f"Showing the first {TABLE_ROW_LIMIT:,} of {len(chosen):,} selected pairs; "
                    "save or export the selection for all of them.")
         chosen = chosen.iloc[:TABLE_ROW_LIMIT]
-    pair_browser(chosen, ["pair_id", "prompt", "external_margin", "implicit_margin", "dm_mul"], key="selected_pairs")
+    pair_browser(chosen, ["pair_id", "prompt", "external_margin", "implicit_margin", "dm_mul"], key="selected_pairs",
+                 ranked_in=table)
 
-    st.subheader("Save or export")
+
+def save_and_export(rule: str, params: dict, ids: list[str], dataset_fp: str, pairs: pd.DataFrame) -> None:
+    """Name, save and download the selection, right below its count. The default name follows the rule and
+    its parameters, and is renewed when they change (a name the user typed stays until then)."""
     selection = Selection(name="", rule=rule, params=params, dataset_fingerprint=dataset_fp, pair_ids=ids)
-    name_column, overwrite_column, save_column = st.columns([3, 1, 1], vertical_alignment="bottom")
-    name = name_column.text_input("Selection name", value=f"{rule}-{len(ids)}", key="selection_name", help=NAME_RULE)
+    default = default_selection_name(rule, params, len(ids))
+    if st.session_state.get("selection_name_default") != default:
+        st.session_state["selection_name_default"] = st.session_state["selection_name"] = default
+    name_column, overwrite_column, save_column, jsonl, parquet = st.columns([3, 1, 1, 1, 1], vertical_alignment="bottom")
+    name = name_column.text_input("Selection name", key="selection_name", help=NAME_RULE)
     overwrite = overwrite_column.checkbox("Overwrite", help="replace a saved selection of the same name")
     if save_column.button("Save selection", type="primary"):
         selection.name = name
@@ -449,7 +473,6 @@ def select_section(table: pd.DataFrame, pairs: pd.DataFrame, dataset_fp: str, ca
             st.success(f"Saved {len(ids):,} pairs as **{escape_markdown(name)}** (`{path.name}`). "
                        "Train on it from the Runs page.")
     selection.name = name or "selection"
-    jsonl, parquet, _ = st.columns([1, 1, 2])
     jsonl.download_button("Download .jsonl", export_bytes(selection, pairs, ".jsonl"), file_name=f"{selection.name}.jsonl",
                           mime="application/jsonl", icon=":material/download:")
     parquet.download_button("Download .parquet", export_bytes(selection, pairs, ".parquet"), file_name=f"{selection.name}.parquet",
@@ -457,7 +480,6 @@ def select_section(table: pd.DataFrame, pairs: pd.DataFrame, dataset_fp: str, ca
     saved = list_selections()
     if saved:
         st.caption("Saved selections: " + ", ".join(f"**{escape_markdown(item.name)}** ({len(item.pair_ids):,})" for item in saved[:12]))
-
 
 # ---- page ----------------------------------------------------------------------------------------------------------
 

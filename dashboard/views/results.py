@@ -1,20 +1,28 @@
 """Results: evaluate trained runs with a judge (a background job), then compare their win rates."""
 
+import time
+
 import pandas as pd
 import streamlit as st
 
 from dashboard.components import escape_markdown
-from dpo_engine import jobs, runs
+from dashboard.figures import win_rate_chart
+from dpo_engine import jobs, progress, runs
 from dpo_engine.errors import UserError
 from dpo_engine.evaluation import figures, store
 from dpo_engine.evaluation.config import CUDA_GENERATION, OTHER_GENERATION, EvalConfig
 from dpo_engine.evaluation.judge_factory import judge_specs
 from dpo_engine.evaluation.results import results_table
+from dpo_engine.evaluation.warnings import evaluation_warnings
+from dpo_engine.launch_guard import claim_launch
 
 REWARD_MODEL = "reward-model"
 TABLE_COLUMNS = {
     "variant": st.column_config.TextColumn("variant"),
     "win_rate": st.column_config.NumberColumn("win rate %", format="%.1f"),
+    "n_wins": st.column_config.NumberColumn("wins"),
+    "n_draws": st.column_config.NumberColumn("ties"),
+    "n_losses": st.column_config.NumberColumn("losses"),
     "ci_low": st.column_config.NumberColumn("CI low", format="%.1f"),
     "ci_high": st.column_config.NumberColumn("CI high", format="%.1f"),
     "lc_win_rate": st.column_config.NumberColumn("LC win rate %", format="%.1f"),
@@ -41,7 +49,7 @@ def eval_form(completed: list) -> None:
         judges = {"builtin": "built-in offline judge", REWARD_MODEL: "a local reward model"}
     judge = st.selectbox("Judge", list(judges), format_func=judges.get,
                          help="OpenAI-compatible judges are the server's allow-listed endpoints (docs/security.md).")
-    with st.form("evaluate"):
+    with st.form("evaluate", enter_to_submit=False):
         spec = judge
         if judge == REWARD_MODEL:
             spec = "reward-model:" + st.text_input("Reward model directory")
@@ -59,20 +67,39 @@ def eval_form(completed: list) -> None:
         dtype = middle.selectbox("Precision", ["auto", "fp32", "bf16"], help="auto: bf16 on CUDA, fp32 elsewhere")
         device = right.selectbox("Device", ["auto", "cpu", "cuda", "mps"])
         name = st.text_input("Evaluation name (optional)")
-        if not st.form_submit_button("Evaluate", type="primary"):
+        if st.form_submit_button("Review evaluation", type="primary"):
+            st.session_state["pending_eval"] = None
+            config = EvalConfig(
+                run_ids=picked, judge=spec, baseline=baseline, max_new_tokens=int(max_new_tokens) or None,
+                dtype=dtype, device=device, compare_to=compare_to if compare_to in picked else (picked or [None])[0],
+                n=int(n_prompts) or None, name=name.strip() or None,
+            )
+            try:
+                config.validate()  # field by field, at once (no torch): e.g. no run picked, a bad name
+            except UserError as error:
+                st.error(str(error))
+            else:
+                tokens = max_new_tokens or "the device's default"
+                summary = (f"{len(picked)} runs ({', '.join(picked)}) · {n_prompts or 805} prompts · up to {tokens} "
+                           f"new tokens · baseline {baseline} · judge {judge} · {device} {dtype}")
+                st.session_state["pending_eval"] = (config, summary)
+    if st.session_state.get("pending_eval"):
+        review_eval(*st.session_state["pending_eval"])
+
+
+def review_eval(config: EvalConfig, summary: str) -> None:
+    """What "Evaluate" would start, then Evaluate / Cancel; the same evaluation twice in seconds starts once."""
+    with st.container(border=True):
+        st.markdown(f"**Will evaluate:** {summary}")
+        start, cancel = st.columns([1, 6])
+        if cancel.button("Cancel", key="cancel-eval"):
+            del st.session_state["pending_eval"]
+            st.rerun()
+        if not start.button("Evaluate", type="primary", key="confirm-eval"):
             return
-    if not picked:
-        st.error("Pick at least one run.")
-        return
-    config = EvalConfig(
-        run_ids=picked, judge=spec, baseline=baseline, max_new_tokens=int(max_new_tokens) or None, dtype=dtype,
-        device=device, compare_to=compare_to if compare_to in picked else picked[0], n=int(n_prompts) or None,
-        name=name.strip() or None,
-    )
-    try:
-        config.validate()
-    except UserError as error:
-        st.error(str(error))
+    del st.session_state["pending_eval"]
+    if not claim_launch("eval", config.to_dict()):
+        st.warning("This evaluation was started seconds ago; not starting it twice.")
         return
     jobs.start("eval", config)
     st.rerun()
@@ -83,9 +110,8 @@ def eval_progress(job_dir) -> None:
     info = jobs.status(job_dir)
     if info["state"] != "running":
         st.rerun(scope="app")
-    progress = info["progress"]
-    done, total = progress.get("done", 0), progress.get("total", 0)
-    st.progress(done / total if total else 0.0, text=f"Evaluating: {progress.get('stage') or 'starting'} ({done} / {total})")
+    estimate = progress.from_job_record(info["progress"], time.time())
+    st.progress(estimate.fraction, text=f"Evaluating: {progress.describe(estimate)}")
     if st.button("Stop evaluation"):
         jobs.stop(job_dir)
     with st.expander("Job log"):
@@ -146,32 +172,49 @@ def show_eval(eval_id: str) -> None:
         key="pair_against",
     )
     results = repaired(eval_id, compare_to)
-    chart, paired = st.columns([3, 2])
-    chart.plotly_chart(figures.win_rate_figure(results), key="win_rates", config={"toImageButtonOptions": {"filename": f"{eval_id}-win-rates"}})
+    grouped: dict[tuple[str, ...], list[str]] = {}
+    for run_id, problems in evaluation_warnings(result.per_prompt).items():
+        grouped.setdefault(tuple(problems), []).append(run_id)
+    for problems, flagged in grouped.items():  # one box per kind of problem, however many runs share it
+        who = flagged[0] if len(flagged) == 1 else f"{len(flagged)} runs ({', '.join(flagged)})"
+        st.warning(f"**{who}**: " + " ".join(problems), icon=":material/warning:")
+    image = {"toImageButtonOptions": {"filename": f"{eval_id}-win-rates", "format": "png", "scale": 3}}
+    st.plotly_chart(win_rate_chart(results), key="win_rates", config=image)
     if len(results) > 1:
         against = results.set_index("run_id").variant.get(compare_to) or compare_to
-        paired.plotly_chart(
+        st.plotly_chart(
             figures.paired_figure(results, title=f"Difference vs {against} (points, same prompts)"),
             key="paired",
-            config={"toImageButtonOptions": {"filename": f"{eval_id}-paired"}},
+            config={"toImageButtonOptions": {"filename": f"{eval_id}-paired", "format": "png", "scale": 3}},
         )
     else:
-        paired.caption("Paired differences need at least two runs in the evaluation.")
+        st.caption("Paired differences need at least two runs in the evaluation.")
     st.dataframe(results[["run_id", *TABLE_COLUMNS]], hide_index=True, column_config=TABLE_COLUMNS)
 
     csv, html, _ = st.columns([1, 1, 3])
     csv.download_button("Table (.csv)", results.to_csv(index=False), file_name=f"{eval_id}-results.csv", mime="text/csv",
                         icon=":material/download:")
-    html.download_button("Chart (.html)", lambda: figures.win_rate_figure(results).to_html(include_plotlyjs="cdn"),
+    # include_plotlyjs=True: the file opens offline (about 4.7 MB, plotly.js inside).
+    html.download_button("Chart (.html, offline)", lambda: win_rate_chart(results).to_html(include_plotlyjs=True),
                          file_name=f"{eval_id}-win-rates.html", mime="text/html", icon=":material/download:")
-    st.caption("PNG: use the camera icon in each chart's toolbar.")
+    st.caption("PNG: the camera icon in each chart's toolbar saves it at 3x resolution (server-side PNG export "
+               "would need kaleido and a Chrome it drives, which this install does not have).")
 
     st.subheader("Per prompt")
-    per_prompt = result.per_prompt
-    left, right = st.columns([2, 1], vertical_alignment="bottom")
+    per_prompt_view(result.per_prompt, run_ids)
+
+
+def per_prompt_view(per_prompt: pd.DataFrame, run_ids: list[str]) -> None:
+    """One prompt at a time: the run's answer beside the baseline's, or beside another run's."""
+    left, middle, right = st.columns([2, 2, 1], vertical_alignment="bottom")
     run_id = left.selectbox("Run", run_ids)
+    others = ["baseline", *(other for other in run_ids if other != run_id)]
+    against = middle.selectbox("Beside", others, help="The baseline's answer, or another run's answer to the same prompt.")
     outcome = right.segmented_control("Show", ["all", "wins", "losses", "ties"], default="all", required=True)
     rows = per_prompt[per_prompt.run_id == run_id].reset_index(drop=True)
+    if against != "baseline":
+        theirs = per_prompt[per_prompt.run_id == against].set_index("prompt_id")
+        rows = rows.assign(other_output=rows.prompt_id.map(theirs.output), other_preference=rows.prompt_id.map(theirs.preference))
     if outcome != "all":
         value = {"wins": rows.preference > 0.5, "losses": rows.preference < 0.5, "ties": rows.preference == 0.5}[outcome]
         rows = rows[value].reset_index(drop=True)
@@ -181,13 +224,17 @@ def show_eval(eval_id: str) -> None:
     number = st.slider("Prompt", 1, len(rows), 1) if len(rows) > 1 else 1
     row = rows.iloc[number - 1]
     with st.container(border=True):
-        st.markdown(f"**{escape_markdown(row.prompt_id)}** ({escape_markdown(row.dataset)}) · preference for the run: **{row.preference:.2f}**")
+        st.markdown(f"**{escape_markdown(row.prompt_id)}** ({escape_markdown(row.dataset)}) · preference for the run over the baseline: **{row.preference:.2f}**")
         st.text(row.instruction)
-        mine, base = st.columns(2)
+        mine, other = st.columns(2)
         mine.markdown(f"**{run_id}**")
         mine.text(row.output or "(empty answer)")
-        base.markdown("**Baseline**")
-        base.text(row.baseline_output or "(empty answer)")
+        if against == "baseline":
+            other.markdown("**Baseline**")
+            other.text(row.baseline_output or "(empty answer)")
+        else:
+            other.markdown(f"**{against}** · preference over the baseline: {row.other_preference:.2f}")
+            other.text(row.other_output if isinstance(row.other_output, str) and row.other_output else "(empty answer)")
 
 
 # ---- page ----------------------------------------------------------------------------------------------------------

@@ -18,8 +18,9 @@ import json
 import time
 from pathlib import Path
 
-from dpo_engine import runs
+from dpo_engine import progress, runs
 from dpo_engine.cli.flags import add_config_arguments, config_from_args
+from dpo_engine.runs.annotations import Annotations, parse_tags, read_annotations, write_annotations
 from dpo_engine.runs.requests import LaunchRequest, StopRequest
 
 # Status fields `runs show` prints, in this order (times are shown as local dates).
@@ -98,7 +99,10 @@ def add_parser(subparsers) -> None:
 
 def run_launch(args: argparse.Namespace) -> int:
     request = config_from_args(LaunchRequest, args, config=str(args.config))
+    tags = parse_tags(request.tags)  # before creating the run: a bad tag leaves nothing behind
     run_id = runs.create_run(request.config, name=request.name, selection_name=request.selection)
+    if tags:
+        write_annotations(runs.get_run(run_id).run_dir, Annotations(tags=tags))
     runs.launch(run_id)
     print(run_id)
     return 0
@@ -143,6 +147,12 @@ def run_show(args: argparse.Namespace) -> int:
         print(f"  {field}: {lines[0]}")
         for line in lines[1:]:
             print(f"    {line}")
+    if run.is_active:
+        print(f"  progress: {progress.describe(progress.from_run_status(run.status, time.time()), 'step')}")
+    notes = read_annotations(run.run_dir)
+    if notes.tags or notes.notes:
+        print(f"  tags: {', '.join(notes.tags) or '-'}")
+        print(f"  notes: {notes.notes or '-'}")
     print("config:")
     for line in yaml.safe_dump(run.config, sort_keys=False).splitlines():
         print(f"  {line}")

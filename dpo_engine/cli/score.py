@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
 
-import time
 
 from tqdm import tqdm
 
@@ -130,11 +130,13 @@ class _Progress:
         self.bar = None
         self.name = ""
         self.last_write = 0.0
+        self.stage_started = None
 
     def stage(self, name: str) -> None:
         if self.bar is not None:
             self.bar.close()
         self.name, self.bar = name, tqdm(desc=name, unit="item")
+        self.stage_started = time.time()  # the dashboard's seconds per item and ETA are measured from here
         self._write(0, 0, "running")
 
     def update(self, done: int, total: int) -> None:
@@ -152,4 +154,5 @@ class _Progress:
     def _write(self, done: int, total: int, state: str, **extra) -> None:
         self.last_write = time.monotonic()
         if self.file:
-            atomic_write_json(self.file, {"stage": self.name, "done": done, "total": total, "state": state, **extra})
+            atomic_write_json(self.file, {"stage": self.name, "done": done, "total": total, "state": state,
+                                           "stage_started": self.stage_started, **extra})

@@ -26,6 +26,7 @@ class LaunchRequest:
     name: str | None = field(default=None, metadata={"help": "readable name; replaces the loss at the front of the run id"})
     selection: str | None = field(default=None, metadata={
         "help": "name of the saved selection the subset was exported from"})
+    tags: str = field(default="", metadata={"help": "comma-separated tags stored with the run (e.g. sweep:lr-grid)"})
 
     def __post_init__(self):
         if self.name is not None:

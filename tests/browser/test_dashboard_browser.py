@@ -13,7 +13,7 @@ def selected_count(page) -> int:
 
 
 def open_margins(page) -> None:
-    page.goto("/")
+    page.goto("/margins")  # the app opens on Home
     wait_for_app(page)
     page.locator(".js-plotly-plot").first.wait_for()
 

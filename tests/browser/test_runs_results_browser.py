@@ -44,7 +44,8 @@ def test_tiny_run_completes_with_curves_then_evaluates(page, saved_selection):
     set_number(page, "batch_size", "2")
     set_number(page, "max_length", "128")
     set_number(page, "max_prompt_length", "64")
-    page.get_by_role("button", name="Launch run", exact=True).click()
+    page.get_by_role("button", name="Review launch", exact=True).click()
+    page.get_by_role("button", name="Launch", exact=True).click()
 
     # The run details line reads "<run id> · <state> · step i/n · subset <name>" and follows the run live.
     page.get_by_text(re.compile(r"· completed · step 2/2 · subset tiny-eight")).wait_for(timeout=300_000)
@@ -59,6 +60,7 @@ def test_tiny_run_completes_with_curves_then_evaluates(page, saved_selection):
     wait_for_app(page, timeout=240_000)
     set_number(page, "Prompts (of the 805 AlpacaEval ones; 0 = all)", "4")
     set_number(page, "Max new tokens per answer", "16")
+    page.get_by_role("button", name="Review evaluation", exact=True).click()
     page.get_by_role("button", name="Evaluate", exact=True).click()
     chart = page.locator(".js-plotly-plot").first
     chart.wait_for(timeout=400_000)

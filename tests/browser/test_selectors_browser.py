@@ -6,7 +6,7 @@ from browser_helpers import screenshot, wait_for_app
 
 
 def test_warmup_pairs_are_ringed_and_a_field_selector_selects(page):
-    page.goto("/")
+    page.goto("/margins")  # the app opens on Home
     wait_for_app(page)
     page.locator(".js-plotly-plot").first.wait_for()
     rings = page.evaluate(
