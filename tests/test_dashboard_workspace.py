@@ -32,8 +32,8 @@ def page(name: str) -> AppTest:
 
 
 @pytest.fixture
-def started(monkeypatch) -> list[tuple[str, list[str]]]:
-    """The jobs the pages start, recorded instead of run (no model is loaded)."""
+def started(monkeypatch) -> list[tuple[str, object]]:
+    """The jobs the pages start (kind and config or argv), recorded instead of run (no model is loaded)."""
     calls = []
     monkeypatch.setattr(jobs, "start", lambda kind, argv, **_: calls.append((kind, argv)))
     return calls
@@ -81,9 +81,9 @@ def test_a_sweep_launches_one_tagged_run_per_grid_point(workspace, started):
     assert not started
     button(at, "Launch sweep").click().run()
     assert len(started) == 4
-    tags = {argv[argv.index("--tags") + 1] for _, argv in started}
+    tags = {request.tags for _, request in started}  # each a runs.LaunchRequest
     assert len(tags) == 1 and tags.pop().startswith("sweep:sw")
-    configs = [yaml.safe_load(open(argv[2], encoding="utf-8")) for _, argv in started]
+    configs = [yaml.safe_load(open(request.config, encoding="utf-8")) for _, request in started]
     assert sorted((c["learning_rate"], c["loss_params"]["beta"]) for c in configs) == [
         (5e-6, 0.1), (5e-6, 0.3), (1e-5, 0.1), (1e-5, 0.3)]
 

@@ -52,11 +52,14 @@ def test_identical_launch_within_the_window_is_refused(tmp_path, monkeypatch):
     assert launch_guard.claim_launch("train", config, now=1000.0 + launch_guard.DUPLICATE_WINDOW_S + 1)
 
 
-def test_the_cli_progress_file_carries_the_stage_start(tmp_path):
+def test_the_cli_progress_file_carries_the_stage_start(tmp_path, monkeypatch):
     import json
     import time
 
+    from dpo_engine.cli import score as score_cli
     from dpo_engine.cli.score import _Progress
+
+    monkeypatch.setattr(score_cli, "PROGRESS_INTERVAL", 0.0)  # writes are throttled to one a second otherwise
 
     path = tmp_path / "progress.json"
     reporter = _Progress(str(path))

@@ -1,6 +1,7 @@
 """Margins & Select: external vs implicit margin per pair, and the subset to train on."""
 
 import tempfile
+from dataclasses import asdict
 import time
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from dashboard.state import (
 from dpo_engine import jobs, progress
 from dpo_engine.errors import UserError
 from dpo_engine.launch_guard import claim_launch
+from dpo_engine.margins.config import ScoreConfig
 from dpo_engine.margins.ranks import pair_ranks
 from dpo_engine.paths import NAME_RULE, check_name
 from dpo_engine.selection.hypotheses import DEFAULT_COLUMNS, SELECTIVE_DPO_TAU
@@ -119,24 +121,29 @@ def compute_form(source, loaded, dataset_fp: str, has_scores: bool) -> None:
         model = left.text_input("Base model", value="smollm2-135m-instruct", help="name, local directory or Hub id")
         seed_size = right.number_input("Warm-up seed subset (pairs, 0 = min(2000, 10 %))", min_value=0, value=0, step=50)
         dtype = left.selectbox(
-            "Precision", ["fp32", "bf16"],
-            help="bf16 is about twice as fast on GPUs and CPUs with native bf16 (AVX-512 BF16), far slower on CPUs without it",
+            "Precision", ["auto", "fp32", "bf16"],
+            help="auto: bf16 on a CUDA GPU, fp32 elsewhere (the resolved choice is written to the margins sidecar); "
+            "bf16 is about twice as fast on CPUs with native bf16 (AVX-512 BF16), far slower on CPUs without it",
         )
         device = right.selectbox("Device", ["auto", "cuda", "cpu", "mps"])
         max_length = left.number_input("Max tokens (prompt + response)", min_value=64, value=512, step=64)
-        batch_size = right.number_input("Pairs per scoring batch", min_value=1, value=8)
+        batch_size = right.number_input("Pairs per scoring batch (0 = as many as the token budget holds)",
+                                        min_value=0, value=0)
         if st.form_submit_button("Compute margins", type="primary"):
-            argv = [
-                "score", pairs_file(source, loaded, dataset_fp), "--out", str(computed_margins_path(dataset_fp)),
-                "--external", external, "--implicit", implicit, "--model", model, "--dtype", dtype,
-                "--device", device, "--max-length", str(max_length), "--batch-size", str(batch_size),
-            ]
-            if seed_size:
-                argv += ["--seed-size", str(seed_size)]
-            if not claim_launch("score", {"argv": argv}):
+            config = ScoreConfig(
+                pairs=pairs_file(source, loaded, dataset_fp), out=str(computed_margins_path(dataset_fp)),
+                external=external, implicit=implicit, model=model, dtype=dtype, device=device,
+                max_length=int(max_length), batch_size=int(batch_size) or None, seed_size=int(seed_size) or None,
+            )
+            try:
+                config.validate()
+            except UserError as error:
+                st.error(str(error))
+                return
+            if not claim_launch("score", asdict(config)):
                 st.warning("These margins were started seconds ago; not starting them twice.")
                 return
-            jobs.start("score", argv)
+            jobs.start("score", config)
             st.rerun()
         st.caption("Starts one background job: external and implicit margins for every pair of this dataset, "
                    "with the settings above; its progress (pairs done, seconds per pair, ETA) shows here.")

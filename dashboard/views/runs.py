@@ -295,6 +295,9 @@ def run_details(run) -> None:
     st.markdown(f"**{run.run_id}** · {run.state} · step {run.step}/{run.total_steps or '?'} · subset {escape_markdown(run.subset_name)}")
     if run.is_active:
         st.caption(progress.describe(progress.from_run_status(run.status, time.time()), "step"))
+    resolved = (run.status.get("summary") or {}).get("precision")
+    if resolved and run.config.get("precision") != resolved:
+        st.caption(f"precision {run.config.get('precision')} resolved to **{resolved}** on this device")
     if run.message:
         (st.error if run.state in ("failed", "corrupt") else st.caption)(escape_markdown(run.message, keep_lines=True))
     actions = st.container(horizontal=True)

@@ -23,7 +23,7 @@ def test_start_builds_the_argv_the_cli_parses_back_from_a_config(workspace):
                               "--selection", "dm-mul-2k"]
     parsed = build_parser().parse_args(record["argv"])
     assert config_from_args(runs.LaunchRequest, parsed, config=str(parsed.config)) == request
-    assert record["options"] == {"config": "/no/such/config.yaml", "name": "demo run", "selection": "dm-mul-2k"}
+    assert record["options"] == {"config": "/no/such/config.yaml", "name": "demo run", "selection": "dm-mul-2k", "tags": ""}
     assert isinstance(record["created"], float) and abs(record["created"] - time.time()) < 60
     final = wait_for(lambda: (info := jobs.status(job_dir))["state"] != "running" and info, what="the job to end")
     assert final["state"] == "failed" and "not found" in final["message"]  # the CLI's own error, exit 2
