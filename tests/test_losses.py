@@ -269,3 +269,22 @@ def test_boundary_values_are_accepted():
 def test_uses_reference_rejects_unknown_loss():
     with pytest.raises(ConfigError, match="'loss'"):
         uses_reference("kto")
+
+
+def test_a_bad_hyperparameter_is_refused_by_the_config_without_torch():
+    """TrainConfig.from_dict checks loss hyperparameters with the torch-free catalog: a form refuses a bad beta at
+    once instead of a launch job failing seconds later."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from dpo_engine.errors import ConfigError\n"
+        "from dpo_engine.training.config import TrainConfig\n"
+        "try:\n"
+        "    TrainConfig.from_dict({'loss': 'robust', 'loss_params': {'beta': 0.1, 'label_smoothing': 0.5}})\n"
+        "except ConfigError as error:\n"
+        "    print(error.field if hasattr(error, 'field') else error, 'torch' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "label_smoothing" in out and out.strip().endswith("False")

@@ -5,6 +5,10 @@ The losses themselves are in ``dpo_engine.losses``.
 
 from __future__ import annotations
 
+import math
+
+from dpo_engine.errors import ConfigError
+
 LOSS_NAMES = ("dpo", "ipo", "cdpo", "robust", "hinge", "simpo", "dpop", "alpha_dpo")
 
 # Paper defaults, shown in the dashboard. Sources are in methods.md.
@@ -40,3 +44,48 @@ LOSS_DOCS: dict[str, str] = {
     "alpha_dpo": "α-DPO (Wu et al. 2025, as coded): −log σ(β·(u − sg[α·z + gamma_beta_ratio])), "
     "u = avg log π(y_w) − avg log π(y_l), z = EMA-standardised policy-vs-reference gap",
 }
+
+
+def resolved_loss_params(name: str, hparams: dict[str, float]) -> dict[str, float]:
+    """``hparams`` over ``LOSS_DEFAULTS[name]``, checked without torch (the forms reject a bad beta at once);
+    ``ConfigError`` naming the loss, an unknown hyperparameter or a bad value."""
+    check_loss_name(name)
+    unknown = sorted(set(hparams) - set(LOSS_DEFAULTS[name]))
+    if unknown:
+        raise ConfigError(
+            unknown[0], f"not a hyperparameter of loss '{name}' (it takes {', '.join(LOSS_DEFAULTS[name])})"
+        )
+    resolved = {**LOSS_DEFAULTS[name], **hparams}
+    _check_hparams(name, resolved)
+    return resolved
+
+
+def check_loss_name(name: str) -> None:
+    """``ConfigError`` on ``loss`` unless ``name`` is one of ``LOSS_NAMES``."""
+    if name not in LOSS_NAMES:
+        raise ConfigError("loss", f"unknown loss {name!r}; choose one of {', '.join(LOSS_NAMES)}")
+
+
+def _check_hparams(name: str, hparams: dict[str, float]) -> None:
+    """Each resolved hyperparameter finite and within its loss's domain; ``ConfigError`` naming the first bad one."""
+    for field, value in hparams.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ConfigError(field, f"must be a finite number, got {value!r}")
+
+    def require(ok: bool, field: str, rule: str) -> None:
+        if not ok:
+            raise ConfigError(field, f"must be {rule} for loss '{name}', got {hparams[field]!r}")
+
+    require(hparams["beta"] > 0, "beta", "> 0")
+    if name == "cdpo":
+        require(0 <= hparams["label_smoothing"] <= 1, "label_smoothing", "in [0, 1]")
+    if name == "robust":
+        require(0 <= hparams["label_smoothing"] < 0.5, "label_smoothing", "in [0, 0.5)")
+    if "gamma_beta_ratio" in hparams:
+        require(hparams["gamma_beta_ratio"] >= 0, "gamma_beta_ratio", ">= 0")
+    if "dpop_lambda" in hparams:
+        require(hparams["dpop_lambda"] >= 0, "dpop_lambda", ">= 0")
+    if "alpha" in hparams:
+        require(hparams["alpha"] >= 0, "alpha", ">= 0")
+    if "momentum" in hparams:
+        require(0 <= hparams["momentum"] < 1, "momentum", "in [0, 1)")

@@ -20,7 +20,6 @@ turns a reward margin into such weights. Only α-DPO keeps state (an EMA of the 
 from __future__ import annotations
 
 import functools
-import math
 from typing import Callable, NamedTuple
 
 import numpy as np
@@ -29,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from dpo_engine.errors import ConfigError
-from dpo_engine.losses.catalog import LOSS_DEFAULTS, LOSS_NAMES
+from dpo_engine.losses.catalog import check_loss_name, resolved_loss_params
 
 
 class LossOutput(NamedTuple):
@@ -268,14 +267,7 @@ def make_loss(name: str, **hparams: float) -> Callable[..., LossOutput]:
 
     Returns a fresh AlphaDPOLoss for "alpha_dpo" (stateful) and a functools.partial otherwise.
     """
-    _check_name(name)
-    unknown = sorted(set(hparams) - set(LOSS_DEFAULTS[name]))
-    if unknown:
-        raise ConfigError(
-            unknown[0], f"not a hyperparameter of loss '{name}' (it takes {', '.join(LOSS_DEFAULTS[name])})"
-        )
-    resolved = {**LOSS_DEFAULTS[name], **hparams}
-    _check_hparams(name, resolved)
+    resolved = resolved_loss_params(name, hparams)
     if name == "alpha_dpo":
         return AlphaDPOLoss(**resolved)
     return functools.partial(_LOSS_FUNCTIONS[name], **resolved)
@@ -283,39 +275,10 @@ def make_loss(name: str, **hparams: float) -> Callable[..., LossOutput]:
 
 def uses_reference(name: str) -> bool:
     """Whether the loss needs reference log-probs; SimPO does not, so the trainer can skip computing them."""
-    _check_name(name)
+    check_loss_name(name)
     return name != "simpo"
 
 
 def is_stateful(loss_fn: Callable[..., LossOutput]) -> bool:
     """Whether `loss_fn` carries state to save (`loss_fn.state_dict()`) and restore on resume."""
     return isinstance(loss_fn, AlphaDPOLoss)
-
-
-def _check_name(name: str) -> None:
-    if name not in LOSS_NAMES:
-        raise ConfigError("loss", f"unknown loss {name!r}; choose one of {', '.join(LOSS_NAMES)}")
-
-
-def _check_hparams(name: str, hparams: dict[str, float]) -> None:
-    for field, value in hparams.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ConfigError(field, f"must be a finite number, got {value!r}")
-
-    def require(ok: bool, field: str, rule: str) -> None:
-        if not ok:
-            raise ConfigError(field, f"must be {rule} for loss '{name}', got {hparams[field]!r}")
-
-    require(hparams["beta"] > 0, "beta", "> 0")
-    if name == "cdpo":
-        require(0 <= hparams["label_smoothing"] <= 1, "label_smoothing", "in [0, 1]")
-    if name == "robust":
-        require(0 <= hparams["label_smoothing"] < 0.5, "label_smoothing", "in [0, 0.5)")
-    if "gamma_beta_ratio" in hparams:
-        require(hparams["gamma_beta_ratio"] >= 0, "gamma_beta_ratio", ">= 0")
-    if "dpop_lambda" in hparams:
-        require(hparams["dpop_lambda"] >= 0, "dpop_lambda", ">= 0")
-    if "alpha" in hparams:
-        require(hparams["alpha"] >= 0, "alpha", ">= 0")
-    if "momentum" in hparams:
-        require(0 <= hparams["momentum"] < 1, "momentum", "in [0, 1)")

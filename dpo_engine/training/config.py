@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from dpo_engine.errors import ConfigError, DataError, ModelError, UserError
-from dpo_engine.losses.catalog import LOSS_DEFAULTS, LOSS_NAMES
+from dpo_engine.losses.catalog import LOSS_DEFAULTS, LOSS_NAMES, resolved_loss_params
 
 if TYPE_CHECKING:  # pandas is imported where pairs are loaded: this module stays light for gpu_check and the UI
     import pandas as pd
@@ -165,6 +165,7 @@ class TrainConfig:
             raise ConfigError(unknown[0], f"unknown field; known fields: {', '.join(known)}")
         config = cls(**{name: _coerce(name, value, known[name].type) for name, value in values.items()})
         config.check_bounds()
+        resolved_loss_params(config.loss, config.loss_params)  # a bad beta is refused here, without torch
         return config
 
     @classmethod
