@@ -120,3 +120,29 @@ def _where(issue) -> str:
     parts = [f"row {issue.row}" if issue.row is not None else "", f"column {escape_markdown(issue.column)}" if issue.column else ""]
     where = ", ".join(part for part in parts if part)
     return f" ({where})" if where else ""
+
+
+def confirmed(pending_key: str, action: str, kind: str, options: dict, summary=None) -> bool:
+    """The review box of a launch: ``summary`` (markdown, or a callable that draws it), then ``action`` / Cancel.
+
+    True once, when ``action`` is pressed and no identical ``kind`` launch (same ``options``) started seconds ago
+    (`dpo_engine.launch_guard`); Cancel forgets ``st.session_state[pending_key]``, so does pressing ``action``.
+    """
+    from dpo_engine.launch_guard import claim_launch
+
+    with st.container(border=True):
+        if callable(summary):
+            summary()
+        elif summary:
+            st.markdown(summary)
+        start, cancel = st.columns([1, 6])
+        if cancel.button("Cancel", key=f"cancel-{pending_key}"):
+            del st.session_state[pending_key]
+            st.rerun()
+        if not start.button(action, type="primary", key=f"confirm-{pending_key}"):
+            return False
+    del st.session_state[pending_key]
+    if not claim_launch(kind, options):
+        st.warning(f"An identical {kind} was launched seconds ago; not starting it twice.")
+        return False
+    return True

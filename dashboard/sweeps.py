@@ -11,9 +11,10 @@ from datetime import datetime
 import pandas as pd
 import streamlit as st
 
+from dashboard.components import confirmed
+
 from dashboard.launching import ALL_PAIRS, config_fields, start_launch_job, subset_file
 from dpo_engine.errors import UserError
-from dpo_engine.launch_guard import claim_launch
 from dpo_engine.losses.catalog import LOSS_DEFAULTS, LOSS_NAMES
 from dpo_engine.runs.annotations import SWEEP_TAG_PREFIX
 from dpo_engine.runs.sweeps import expand_sweep, parse_values
@@ -66,19 +67,13 @@ def widget(column, name: str, spec: dict):
 
 def review_sweep(points: list, selections: dict, source, loaded, dataset_fp: str) -> None:
     """The runs the sweep would start, then Launch / Cancel."""
-    with st.container(border=True):
+    def summary() -> None:
         st.markdown(f"**Will launch {len(points)} runs** ({points[0].config['loss']}, {points[0].config['model']}), "
                     "queued one after another on their device:")
         st.dataframe(pd.DataFrame({"run": [point.label for point in points]}), hide_index=True)
-        launch, cancel = st.columns([1, 6])
-        if cancel.button("Cancel", key="cancel-sweep"):
-            del st.session_state["pending_sweep"]
-            st.rerun()
-        if not launch.button("Launch sweep", type="primary", key="confirm-sweep"):
-            return
-    del st.session_state["pending_sweep"]
-    if not claim_launch("sweep", {"points": [(point.selection, point.config) for point in points]}):
-        st.warning("This sweep was launched seconds ago; not starting it twice.")
+
+    options = {"points": [(point.selection, point.config) for point in points]}
+    if not confirmed("pending_sweep", "Launch sweep", "sweep", options, summary):
         return
     sweep_id = f"sw{datetime.now():%m%d%H%M%S}"
     try:

@@ -127,7 +127,9 @@ def test_results_form_starts_the_eval_job_from_an_eval_config(workspace, evaluat
     monkeypatch.setattr(jobs, "start", lambda kind, argv, **options: started.append((kind, argv)))
     at = page("views/results.py")
     next(box for box in at.number_input if box.label.startswith("Max new tokens")).set_value(0)  # device default
-    at.get("form_submit_button")[0].click().run()
+    at.get("form_submit_button")[0].click().run()  # "Review evaluation": nothing starts yet
+    assert not started
+    next(item for item in at.button if item.label == "Evaluate").click().run()
     assert len(started) == 1 and started[0][0] == "eval"
     parser = argparse.ArgumentParser()
     add_parser(parser.add_subparsers())

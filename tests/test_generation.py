@@ -242,13 +242,13 @@ def test_common_prefix_of_token_lists():
     assert _common_prefix([[7, 8], [9]]) == [] and _common_prefix([]) == [] and _common_prefix([[5, 6]]) == [5, 6]
 
 
-def test_roomy_cache_layer_holds_what_concatenation_would():
-    from dpo_engine.evaluation.decoding import _RoomyLayer
+def test_in_place_cache_layer_holds_what_concatenation_would():
+    from dpo_engine.evaluation.decoding import _InPlaceCacheLayer
 
     torch.manual_seed(0)
     keys, values = torch.randn(2, 3, 5, 4), torch.randn(2, 3, 5, 4)
-    layer = _RoomyLayer(keys, values)
-    for step in range(_RoomyLayer.ROOM * 2 + 3):  # past the first buffer's room twice
+    layer = _InPlaceCacheLayer(keys, values)
+    for step in range(_InPlaceCacheLayer.ROOM * 2 + 3):  # past the first buffer's room twice
         new_keys, new_values = torch.randn(2, 3, 1, 4), torch.randn(2, 3, 1, 4)
         returned = layer.update(new_keys, new_values)
         keys, values = torch.cat([keys, new_keys], dim=-2), torch.cat([values, new_values], dim=-2)
@@ -256,7 +256,7 @@ def test_roomy_cache_layer_holds_what_concatenation_would():
         if step == 10:  # an inherited method that replaces the keys (beam reordering) must not be lost
             layer.batch_select_indices(torch.tensor([1, 0]))
             keys, values = keys[[1, 0]], values[[1, 0]]
-    assert layer.get_seq_length() == 5 + _RoomyLayer.ROOM * 2 + 3
+    assert layer.get_seq_length() == 5 + _InPlaceCacheLayer.ROOM * 2 + 3
 
 
 def test_models_whose_cache_cannot_be_spliced_get_padded_batches(prompts, perturbed_adapter, monkeypatch):

@@ -5,7 +5,7 @@ import time
 import pandas as pd
 import streamlit as st
 
-from dashboard.components import escape_markdown
+from dashboard.components import confirmed, escape_markdown
 from dashboard.figures import win_rate_chart
 from dpo_engine import jobs, progress, runs
 from dpo_engine.errors import UserError
@@ -14,7 +14,6 @@ from dpo_engine.evaluation.config import CUDA_GENERATION, OTHER_GENERATION, Eval
 from dpo_engine.evaluation.judge_factory import judge_specs
 from dpo_engine.evaluation.results import results_table
 from dpo_engine.evaluation.warnings import evaluation_warnings
-from dpo_engine.launch_guard import claim_launch
 
 REWARD_MODEL = "reward-model"
 TABLE_COLUMNS = {
@@ -89,20 +88,9 @@ def eval_form(completed: list) -> None:
 
 def review_eval(config: EvalConfig, summary: str) -> None:
     """What "Evaluate" would start, then Evaluate / Cancel; the same evaluation twice in seconds starts once."""
-    with st.container(border=True):
-        st.markdown(f"**Will evaluate:** {summary}")
-        start, cancel = st.columns([1, 6])
-        if cancel.button("Cancel", key="cancel-eval"):
-            del st.session_state["pending_eval"]
-            st.rerun()
-        if not start.button("Evaluate", type="primary", key="confirm-eval"):
-            return
-    del st.session_state["pending_eval"]
-    if not claim_launch("eval", config.to_dict()):
-        st.warning("This evaluation was started seconds ago; not starting it twice.")
-        return
-    jobs.start("eval", config)
-    st.rerun()
+    if confirmed("pending_eval", "Evaluate", "evaluation", config.to_dict(), f"**Will evaluate:** {summary}"):
+        jobs.start("eval", config)
+        st.rerun()
 
 
 @st.fragment(run_every=2)

@@ -11,14 +11,13 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from dashboard.components import escape_markdown
+from dashboard.components import confirmed, escape_markdown
 from dashboard.figures import training_curves
 from dashboard.launching import ALL_PAIRS, config_fields, start_launch_job, subset_file
 from dashboard.state import current_source, dataset_fingerprint, load
 from dashboard.sweeps import config_differences, sweep_form, sweep_groups
 from dpo_engine import jobs, progress
 from dpo_engine.errors import UserError
-from dpo_engine.launch_guard import claim_launch
 from dpo_engine.losses.catalog import LOSS_DEFAULTS, LOSS_DOCS, LOSS_NAMES
 from dpo_engine import runs
 from dpo_engine.runs.annotations import Annotations, parse_tags, read_annotations, write_annotations
@@ -123,18 +122,9 @@ def expected_time(config: dict, steps: int) -> str:
 
 def review_launch(pending: dict, selections: dict, source, loaded, dataset_fp: str) -> None:
     """The summary with Launch / Cancel; an identical launch in the last seconds is not started twice."""
-    with st.container(border=True):
-        st.markdown(f"**Will launch:** {launch_summary(pending)}")
-        launch, cancel = st.columns([1, 6])
-        if cancel.button("Cancel", key="cancel-launch"):
-            del st.session_state["pending_launch"]
-            st.rerun()
-        if not launch.button("Launch", type="primary", key="confirm-launch"):
-            return
-    del st.session_state["pending_launch"]
     subset = pending["subset"]
-    if not claim_launch("train", {**pending["config"], "subset": subset, "name": pending["name"]}):
-        st.warning("An identical run was launched seconds ago; not starting it twice.")
+    options = {**pending["config"], "subset": subset, "name": pending["name"]}
+    if not confirmed("pending_launch", "Launch", "run", options, f"**Will launch:** {launch_summary(pending)}"):
         return
     try:
         config = {**pending["config"], "subset": subset_file(subset, selections, source, loaded, dataset_fp)}
