@@ -7,17 +7,23 @@ field and the prompt files before anything is launched and raises ``ConfigError`
 
 from __future__ import annotations
 
-import math
 import os
 import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Literal, get_args, get_type_hints
 
-from dpo_engine.errors import ConfigError, DataError, UserError
+from dpo_engine.errors import ConfigError, DataError
 from dpo_engine.paths import ASSETS_DIR
 from dpo_engine.selection.rules import RULE_PARAMS
-from dpo_engine.training.config import DEFAULT_MODEL, DEVICES, PRECISIONS, TrainConfig
+from dpo_engine.training.config import (
+    DEFAULT_MODEL,
+    DEVICES,
+    PRECISIONS,
+    TrainConfig,
+    coerce_field,
+    read_config_yaml,
+)
 
 Scorer = Literal["builtin", "reward-model", "judge-api"]
 Pairing = Literal["best_vs_worst", "all_pairs"]
@@ -117,17 +123,8 @@ class RoundsConfig:
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike) -> RoundsConfig:
-        """A config from a YAML file (read with ``yaml.safe_load``)."""
-        import yaml
-
-        path = Path(path)
-        if not path.is_file():
-            raise UserError(f"config file {path} not found")
-        try:
-            values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as error:
-            raise UserError(f"config file {path} is not valid YAML: {error}") from None
-        return cls.from_dict(values)
+        """A config from a YAML file, read as TrainConfig's are (safe loader, aliases refused)."""
+        return cls.from_dict(read_config_yaml(path))
 
     def to_dict(self) -> dict:
         """Plain values that ``from_dict`` reads back to an equal config."""
@@ -205,31 +202,12 @@ class RoundsConfig:
 
 
 def _coerce(name: str, value, annotation):
-    """``value`` as a field of type ``annotation``, or ``ConfigError`` (YAML reads ``5e-5`` as text)."""
+    """``value`` as a field of type ``annotation``, or ``ConfigError``: choices here, the rest as TrainConfig's
+    fields are read (`dpo_engine.training.config.coerce_field`; YAML reads ``5e-5`` as text)."""
     if getattr(annotation, "__origin__", None) is Literal:
         choices = get_args(annotation)
         if value not in choices:
             raise ConfigError(name, f"must be one of {', '.join(choices)}, got {value!r}")
         return value
-    if annotation is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(name, f"must be true or false, got {value!r}")
-        return value
-    if annotation in (int, float):
-        if isinstance(value, str):
-            try:
-                value = float(value)
-            except ValueError:
-                raise ConfigError(name, f"must be a number, got {value!r}") from None
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ConfigError(name, f"must be a finite number, got {value!r}")
-        if annotation is int and value != int(value):
-            raise ConfigError(name, f"must be a whole number, got {value!r}")
-        return annotation(value)
-    if annotation is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(name, f"must be a mapping, got {value!r}")
-        return dict(value)
-    if not isinstance(value, str):
-        raise ConfigError(name, f"must be text, got {value!r}")
-    return value
+    kind = {bool: "bool", int: "int", float: "float", dict: "dict"}.get(annotation, "str")
+    return coerce_field(name, value, kind)

@@ -163,7 +163,7 @@ class TrainConfig:
         unknown = sorted(set(values) - set(known))
         if unknown:
             raise ConfigError(unknown[0], f"unknown field; known fields: {', '.join(known)}")
-        config = cls(**{name: _coerce(name, value, known[name].type) for name, value in values.items()})
+        config = cls(**{name: coerce_field(name, value, known[name].type) for name, value in values.items()})
         config.check_bounds()
         resolved_loss_params(config.loss, config.loss_params)  # a bad beta is refused here, without torch
         return config
@@ -174,16 +174,7 @@ class TrainConfig:
 
         YAML aliases are refused (an alias bomb hangs the parser), and so are non-text elements of list fields.
         """
-        path = Path(path)
-        if not path.exists():
-            raise UserError(f"config file {path} not found")
-        try:
-            values = yaml.load(path.read_text(encoding="utf-8"), Loader=_NoAliasLoader) or {}
-        except _AliasRefused as refused:
-            raise UserError(f"config file {path}: {refused}") from None
-        except (yaml.YAMLError, UnicodeDecodeError, ValueError) as error:
-            raise UserError(f"config file {path} is not valid YAML: {error}") from None
-        return cls.from_dict(values)
+        return cls.from_dict(read_config_yaml(path))
 
     def check_bounds(self) -> None:
         """``ConfigError`` naming the first numeric field outside ``NUMERIC_BOUNDS`` (torch-free, cheap)."""
@@ -266,7 +257,20 @@ class TrainConfig:
             raise ConfigError("model", f"{model_path} is a LoRA adapter: merge it into its base or give the base model")
 
 
-def _coerce(name: str, value: Any, kind: str) -> Any:
+def read_config_yaml(path: str | os.PathLike) -> Any:
+    """The values of a YAML config file (``{}`` when empty), aliases refused; ``UserError`` naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file {path} not found")
+    try:
+        return yaml.load(path.read_text(encoding="utf-8"), Loader=_NoAliasLoader) or {}
+    except _AliasRefused as refused:
+        raise UserError(f"config file {path}: {refused}") from None
+    except (yaml.YAMLError, UnicodeDecodeError, ValueError) as error:
+        raise UserError(f"config file {path} is not valid YAML: {error}") from None
+
+
+def coerce_field(name: str, value: Any, kind: str) -> Any:
     """``value`` as a field of annotated type ``kind`` (``"int"``, ``"float"``, ...), or ``ConfigError``."""
     if kind == "bool":
         if not isinstance(value, bool):
@@ -294,7 +298,7 @@ def _coerce(name: str, value: Any, kind: str) -> Any:
             raise ConfigError(name, f"must be a list, got {value!r}")
         return _text_list(name, value)
     if kind == "str | list":  # a name, or a list of names
-        return _text_list(name, value) if isinstance(value, list) else _coerce(name, value, "str")
+        return _text_list(name, value) if isinstance(value, list) else coerce_field(name, value, "str")
     if kind == "str" and not isinstance(value, str):
         raise ConfigError(name, f"must be text, got {value!r}")
     return value
