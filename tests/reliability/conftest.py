@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import time
 from pathlib import Path
 
 import pytest
 
 from dpo_engine import runs
-from dpo_engine.runs import processes
+# The runs tests' helpers, shared: config_for and wait_for are imported from here by the reliability tests, and the
+# autouse kill_leftover_workers fixture applies to this folder too.
+from tests.test_runs import config_for, kill_leftover_workers, wait_for  # noqa: F401
 
 HERE = Path(__file__).resolve().parent
 PAIRS = [
@@ -35,29 +35,3 @@ def fake_trainer(monkeypatch):
     monkeypatch.setenv("FAKE_STEP_SECONDS", "0.05")
     monkeypatch.setenv(runs.HEARTBEAT_INTERVAL_ENV, "0.2")
     monkeypatch.setenv(runs.HEARTBEAT_STALE_ENV, "1.5")
-
-
-@pytest.fixture(autouse=True)
-def kill_leftover_workers():
-    """A failing test must not leave its workers running (or suspended): kill the groups this test started."""
-    started_before = set(processes.children)
-    yield
-    for pid, process in list(processes.children.items()):
-        if pid not in started_before and process.poll() is None:
-            os.killpg(pid, signal.SIGKILL)
-            process.wait()
-
-
-def config_for(pairs_file: Path, **overrides) -> dict:
-    return {"model": "tiny-random", "subset": str(pairs_file), "device": "cpu", "max_steps": 5, **overrides}
-
-
-def wait_for(condition, timeout: float = 30.0, what: str = "condition"):
-    """Poll ``condition()`` until it returns something truthy; return that."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = condition()
-        if result:
-            return result
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
