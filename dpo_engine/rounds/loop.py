@@ -22,7 +22,7 @@ from pathlib import Path
 import pandas as pd
 
 from dpo_engine.errors import ConfigError, UserError
-from dpo_engine.files import append_jsonl, atomic_write_json, atomic_write_text, read_json
+from dpo_engine.files import append_jsonl, atomic_write_json, atomic_write_text, read_json, read_jsonl
 from dpo_engine.rounds import engine
 from dpo_engine.rounds.config import RoundsConfig
 from dpo_engine.rounds.pairs import build_pairs
@@ -54,10 +54,16 @@ def run_loop(config: RoundsConfig, report: Report | None = None) -> Path:
         atomic_write_json(directory / CONFIG_FILE, config.to_dict())
         _set_status(directory, state="running", pid=os.getpid(), message="starting")
         try:
+            recorded = {(event.get("round"), event.get("step")) for event in read_jsonl(directory / EVENTS_FILE)
+                        if event.get("event") == "finished"}
             for number in range(1, config.rounds + 1):
                 for step in STEPS:
                     if not (round_dir(directory, number) / STEP_FILES[step]).is_file():
                         _run_step(config, directory, number, step, report)
+                    elif (number, step) not in recorded:
+                        # Killed between writing the step's file and logging it: the file is the truth.
+                        append_jsonl(directory / EVENTS_FILE, {"time": time.time(), "round": number, "step": step,
+                                                               "event": "finished", "recovered": True})
         except BaseException as error:
             _set_status(directory, state="failed", message=f"{type(error).__name__}: {error}")
             raise
