@@ -1,0 +1,99 @@
+"""Sharded scoring: ``dpo-engine score --num-processes N`` starts N processes for the log-prob passes and merges.
+
+The log-prob passes are embarrassingly parallel, so no collective is needed: each worker is ``dpo-engine score``
+itself, started with ``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` (what ``accelerate launch`` sets) and
+``SHARD_WORKER_ENV``, scores its share of the pairs into the shared log-prob cache (parts named by its rank,
+``dpo_engine.models.shards``) and exits; this process then reads the whole table from the cache. A share a killed
+worker left unfinished is the only work a rerun redoes. Under ``accelerate launch`` the launcher's processes are
+the workers and :func:`wait_for_every_process` (accelerate's barrier) comes before rank 0's merge.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from dpo_engine.cli.flags import config_to_argv
+from dpo_engine.errors import UserError
+from dpo_engine.files import read_json
+from dpo_engine.margins.config import ScoreConfig
+from dpo_engine.runs.processes import tail_lines
+
+SHARD_WORKER_ENV = "MARGIN_LAB_SCORE_SHARD_WORKER"  # "1": score this process's share of the log-probs, then exit
+POLL_S = 0.5
+
+
+class ShardFailed(UserError):
+    """A scoring worker exited with an error; the message carries the end of its log."""
+
+
+def shards_dir(config: ScoreConfig) -> Path:
+    """Where the workers' logs and progress files go while they run: next to the margins table."""
+    return Path(Path(config.out).with_suffix("").as_posix() + "-shards")
+
+
+def worker_config(config: ScoreConfig, policy: str, rank: int) -> ScoreConfig:
+    """What worker ``rank`` runs: the job's implicit passes with ``policy`` (no warm-up, no external margin)."""
+    return dataclasses.replace(config, implicit="policy", policy=str(policy), external="none", num_processes=1,
+                               progress_file=str(shards_dir(config) / f"rank{rank}.progress.json"))
+
+
+def score_in_processes(config: ScoreConfig, policy: str, progress) -> None:
+    """Run the implicit log-prob passes of ``config`` (with ``policy``) in ``config.num_processes`` workers.
+
+    Returns when every worker has finished its share; ``progress(done, total)`` sums theirs. Raises
+    ``ShardFailed`` (with that worker's log tail) when one fails, after stopping the others.
+    """
+    directory = shards_dir(config)
+    directory.mkdir(parents=True, exist_ok=True)
+    size = config.num_processes
+    workers = [_start_worker(worker_config(config, policy, rank), rank, size, directory) for rank in range(size)]
+    try:
+        while any(worker.poll() is None for worker in workers):
+            _report(directory, size, progress)
+            failed = [rank for rank, worker in enumerate(workers) if worker.poll() not in (None, 0)]
+            if failed:
+                raise _failure(directory, failed[0], workers[failed[0]].returncode)
+            time.sleep(POLL_S)
+        failed = [rank for rank, worker in enumerate(workers) if worker.returncode != 0]
+        if failed:
+            raise _failure(directory, failed[0], workers[failed[0]].returncode)
+        _report(directory, size, progress)
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.terminate()
+            worker.wait()
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+def _start_worker(config: ScoreConfig, rank: int, size: int, directory: Path) -> subprocess.Popen:
+    env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": str(size), "LOCAL_RANK": str(rank), SHARD_WORKER_ENV: "1"}
+    argv = [sys.executable, "-m", "dpo_engine.cli", "score", *config_to_argv(config, positional=("pairs",))]
+    with open(directory / f"rank{rank}.log", "w") as log:
+        return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+
+
+def _report(directory: Path, size: int, progress) -> None:
+    """The workers' progress files, summed, to ``progress(done, total)`` once every worker knows its total."""
+    states = [read_json(directory / f"rank{rank}.progress.json", {}) or {} for rank in range(size)]
+    if progress and all(state.get("total") for state in states):
+        progress(sum(state["done"] for state in states), sum(state["total"] for state in states))
+
+
+def _failure(directory: Path, rank: int, code: int) -> ShardFailed:
+    tail = "\n".join(tail_lines(directory / f"rank{rank}.log", 15))
+    return ShardFailed(f"scoring process {rank} exited with code {code}; running the job again resumes every "
+                       f"share where it stopped. End of {directory / f'rank{rank}.log'}:\n{tail}")
+
+
+def wait_for_every_process() -> None:
+    """Under ``accelerate launch``: return when every process has reached this point (accelerate's barrier)."""
+    from accelerate import PartialState
+
+    PartialState().wait_for_everyone()
