@@ -221,9 +221,10 @@ def test_a_failing_worker_is_reported_with_its_log(pairs_file, tmp_path, monkeyp
 
 
 def test_accelerate_launch_scores_one_table(pairs_file, tmp_path, perturbed_adapter):
-    """`accelerate launch --cpu --num_processes 2 -m dpo_engine.cli score`: two ranks, one table, as one process."""
+    """`accelerate launch --multi_gpu --num_processes 2 -m dpo_engine.cli score` on the CPU (gloo): two ranks, one
+    table, the same as one process's."""
     env = {**os.environ, "DPO_ENGINE_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                 "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "dpo_engine.cli"]
     args = score_args(pairs_file, tmp_path / "launched.parquet", "--implicit", "policy", "--policy",
                       str(perturbed_adapter))
@@ -239,3 +240,4 @@ def test_accelerate_launch_scores_one_table(pairs_file, tmp_path, perturbed_adap
     reference = load_margins_table(tmp_path / "single.parquet")[0]
     np.testing.assert_allclose(launched[NUMERIC].to_numpy(float), reference[NUMERIC].to_numpy(float), atol=1e-5, rtol=0)
     assert {Path(name).name[:9] for name in parts(tmp_path / "cache")} == {"part-r000", "part-r001"}
+    assert "waiting" not in done.stdout

@@ -10,11 +10,11 @@ from pathlib import Path
 from tqdm import tqdm
 
 from dpo_engine.cli.flags import add_config_arguments, config_from_args
+from dpo_engine.cli.score_shards import SHARD_WORKER_ENV, score_in_processes, wait_for_every_process
 from dpo_engine.errors import ConfigError
 from dpo_engine.files import atomic_write_json
 from dpo_engine.margins.config import ScoreConfig
-from dpo_engine.cli.score_shards import SHARD_WORKER_ENV, score_in_processes, wait_for_every_process
-from dpo_engine.models.shards import Shard, shard_from_env
+from dpo_engine.models.shards import Shard, shard_device, shard_from_env
 
 # Seconds between progress-file writes within a stage (the dashboard polls it; a write per batch is wasted I/O).
 PROGRESS_INTERVAL = 1.0
@@ -116,7 +116,9 @@ def _implicit(config: ScoreConfig, pairs, reporter, shard: Shard | None) -> tupl
         implicit = implicit_margins(pairs, str(policy), batch_size=config.batch_size, token_budget=config.token_budget,
                                     progress=reporter.update, shard=shard, **settings)
         if shard is not None:
-            wait_for_every_process()
+            from dpo_engine.models.loading import resolve_device
+
+            wait_for_every_process(shard, shard_device(resolve_device(config.device), shard))
             if shard.rank != 0:
                 return None, None  # rank 0 writes the table
             implicit = merged_implicit_margins(pairs, str(policy), **settings)

@@ -5,7 +5,9 @@ itself, started with ``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` (what ``accelerate l
 ``SHARD_WORKER_ENV``, scores its share of the pairs into the shared log-prob cache (parts named by its rank,
 ``dpo_engine.models.shards``) and exits; this process then reads the whole table from the cache. A share a killed
 worker left unfinished is the only work a rerun redoes. Under ``accelerate launch`` the launcher's processes are
-the workers and :func:`wait_for_every_process` (accelerate's barrier) comes before rank 0's merge.
+the workers and :func:`wait_for_every_process` (accelerate's barrier) comes before rank 0's merge; on a CPU that
+is ``accelerate launch --multi_gpu --num_processes N`` (``--cpu`` starts one process unless MPI is set up) or
+``torchrun --nproc-per-node N``.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from dpo_engine.cli.flags import config_to_argv
 from dpo_engine.errors import UserError
 from dpo_engine.files import read_json
 from dpo_engine.margins.config import ScoreConfig
+from dpo_engine.models.shards import Shard
 from dpo_engine.runs.processes import tail_lines
 
 SHARD_WORKER_ENV = "MARGIN_LAB_SCORE_SHARD_WORKER"  # "1": score this process's share of the log-probs, then exit
@@ -92,8 +95,16 @@ def _failure(directory: Path, rank: int, code: int) -> ShardFailed:
                        f"share where it stopped. End of {directory / f'rank{rank}.log'}:\n{tail}")
 
 
-def wait_for_every_process() -> None:
-    """Under ``accelerate launch``: return when every process has reached this point (accelerate's barrier)."""
+def wait_for_every_process(shard: Shard, device: str) -> None:
+    """Under a multi-process launch: return when every process has reached this point (accelerate's barrier).
+
+    On a CPU the process group is gloo (``PartialState(cpu=True)``; without it accelerate would not join the
+    processes and the barrier would not wait). Raises ``ShardFailed`` if the group is not the launch's.
+    """
     from accelerate import PartialState
 
-    PartialState().wait_for_everyone()
+    state = PartialState(cpu=not device.startswith("cuda"))
+    if state.num_processes != shard.world_size:
+        raise ShardFailed(f"WORLD_SIZE is {shard.world_size} but accelerate joined {state.num_processes} processes: "
+                          "launch with `accelerate launch --multi_gpu --num_processes N` or `torchrun`")
+    state.wait_for_everyone()
