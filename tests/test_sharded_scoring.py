@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 from dpo_engine.cli import main
+from dpo_engine.cli.flags import config_to_argv
 from dpo_engine.cli.score_shards import worker_config
 from dpo_engine.data.pairs import load_pairs
 from dpo_engine.errors import ConfigError
@@ -241,3 +242,29 @@ def test_accelerate_launch_scores_one_table(pairs_file, tmp_path, perturbed_adap
     np.testing.assert_allclose(launched[NUMERIC].to_numpy(float), reference[NUMERIC].to_numpy(float), atol=1e-5, rtol=0)
     assert {Path(name).name[:9] for name in parts(tmp_path / "cache")} == {"part-r000", "part-r001"}
     assert "waiting" not in done.stdout
+
+
+# ---- the dashboard's scoring form ---------------------------------------------------------------------------------
+
+
+def test_the_scoring_form_offers_cpu_processes_as_an_advanced_option(tmp_path, monkeypatch):
+    from dpo_engine import jobs
+    from tests.test_dashboard_pages import app
+
+    started = []
+    monkeypatch.setattr(jobs, "start", lambda kind, config, **_: started.append((kind, config)) or "job")
+    own = tmp_path / "own.jsonl"
+    own.write_text(make_pairs(6).to_json(orient="records", lines=True))
+    at = app("views/data.py")
+    at.radio[0].set_value("Path or Hub dataset").run()
+    at.text_input[0].set_value(str(own)).run()
+    at.switch_page("views/margins.py")
+    at.run()
+    (processes,) = [item for item in at.number_input if item.label == "CPU processes"]
+    assert processes.value == 1 and any(expander.label == "Advanced" for expander in at.expander)
+    processes.set_value(2)
+    next(button for button in at.get("form_submit_button") if button.label == "Compute margins").click().run()
+    assert not at.exception, [error.message for error in at.exception]
+    ((kind, config),) = started
+    assert kind == "score" and config.num_processes == 2
+    assert config_to_argv(config)[-2:] == ["--num-processes", "2"]
