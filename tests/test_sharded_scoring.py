@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +13,7 @@ import pytest
 
 from dpo_engine.cli import main
 from dpo_engine.cli.flags import config_to_argv
-from dpo_engine.cli.score_shards import worker_config
+from dpo_engine.cli.score_shards import ShardFailed, score_in_processes, shards_dir, worker_config
 from dpo_engine.data.pairs import load_pairs
 from dpo_engine.errors import ConfigError
 from dpo_engine.margins import scoring
@@ -22,6 +21,7 @@ from dpo_engine.margins.config import ScoreConfig
 from dpo_engine.margins.table import load_margins_table
 from dpo_engine.models.logp_cache import MissingLogps, read_cached_logps
 from dpo_engine.models.shards import Shard, shard_device, shard_from_env, shard_positions
+from tests.test_runs import wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 LENGTHS = dict(max_length=128, max_prompt_length=64)
@@ -211,14 +211,27 @@ def shard_positions_of(pairs: pd.DataFrame, adapter: Path, rank: int) -> list[in
     return shard_positions([row_tokens(model, pair) for pair in encoded], Shard(rank, 2))
 
 
-def test_a_failing_worker_is_reported_with_its_log(pairs_file, tmp_path, monkeypatch, capsys):
+def test_a_failing_worker_is_reported_with_its_log(pairs_file, tmp_path, monkeypatch):
+    use_cache(monkeypatch, tmp_path / "cache")
+    config = ScoreConfig(pairs=str(pairs_file), out=str(tmp_path / "m.parquet"), num_processes=2)
+    log = shards_dir(config) / "rank1.log"
+
+    def own_share(shard, progress):  # this process's share "works"; the worker's model does not exist
+        assert shard == Shard(0, 2, 0)
+        progress(3, 12)
+        wait_for(lambda: "error:" in (log.read_text() if log.exists() else ""), timeout=120, what="the worker to fail")
+
+    with pytest.raises(ShardFailed, match=r"scoring process 1 exited with code 2; running the job again resumes") as err:
+        score_in_processes(config, str(tmp_path / "no-such-adapter"), lambda done, total: None, own_share)
+    assert "no-such-adapter" in str(err.value).split("End of")[1]  # the worker's own message, from its log
+
+
+def test_a_failing_share_fails_the_command(pairs_file, tmp_path, monkeypatch, capsys):
     use_cache(monkeypatch, tmp_path / "cache")
     args = score_args(pairs_file, tmp_path / "m.parquet", "--implicit", "policy", "--policy",
                       str(tmp_path / "no-such-adapter"), "--num-processes", "2")
     assert main(args) == 2
-    error = capsys.readouterr().err
-    assert re.search(r"scoring process \d exited with code 2; running the job again resumes", error)
-    assert "no-such-adapter" in error.split("End of")[1]  # the worker's own message, from its log
+    assert "no-such-adapter" in capsys.readouterr().err
 
 
 def test_accelerate_launch_scores_one_table(pairs_file, tmp_path, perturbed_adapter):

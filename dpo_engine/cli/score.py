@@ -109,7 +109,8 @@ def _implicit(config: ScoreConfig, pairs, reporter, shard: Shard | None) -> tupl
     if shard is None and config.num_processes > 1:
         _check_devices(config)
         reporter.stage(f"implicit margins (policy and reference log-probs, {config.num_processes} processes)")
-        score_in_processes(config, str(policy), reporter.update)
+        score_in_processes(config, str(policy), reporter.update,
+                           lambda own, progress: _score_share(config, pairs, str(policy), own, progress))
         implicit = merged_implicit_margins(pairs, str(policy), **settings)
     else:
         reporter.stage("implicit margins (policy and reference log-probs)")
@@ -160,12 +161,16 @@ def _implicit_policy(config: ScoreConfig, pairs, reporter, source: str, *, train
 
 def _implicit_share(config: ScoreConfig, pairs, reporter, shard: Shard) -> None:
     """A worker of ``score_in_processes``: this process's share of the policy and reference passes, into the cache."""
+    reporter.stage(f"implicit margins, share {shard.rank} of {shard.world_size}")
+    _score_share(config, pairs, str(config.policy), shard, reporter.update)
+
+
+def _score_share(config: ScoreConfig, pairs, policy: str, shard: Shard, progress) -> None:
     from dpo_engine.margins.scoring import implicit_margins
 
-    reporter.stage(f"implicit margins, share {shard.rank} of {shard.world_size}")
-    implicit_margins(pairs, str(config.policy), reference=config.reference, dtype=config.dtype, device=config.device,
+    implicit_margins(pairs, policy, reference=config.reference, dtype=config.dtype, device=config.device,
                      batch_size=config.batch_size, token_budget=config.token_budget, max_length=config.max_length,
-                     max_prompt_length=config.max_prompt_length, progress=reporter.update, shard=shard)
+                     max_prompt_length=config.max_prompt_length, progress=progress, shard=shard)
 
 
 def _check_devices(config: ScoreConfig) -> None:

@@ -1,9 +1,10 @@
-"""Sharded scoring: ``dpo-engine score --num-processes N`` starts N processes for the log-prob passes and merges.
+"""Sharded scoring: ``dpo-engine score --num-processes N`` splits the log-prob passes over N processes and merges.
 
-The log-prob passes are embarrassingly parallel, so no collective is needed: each worker is ``dpo-engine score``
-itself, started with ``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` (what ``accelerate launch`` sets) and
-``SHARD_WORKER_ENV``, scores its share of the pairs into the shared log-prob cache (parts named by its rank,
-``dpo_engine.models.shards``) and exits; this process then reads the whole table from the cache. A share a killed
+The log-prob passes are embarrassingly parallel, so no collective is needed. The command scores share 0 itself;
+the worker of each other share is ``dpo-engine score`` itself, started with ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``
+(what ``accelerate launch`` sets) and ``SHARD_WORKER_ENV``: it scores its share of the pairs into the shared
+log-prob cache (parts named by its rank, ``dpo_engine.models.shards``) and exits; the command then reads the whole
+table from the cache. A share a killed
 worker left unfinished is the only work a rerun redoes. Under ``accelerate launch`` the launcher's processes are
 the workers and :func:`wait_for_every_process` (accelerate's barrier) comes before rank 0's merge; on a CPU that
 is ``accelerate launch --multi_gpu --num_processes N`` (``--cpu`` starts one process unless MPI is set up) or
@@ -18,6 +19,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from dpo_engine.cli.flags import config_to_argv
@@ -29,6 +31,7 @@ from dpo_engine.runs.processes import tail_lines
 
 SHARD_WORKER_ENV = "MARGIN_LAB_SCORE_SHARD_WORKER"  # "1": score this process's share of the log-probs, then exit
 POLL_S = 0.5
+Progress = Callable[[int, int], None]
 
 
 class ShardFailed(UserError):
@@ -46,29 +49,37 @@ def worker_config(config: ScoreConfig, policy: str, rank: int) -> ScoreConfig:
                                progress_file=str(shards_dir(config) / f"rank{rank}.progress.json"))
 
 
-def score_in_processes(config: ScoreConfig, policy: str, progress) -> None:
-    """Run the implicit log-prob passes of ``config`` (with ``policy``) in ``config.num_processes`` workers.
+def score_in_processes(config: ScoreConfig, policy: str, progress: Progress,
+                       score_share: Callable[[Shard, Progress], None]) -> None:
+    """Run the implicit log-prob passes of ``config`` (with ``policy``) in ``config.num_processes`` processes.
 
-    Returns when every worker has finished its share; ``progress(done, total)`` sums theirs. Raises
-    ``ShardFailed`` (with that worker's log tail) when one fails, after stopping the others.
+    This process is rank 0: it starts workers for ranks 1 to N-1 (their start-up overlaps its own share), runs
+    ``score_share(shard, progress)`` for its share, then waits for them. Returns when every share is finished;
+    ``progress(done, total)`` sums the shares. Raises ``ShardFailed`` (with that worker's log tail) when a
+    worker fails, after stopping the others.
     """
     directory = shards_dir(config)
     directory.mkdir(parents=True, exist_ok=True)
     size = config.num_processes
-    workers = [_start_worker(worker_config(config, policy, rank), rank, size, directory) for rank in range(size)]
+    workers = {rank: _start_worker(worker_config(config, policy, rank), rank, size, directory)
+               for rank in range(1, size)}
+    own = {"done": 0, "total": 0}
+
+    def report(done: int | None = None, total: int | None = None) -> None:
+        if done is not None:
+            own.update(done=done, total=total)
+        _report(directory, own, size, progress)
+
     try:
-        while any(worker.poll() is None for worker in workers):
-            _report(directory, size, progress)
-            failed = [rank for rank, worker in enumerate(workers) if worker.poll() not in (None, 0)]
-            if failed:
-                raise _failure(directory, failed[0], workers[failed[0]].returncode)
+        score_share(Shard(0, size, 0), report)
+        while any(worker.poll() is None for worker in workers.values()):
+            _raise_if_failed(directory, workers)
+            report()
             time.sleep(POLL_S)
-        failed = [rank for rank, worker in enumerate(workers) if worker.returncode != 0]
-        if failed:
-            raise _failure(directory, failed[0], workers[failed[0]].returncode)
-        _report(directory, size, progress)
+        _raise_if_failed(directory, workers)
+        report()
     finally:
-        for worker in workers:
+        for worker in workers.values():
             if worker.poll() is None:
                 worker.terminate()
             worker.wait()
@@ -83,11 +94,21 @@ def _start_worker(config: ScoreConfig, rank: int, size: int, directory: Path) ->
         return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
 
 
-def _report(directory: Path, size: int, progress) -> None:
-    """The workers' progress files, summed, to ``progress(done, total)`` once every worker knows its total."""
-    states = [read_json(directory / f"rank{rank}.progress.json", {}) or {} for rank in range(size)]
-    if progress and all(state.get("total") for state in states):
-        progress(sum(state["done"] for state in states), sum(state["total"] for state in states))
+def _report(directory: Path, own: dict, size: int, progress: Progress) -> None:
+    """This process's progress and the workers' progress files, summed, to ``progress(done, total)``.
+
+    A worker that has not reported yet counts as a share the size of this process's, none of it done.
+    """
+    states = [own] + [read_json(directory / f"rank{rank}.progress.json", {}) or {} for rank in range(1, size)]
+    if own["total"]:
+        progress(sum(state.get("done", 0) for state in states if state.get("total")),
+                 sum(state.get("total") or own["total"] for state in states))
+
+
+def _raise_if_failed(directory: Path, workers: dict[int, subprocess.Popen]) -> None:
+    for rank, worker in workers.items():
+        if worker.poll() not in (None, 0):
+            raise _failure(directory, rank, worker.returncode)
 
 
 def _failure(directory: Path, rank: int, code: int) -> ShardFailed:
