@@ -25,16 +25,16 @@ def main(argv=None) -> dict:
     parser = _common.base_parser(__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=None, help="number of pairs (quick 16, full 300)")
     parser.add_argument("--max-length", type=int, default=256, help="max tokens of prompt + response")
-    parser.add_argument("--hidden-size", type=int, default=None, help="random model width (quick 64, full 256)")
-    parser.add_argument("--layers", type=int, default=None, help="random model layers (quick 2, full 6)")
+    parser.add_argument("--hidden-size", type=int, default=None, help="random model width (quick 64, full 384)")
+    parser.add_argument("--layers", type=int, default=None, help="random model layers (quick 2, full 8)")
     parser.add_argument("--processes", type=int, default=2, help="processes of the sharded contender")
     args = parser.parse_args(argv)
     _common.setup_environment()
     n_pairs = args.pairs or (16 if args.quick else 300)
     repeats = args.repeats or (1 if args.quick else 2)
     work = Path(tempfile.mkdtemp(prefix="bench-sharded-"))
-    policy, reference = build_models(work, args.hidden_size or (64 if args.quick else 256),
-                                     args.layers or (2 if args.quick else 6))
+    hidden_size, layers = args.hidden_size or (64 if args.quick else 384), args.layers or (2 if args.quick else 8)
+    policy, reference = build_models(work, hidden_size, layers)
     pairs_file = sample_pairs(work, n_pairs)
     contenders = {
         f"{n} process{'es' if n > 1 else ''}": (lambda n=n: score_once(work, pairs_file, policy, reference, n,
@@ -47,8 +47,7 @@ def main(argv=None) -> dict:
     one, sharded = (timed[name]["median"] for name in contenders)
     results = {
         "settings": {"pairs": n_pairs, "max_length": args.max_length, "repeats": repeats, "processes": args.processes,
-                     "threads_per_process": 1, "model": {"hidden_size": args.hidden_size or (64 if args.quick else 256),
-                                                         "layers": args.layers or (2 if args.quick else 6)}},
+                     "threads_per_process": 1, "model": {"hidden_size": hidden_size, "layers": layers}},
         "seconds": {name: {"median": entry["median"], "times": entry["times"]} for name, entry in timed.items()},
         "max_abs_diff": gap,
         "speedup": one / sharded,

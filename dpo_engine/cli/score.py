@@ -54,7 +54,6 @@ def score(config: ScoreConfig) -> tuple[Path | None, int]:
     """
     from dpo_engine.data.pairs import fingerprint, load_pairs
     from dpo_engine.margins.table import build_margins_table, save_margins_table
-    from dpo_engine.training.warmup import warmup_seed_ids
 
     shard = shard_from_env()
     reporter = _Progress(config.progress_file if shard is None or shard.rank == 0 else None)
@@ -67,6 +66,7 @@ def score(config: ScoreConfig) -> tuple[Path | None, int]:
     if shard is not None and shard.rank != 0:
         return None, 0
     external, meta["external"] = _external(config, pairs, reporter)
+    from dpo_engine.training.warmup import warmup_seed_ids  # torch: imported after the workers have started
     in_sample = warmup_seed_ids(pairs, config.seed_size, config.seed) if meta["implicit"] and \
         meta["implicit"]["source"] == "warmup" else None
     table = build_margins_table(pairs, external, implicit, warmup_ids=in_sample)
@@ -95,9 +95,8 @@ def _external(config: ScoreConfig, pairs, reporter) -> tuple[object, dict | None
 
 def _implicit(config: ScoreConfig, pairs, reporter, shard: Shard | None) -> tuple[object, dict | None]:
     """The implicit margins table and its metadata: in this process, in ``num_processes`` workers, or, under a
-    multi-process launch, this process's share then (rank 0) the merge."""
-    from dpo_engine.margins.scoring import implicit_margins, merged_implicit_margins
-
+    multi-process launch, this process's share then (rank 0) the merge. Torch is imported only after any workers
+    have been started, so their start-up overlaps this process's."""
     source = config.implicit
     if source == "auto":
         source = "policy" if config.policy else "warmup"
@@ -107,12 +106,17 @@ def _implicit(config: ScoreConfig, pairs, reporter, shard: Shard | None) -> tupl
     settings = dict(reference=config.reference, dtype=config.dtype, device=config.device,
                     max_length=config.max_length, max_prompt_length=config.max_prompt_length)
     if shard is None and config.num_processes > 1:
-        _check_devices(config)
+        if config.device != "cpu":
+            _check_devices(config)
         reporter.stage(f"implicit margins (policy and reference log-probs, {config.num_processes} processes)")
         score_in_processes(config, str(policy), reporter.update,
                            lambda own, progress: _score_share(config, pairs, str(policy), own, progress))
+        from dpo_engine.margins.scoring import merged_implicit_margins
+
         implicit = merged_implicit_margins(pairs, str(policy), **settings)
     else:
+        from dpo_engine.margins.scoring import implicit_margins, merged_implicit_margins
+
         reporter.stage("implicit margins (policy and reference log-probs)")
         implicit = implicit_margins(pairs, str(policy), batch_size=config.batch_size, token_budget=config.token_budget,
                                     progress=reporter.update, shard=shard, **settings)
@@ -145,10 +149,10 @@ def _implicit(config: ScoreConfig, pairs, reporter, shard: Shard | None) -> tupl
 def _implicit_policy(config: ScoreConfig, pairs, reporter, source: str, *, train_missing: bool) -> str:
     """The policy whose implicit margins are scored: ``config.policy``, or the warm-up proxy (trained if needed and
     ``train_missing``)."""
-    from dpo_engine.training.warmup import warmup_proxy
-
     if source != "warmup":
         return str(config.policy)
+    from dpo_engine.training.warmup import warmup_proxy
+
     warmup_dir = Path(config.warmup_dir or Path(config.out).with_suffix("").as_posix() + "-warmup")
     reporter.stage("warm-up proxy training")
     return str(warmup_proxy(
