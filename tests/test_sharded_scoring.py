@@ -286,6 +286,6 @@ def test_the_scoring_form_offers_cpu_processes_as_an_advanced_option(tmp_path, m
 def test_the_sharded_scoring_benchmark_runs_quick(tmp_path):
     from tests.test_benchmarks import run_script
 
-    last, result = run_script("bench_sharded_scoring.py", ["--quick", "--pairs", "8"], tmp_path)
+    last, result = run_script("bench_sharded_scoring.py", ["--quick", "--pairs", "8", "--no-control"], tmp_path)
     assert last.startswith("RATIO sharded_scoring: 2 single-thread processes are ") and result["ratio"] == last
     assert result["max_abs_diff"] <= 1e-5 and set(result["seconds"]) == {"1 process", "2 processes"}

@@ -94,39 +94,16 @@ def _external(config: ScoreConfig, pairs, reporter) -> tuple[object, dict | None
 
 
 def _implicit(config: ScoreConfig, pairs, reporter, shard: Shard | None) -> tuple[object, dict | None]:
-    """The implicit margins table and its metadata: in this process, in ``num_processes`` workers, or, under a
-    multi-process launch, this process's share then (rank 0) the merge. Torch is imported only after any workers
-    have been started, so their start-up overlaps this process's."""
+    """The implicit margins table and its metadata; (None, None) on a rank other than 0 of a multi-process launch."""
     source = config.implicit
     if source == "auto":
         source = "policy" if config.policy else "warmup"
     if source == "none":
         return None, None
     policy = _implicit_policy(config, pairs, reporter, source, train_missing=shard is None)
-    settings = dict(reference=config.reference, dtype=config.dtype, device=config.device,
-                    max_length=config.max_length, max_prompt_length=config.max_prompt_length)
-    if shard is None and config.num_processes > 1:
-        if config.device != "cpu":
-            _check_devices(config)
-        reporter.stage(f"implicit margins (policy and reference log-probs, {config.num_processes} processes)")
-        score_in_processes(config, str(policy), reporter.update,
-                           lambda own, progress: _score_share(config, pairs, str(policy), own, progress))
-        from dpo_engine.margins.scoring import merged_implicit_margins
-
-        implicit = merged_implicit_margins(pairs, str(policy), **settings)
-    else:
-        from dpo_engine.margins.scoring import implicit_margins, merged_implicit_margins
-
-        reporter.stage("implicit margins (policy and reference log-probs)")
-        implicit = implicit_margins(pairs, str(policy), batch_size=config.batch_size, token_budget=config.token_budget,
-                                    progress=reporter.update, shard=shard, **settings)
-        if shard is not None:
-            from dpo_engine.models.loading import resolve_device
-
-            wait_for_every_process(shard, shard_device(resolve_device(config.device), shard))
-            if shard.rank != 0:
-                return None, None  # rank 0 writes the table
-            implicit = merged_implicit_margins(pairs, str(policy), **settings)
+    implicit = _implicit_table(config, pairs, reporter, shard, policy)
+    if implicit is None:
+        return None, None
     meta = {
         "source": source,
         "policy": str(policy),
@@ -144,6 +121,35 @@ def _implicit(config: ScoreConfig, pairs, reporter, shard: Shard | None) -> tupl
     if config.num_processes > 1 or shard is not None:
         meta["num_processes"] = shard.world_size if shard else config.num_processes
     return implicit, meta
+
+
+def _implicit_table(config: ScoreConfig, pairs, reporter, shard: Shard | None, policy: str):
+    """The implicit margins of ``policy``: in this process, in ``num_processes`` processes, or, under a
+    multi-process launch, this process's share then the barrier and (rank 0 only, else None) the merge.
+
+    Torch is imported only after any workers have been started, so their start-up overlaps this process's.
+    """
+    settings = dict(reference=config.reference, dtype=config.dtype, device=config.device,
+                    max_length=config.max_length, max_prompt_length=config.max_prompt_length)
+    if shard is None and config.num_processes > 1:
+        if config.device != "cpu":
+            _check_devices(config)
+        reporter.stage(f"implicit margins (policy and reference log-probs, {config.num_processes} processes)")
+        score_in_processes(config, policy, reporter.update,
+                           lambda own, progress: _score_share(config, pairs, policy, own, progress))
+        from dpo_engine.margins.scoring import merged_implicit_margins
+
+        return merged_implicit_margins(pairs, policy, **settings)
+    from dpo_engine.margins.scoring import implicit_margins, merged_implicit_margins
+    from dpo_engine.models.loading import resolve_device
+
+    reporter.stage("implicit margins (policy and reference log-probs)")
+    implicit = implicit_margins(pairs, policy, batch_size=config.batch_size, token_budget=config.token_budget,
+                                progress=reporter.update, shard=shard, **settings)
+    if shard is None:
+        return implicit
+    wait_for_every_process(shard, shard_device(resolve_device(config.device), shard))
+    return merged_implicit_margins(pairs, policy, **settings) if shard.rank == 0 else None
 
 
 def _implicit_policy(config: ScoreConfig, pairs, reporter, source: str, *, train_missing: bool) -> str:
