@@ -103,9 +103,9 @@ def test_score_config_checks_num_processes(pairs_file, tmp_path):
 # ---- shards in one cache ------------------------------------------------------------------------------------------
 
 
-def test_two_shards_fill_one_cache_with_rank_named_parts(tmp_path, monkeypatch, perturbed_adapter):
+def test_two_shards_fill_one_cache_with_rank_named_parts(pairs_file, tmp_path, monkeypatch, perturbed_adapter):
     cache = use_cache(monkeypatch, tmp_path / "cache")
-    pairs = load_pairs(_pairs_file(tmp_path)).pairs
+    pairs = load_pairs(pairs_file).pairs
     for rank in range(2):
         assert scoring.implicit_margins(pairs, str(perturbed_adapter), shard=Shard(rank, 2), **LENGTHS) is None
     written = parts(cache)
@@ -118,15 +118,9 @@ def test_two_shards_fill_one_cache_with_rank_named_parts(tmp_path, monkeypatch, 
     assert merged.pair_id.tolist() == pairs.pair_id.tolist()
 
 
-def _pairs_file(tmp_path: Path) -> Path:
-    path = tmp_path / "pairs-direct.jsonl"
-    path.write_text(make_pairs(24).to_json(orient="records", lines=True))
-    return path
-
-
-def test_the_merge_names_an_unfinished_share(tmp_path, monkeypatch, perturbed_adapter):
+def test_the_merge_names_an_unfinished_share(pairs_file, tmp_path, monkeypatch, perturbed_adapter):
     use_cache(monkeypatch, tmp_path / "cache")
-    pairs = load_pairs(_pairs_file(tmp_path)).pairs
+    pairs = load_pairs(pairs_file).pairs
     scoring.implicit_margins(pairs, str(perturbed_adapter), shard=Shard(0, 3), **LENGTHS)
     with pytest.raises(MissingLogps, match=r"16 of 24 pairs have no log-probs in .*running the job again"):
         scoring.merged_implicit_margins(pairs, str(perturbed_adapter), **LENGTHS)
