@@ -21,6 +21,7 @@ BENCHMARKS = {
     "dashboard": "bench_dashboard.py",
     "memory": "bench_memory.py",
     "load": "bench_load.py",
+    "sharded_scoring": "bench_sharded_scoring.py",
 }
 
 

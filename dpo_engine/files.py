@@ -77,14 +77,14 @@ def read_jsonl(path: str | os.PathLike) -> Iterator[dict]:
 # what it finished and a rerun does only the rest. A part file is either complete or absent (write, then rename).
 
 
-def part_path(parts_dir: str | os.PathLike, index: int) -> Path:
-    """The part file of batch ``index`` in ``parts_dir``."""
-    return Path(parts_dir) / f"part-{index:08d}.parquet"
+def part_path(parts_dir: str | os.PathLike, index: int, prefix: str = "") -> Path:
+    """The part file of batch ``index`` in ``parts_dir`` (``prefix``: the writer's name, when several write at once)."""
+    return Path(parts_dir) / f"part-{prefix}{index:08d}.parquet"
 
 
-def write_part(parts_dir: str | os.PathLike, index: int, table) -> Path:
-    """Write one finished batch (a DataFrame) as ``part_path(parts_dir, index)``, atomically."""
-    path = part_path(parts_dir, index)
+def write_part(parts_dir: str | os.PathLike, index: int, table, prefix: str = "") -> Path:
+    """Write one finished batch (a DataFrame) as ``part_path(parts_dir, index, prefix)``, atomically."""
+    path = part_path(parts_dir, index, prefix)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     table.to_parquet(tmp, index=False)

@@ -1,5 +1,7 @@
 """Margins & Select: external vs implicit margin per pair, and the subset to train on."""
 
+import os
+import shutil
 import tempfile
 from dataclasses import asdict
 import time
@@ -100,6 +102,29 @@ def score_job_for(out_path: Path) -> dict | None:
     return jobs.find("score", out=out_path)
 
 
+@st.cache_resource
+def gpu_count() -> int:
+    """GPUs this machine shows, asked once per server (no torch import on a machine without an NVIDIA driver)."""
+    if shutil.which("nvidia-smi") is None:
+        return 0
+    import torch
+
+    return torch.cuda.device_count()
+
+
+def processes_input(column) -> int:
+    """How many processes share the log-prob passes: offered beside the settings with several GPUs (one process
+    each), as an advanced option on a CPU machine."""
+    gpus = gpu_count()
+    if gpus > 1:
+        return column.number_input(f"Processes (one per GPU, {gpus} GPUs)", min_value=1, max_value=gpus, value=gpus,
+                                   help="the policy and reference log-prob passes are split across them")
+    with column.expander("Advanced"):
+        return st.number_input("CPU processes", min_value=1, max_value=os.cpu_count() or 1, value=1,
+                               help="the log-prob passes are split across this many processes; each uses its "
+                               "share of the cores (OMP_NUM_THREADS)")
+
+
 def compute_form(source, loaded, dataset_fp: str, has_scores: bool) -> None:
     """Settings for `dpo-engine score`, and the button that starts it."""
     with st.form("score", enter_to_submit=False):
@@ -129,11 +154,13 @@ def compute_form(source, loaded, dataset_fp: str, has_scores: bool) -> None:
         max_length = left.number_input("Max tokens (prompt + response)", min_value=64, value=512, step=64)
         batch_size = right.number_input("Pairs per scoring batch (0 = as many as the token budget holds)",
                                         min_value=0, value=0)
+        num_processes = processes_input(left)
         if st.form_submit_button("Compute margins", type="primary"):
             config = ScoreConfig(
                 pairs=pairs_file(source, loaded, dataset_fp), out=str(computed_margins_path(dataset_fp)),
                 external=external, implicit=implicit, model=model, dtype=dtype, device=device,
                 max_length=int(max_length), batch_size=int(batch_size) or None, seed_size=int(seed_size) or None,
+                num_processes=int(num_processes),
             )
             try:
                 config.validate()

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
-
 
 from tqdm import tqdm
 
 from dpo_engine.cli.flags import add_config_arguments, config_from_args
+from dpo_engine.cli.score_shards import SHARD_WORKER_ENV, score_in_processes, wait_for_every_process
 from dpo_engine.errors import ConfigError
 from dpo_engine.files import atomic_write_json
 from dpo_engine.margins.config import ScoreConfig
+from dpo_engine.models.shards import Shard, shard_device, shard_from_env
 
 # Seconds between progress-file writes within a stage (the dashboard polls it; a write per batch is wasted I/O).
 PROGRESS_INTERVAL = 1.0
@@ -27,7 +29,8 @@ def add_parser(subparsers) -> None:
             ".meta.json sidecar: pair_id, external_margin, implicit_margin, the four log-probs, token and "
             "character lengths, and the fused scores dm_add, dm_mul and bees. The implicit margin is DM's: a proxy "
             "DPO-trained on a random seed subset against its reference, summed log-probs, no beta. Log-probs are "
-            "cached on disk, so an interrupted run resumes where it stopped."
+            "cached on disk, so an interrupted run resumes where it stopped. --num-processes N (or `accelerate launch "
+            "-m dpo_engine.cli score ...`) splits the log-prob passes across N processes."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -39,21 +42,31 @@ def run(args) -> int:
     config = config_from_args(ScoreConfig, args)
     config.validate()
     path, rows = score(config)
-    print(f"wrote {rows} rows to {path}")
+    if path is not None:
+        print(f"wrote {rows} rows to {path}")
     return 0
 
 
-def score(config: ScoreConfig) -> tuple[Path, int]:
-    """Run a validated scoring job: the margins table and its sidecar at ``config.out``; (path, rows)."""
+def score(config: ScoreConfig) -> tuple[Path | None, int]:
+    """Run a validated scoring job: the margins table and its sidecar at ``config.out``; (path, rows).
+
+    In a process of a multi-process launch other than rank 0, only its share of the log-probs: (None, 0).
+    """
     from dpo_engine.data.pairs import fingerprint, load_pairs
     from dpo_engine.margins.table import build_margins_table, save_margins_table
-    from dpo_engine.training.warmup import warmup_seed_ids
 
-    reporter = _Progress(config.progress_file)
+    shard = shard_from_env()
+    reporter = _Progress(config.progress_file if shard is None or shard.rank == 0 else None)
     pairs = load_pairs(config.pairs).pairs
+    if shard is not None and os.environ.get(SHARD_WORKER_ENV) == "1":
+        _implicit_share(config, pairs, reporter, shard)
+        return None, 0
     meta = {"pairs": str(config.pairs), "dataset_fingerprint": fingerprint(pairs)}
+    implicit, meta["implicit"] = _implicit(config, pairs, reporter, shard)
+    if shard is not None and shard.rank != 0:
+        return None, 0
     external, meta["external"] = _external(config, pairs, reporter)
-    implicit, meta["implicit"] = _implicit(config, pairs, reporter)
+    from dpo_engine.training.warmup import warmup_seed_ids  # torch: imported after the workers have started
     in_sample = warmup_seed_ids(pairs, config.seed_size, config.seed) if meta["implicit"] and \
         meta["implicit"]["source"] == "warmup" else None
     table = build_margins_table(pairs, external, implicit, warmup_ids=in_sample)
@@ -80,30 +93,17 @@ def _external(config: ScoreConfig, pairs, reporter) -> tuple[object, dict | None
                             dtype=config.dtype, device=config.device, progress=reporter.update)
 
 
-def _implicit(config: ScoreConfig, pairs, reporter) -> tuple[object, dict | None]:
-    from dpo_engine.margins.scoring import implicit_margins
-    from dpo_engine.training.warmup import warmup_proxy
-
+def _implicit(config: ScoreConfig, pairs, reporter, shard: Shard | None) -> tuple[object, dict | None]:
+    """The implicit margins table and its metadata; (None, None) on a rank other than 0 of a multi-process launch."""
     source = config.implicit
     if source == "auto":
         source = "policy" if config.policy else "warmup"
     if source == "none":
         return None, None
-    policy = config.policy
-    if source == "warmup":
-        warmup_dir = Path(config.warmup_dir or Path(config.out).with_suffix("").as_posix() + "-warmup")
-        reporter.stage("warm-up proxy training")
-        policy = warmup_proxy(
-            pairs, config.model, warmup_dir, seed_size=config.seed_size, seed=config.seed, progress=reporter.update,
-            num_epochs=config.warmup_epochs, learning_rate=config.warmup_lr, precision=config.dtype,
-            device=config.device, max_length=config.max_length, max_prompt_length=config.max_prompt_length,
-        )
-    reporter.stage("implicit margins (policy and reference log-probs)")
-    implicit = implicit_margins(
-        pairs, str(policy), reference=config.reference, dtype=config.dtype, device=config.device,
-        batch_size=config.batch_size, token_budget=config.token_budget, max_length=config.max_length,
-        max_prompt_length=config.max_prompt_length, progress=reporter.update,
-    )
+    policy = _implicit_policy(config, pairs, reporter, source, train_missing=shard is None)
+    implicit = _implicit_table(config, pairs, reporter, shard, policy)
+    if implicit is None:
+        return None, None
     meta = {
         "source": source,
         "policy": str(policy),
@@ -118,7 +118,81 @@ def _implicit(config: ScoreConfig, pairs, reporter) -> tuple[object, dict | None
     }
     if source == "warmup":
         meta["seed_size"] = config.seed_size or "min(2000, 10%)"
+    if config.num_processes > 1 or shard is not None:
+        meta["num_processes"] = shard.world_size if shard else config.num_processes
     return implicit, meta
+
+
+def _implicit_table(config: ScoreConfig, pairs, reporter, shard: Shard | None, policy: str):
+    """The implicit margins of ``policy``: in this process, in ``num_processes`` processes, or, under a
+    multi-process launch, this process's share then the barrier and (rank 0 only, else None) the merge.
+
+    Torch is imported only after any workers have been started, so their start-up overlaps this process's.
+    """
+    settings = dict(reference=config.reference, dtype=config.dtype, device=config.device,
+                    max_length=config.max_length, max_prompt_length=config.max_prompt_length)
+    if shard is None and config.num_processes > 1:
+        if config.device != "cpu":
+            _check_devices(config)
+        reporter.stage(f"implicit margins (policy and reference log-probs, {config.num_processes} processes)")
+        score_in_processes(config, policy, reporter.update,
+                           lambda own, progress: _score_share(config, pairs, policy, own, progress))
+        from dpo_engine.margins.scoring import merged_implicit_margins
+
+        return merged_implicit_margins(pairs, policy, **settings)
+    from dpo_engine.margins.scoring import implicit_margins, merged_implicit_margins
+    from dpo_engine.models.loading import resolve_device
+
+    reporter.stage("implicit margins (policy and reference log-probs)")
+    implicit = implicit_margins(pairs, policy, batch_size=config.batch_size, token_budget=config.token_budget,
+                                progress=reporter.update, shard=shard, **settings)
+    if shard is None:
+        return implicit
+    wait_for_every_process(shard, shard_device(resolve_device(config.device), shard))
+    return merged_implicit_margins(pairs, policy, **settings) if shard.rank == 0 else None
+
+
+def _implicit_policy(config: ScoreConfig, pairs, reporter, source: str, *, train_missing: bool) -> str:
+    """The policy whose implicit margins are scored: ``config.policy``, or the warm-up proxy (trained if needed and
+    ``train_missing``)."""
+    if source != "warmup":
+        return str(config.policy)
+    from dpo_engine.training.warmup import warmup_proxy
+
+    warmup_dir = Path(config.warmup_dir or Path(config.out).with_suffix("").as_posix() + "-warmup")
+    reporter.stage("warm-up proxy training")
+    return str(warmup_proxy(
+        pairs, config.model, warmup_dir, seed_size=config.seed_size, seed=config.seed, progress=reporter.update,
+        num_epochs=config.warmup_epochs, learning_rate=config.warmup_lr, precision=config.dtype,
+        device=config.device, max_length=config.max_length, max_prompt_length=config.max_prompt_length,
+        train_missing=train_missing,
+    ))
+
+
+def _implicit_share(config: ScoreConfig, pairs, reporter, shard: Shard) -> None:
+    """A worker of ``score_in_processes``: this process's share of the policy and reference passes, into the cache."""
+    reporter.stage(f"implicit margins, share {shard.rank} of {shard.world_size}")
+    _score_share(config, pairs, str(config.policy), shard, reporter.update)
+
+
+def _score_share(config: ScoreConfig, pairs, policy: str, shard: Shard, progress) -> None:
+    from dpo_engine.margins.scoring import implicit_margins
+
+    implicit_margins(pairs, policy, reference=config.reference, dtype=config.dtype, device=config.device,
+                     batch_size=config.batch_size, token_budget=config.token_budget, max_length=config.max_length,
+                     max_prompt_length=config.max_prompt_length, progress=progress, shard=shard)
+
+
+def _check_devices(config: ScoreConfig) -> None:
+    """On CUDA, one GPU per process: refuse more processes than visible GPUs, naming the field."""
+    from dpo_engine.models.loading import resolve_device
+
+    if resolve_device(config.device).startswith("cuda"):
+        import torch
+
+        if config.num_processes > torch.cuda.device_count():
+            raise ConfigError("num_processes", f"is {config.num_processes}, but only {torch.cuda.device_count()} "
+                              "GPUs are visible (one process per GPU)")
 
 
 class _Progress:

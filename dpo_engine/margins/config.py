@@ -56,6 +56,9 @@ class ScoreConfig:
     max_prompt_length: int = field(default=MAX_PROMPT_LENGTH, metadata=_help("max prompt tokens (keeps the end)"))
     progress_file: str | None = field(default=None, metadata=_help(
         "JSON file updated with {stage, done, total} (for the dashboard)"))
+    num_processes: int = field(default=1, metadata=_help(
+        "processes the log-prob passes are split across, one GPU each on CUDA (the command starts them; under "
+        "`accelerate launch` its processes are used instead)"))
 
     def validate(self) -> None:
         """Check every field before launch (no torch, no model load); raise ``ConfigError`` naming the first bad one."""
@@ -72,6 +75,7 @@ class ScoreConfig:
         require(self.token_budget is None or self.token_budget >= 1, "token_budget", ">= 1 (or unset)")
         require(self.seed_size is None or self.seed_size >= 2, "seed_size", ">= 2 (or unset)")
         require(self.warmup_epochs >= 1, "warmup_epochs", ">= 1")
+        require(self.num_processes >= 1, "num_processes", ">= 1")
         require(self.warmup_lr > 0, "warmup_lr", "> 0")
         require(self.device in DEVICES or self.device.startswith("cuda:"), "device", f"one of {', '.join(DEVICES)}")
         if self.external == "reward-model":

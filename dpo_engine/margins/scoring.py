@@ -4,7 +4,8 @@ Batch jobs, not per-click work. Pairs are encoded once per job (``dpo_engine.mod
 and the same encodings serve the policy and the reference pass. Log-probs come from the on-disk cache service
 ``dpo_engine.models.logp_cache`` (token-budget forwards, longest first; parts written by time or size), keyed by
 dataset fingerprint + model + adapter + max lengths + resolved dtype. A killed job keeps what it wrote; running it
-again scores only what is missing.
+again scores only what is missing. Several processes can share a pass (``shard``, ``dpo_engine.models.shards``):
+each scores its share into the same caches, and ``merged_implicit_margins`` reads the table once all are done.
 
 The implicit margin is DM's (methods §1.4): a proxy policy DPO-trained on a random seed subset, against its
 reference, with log-probs summed over response tokens and no beta. ``implicit_margin_table`` is the one builder of
@@ -19,14 +20,15 @@ import numpy as np
 import pandas as pd
 
 from dpo_engine.margins import formulas as margin_math
-from dpo_engine.models.logp_cache import LOGP_COLUMNS, cached_logps, logps_cache_key
+from dpo_engine.models.logp_cache import LOGP_COLUMNS, cached_logps, logps_cache_key, read_cached_logps
 from dpo_engine.models.loading import adapter_base, device_precision, load_model, resolve_device, resolve_model
+from dpo_engine.models.shards import Shard, shard_device
 from dpo_engine.models.tokenization import MAX_LENGTH, MAX_PROMPT_LENGTH, encode_pairs
 from dpo_engine.paths import cache_dir
 
 Progress = Callable[[int, int], None]
-__all__ = ["LOGP_COLUMNS", "logps_cache_key", "score_logps", "implicit_margins", "implicit_margin_table",
-           "external_margins", "encode_frame"]
+__all__ = ["LOGP_COLUMNS", "logps_cache_key", "score_logps", "implicit_margins", "merged_implicit_margins",
+           "implicit_margin_table", "external_margins", "encode_frame"]
 
 
 def encode_frame(pairs: pd.DataFrame, tokenizer, max_length: int = MAX_LENGTH,
@@ -48,6 +50,7 @@ def score_logps(
     max_prompt_length: int = MAX_PROMPT_LENGTH,
     encoded: Sequence | None = None,
     progress: Progress | None = None,
+    shard: Shard | None = None,
 ) -> pd.DataFrame:
     """Summed response log-probs of every pair under ``model``; one row per pair, in ``pairs`` order.
 
@@ -55,14 +58,15 @@ def score_logps(
     ``encoded``: the pairs' encodings when the caller has them (else the pairs not cached yet are encoded here
     with the max lengths).
     ``batch_size`` caps pairs per forward, ``token_budget`` tokens per forward (default by device).
-    Returns ``pair_id, chosen_logps, rejected_logps`` (nats) and ``chosen_tokens, rejected_tokens``.
+    Returns ``pair_id, chosen_logps, rejected_logps`` (nats) and ``chosen_tokens, rejected_tokens``; with
+    ``shard``, only that shard's pairs are scored and returned (see ``cached_logps``).
     """
     if encoded is None:
         def encoded(indices: list[int]) -> list:
             return encode_frame(pairs.iloc[indices], tokenizer, max_length, max_prompt_length)
     return cached_logps(
         model, encoded, pairs.pair_id.tolist(), cache_dir() / "logps" / cache_key, pad_token_id=tokenizer.pad_token_id,
-        batch_size=batch_size, token_budget=token_budget, progress=progress,
+        batch_size=batch_size, token_budget=token_budget, progress=progress, shard=shard,
     )
 
 
@@ -78,48 +82,89 @@ def implicit_margins(
     max_length: int = MAX_LENGTH,
     max_prompt_length: int = MAX_PROMPT_LENGTH,
     progress: Progress | None = None,
-) -> pd.DataFrame:
+    shard: Shard | None = None,
+) -> pd.DataFrame | None:
     """DM's implicit margin of every pair: ``[log pi(y_w) - log pi(y_l)] - [log ref(y_w) - log ref(y_l)]``.
 
     ``policy`` is a LoRA adapter directory (its base model, adapters disabled, is the reference) or a full model
     directory (then ``reference`` names the reference model). ``dtype`` ``"auto"`` is resolved by device
     (``dpo_engine.models.loading.resolve_precision``); the resolved name is ``table.attrs["dtype"]``.
     ``progress(done, total)`` counts pairs over both passes. Returns :func:`implicit_margin_table`'s columns.
+    With ``shard``, this process scores only its share of both passes (on ``cuda:<local_rank>`` for ``cuda``) and
+    returns None: :func:`merged_implicit_margins` reads the table when every shard has finished.
     """
     policy_path = resolve_model(policy)
     base = adapter_base(policy_path)
-    device = resolve_device(device)
+    device = shard_device(resolve_device(device), shard)
     dtype = device_precision(dtype, device)
-    n = len(pairs)
-    lengths = dict(max_length=max_length, max_prompt_length=max_prompt_length)
-    settings = dict(batch_size=batch_size, token_budget=token_budget, **lengths)
+    settings = dict(batch_size=batch_size, token_budget=token_budget, max_length=max_length,
+                    max_prompt_length=max_prompt_length, shard=shard)
+    policy_key, ref_key = implicit_cache_keys(pairs, policy_path, base, reference, max_length, max_prompt_length, dtype)
 
-    def stage(offset: int) -> Progress | None:
-        return (lambda done, total: progress(offset + done, 2 * n)) if progress else None
+    def stage(index: int) -> Progress | None:
+        return (lambda done, total: progress(index * total + done, 2 * total)) if progress else None
 
     if base is None and reference is None:
         raise ValueError(f"{policy} is a full model: give the reference model it was trained from")
     model, tokenizer = load_model(str(policy_path), dtype=dtype, device=device)
-    encoded = _SharedEncodings(pairs, tokenizer, **lengths)
+    encoded = _SharedEncodings(pairs, tokenizer, max_length, max_prompt_length)
+    policy_scores = score_logps(pairs, model, tokenizer, cache_key=policy_key, encoded=encoded, progress=stage(0),
+                                **settings)
     if base is not None:
-        base_path = resolve_model(base)
-        key = logps_cache_key(pairs, base_path, policy_path, max_length, max_prompt_length, dtype)
-        policy_scores = score_logps(pairs, model, tokenizer, cache_key=key, encoded=encoded, progress=stage(0), **settings)
         with model.disable_adapter():
-            key = logps_cache_key(pairs, base_path, None, max_length, max_prompt_length, dtype)
-            ref_scores = score_logps(pairs, model, tokenizer, cache_key=key, encoded=encoded, progress=stage(n),
+            ref_scores = score_logps(pairs, model, tokenizer, cache_key=ref_key, encoded=encoded, progress=stage(1),
                                      **settings)
     else:
-        key = logps_cache_key(pairs, policy_path, None, max_length, max_prompt_length, dtype)
-        policy_scores = score_logps(pairs, model, tokenizer, cache_key=key, encoded=encoded, progress=stage(0), **settings)
         del model
         model, ref_tokenizer = load_model(reference, dtype=dtype, device=device)
         if not _same_tokenizer(tokenizer, ref_tokenizer):
-            encoded = _SharedEncodings(pairs, ref_tokenizer, **lengths)
-        key = logps_cache_key(pairs, resolve_model(reference), None, max_length, max_prompt_length, dtype)
-        ref_scores = score_logps(pairs, model, ref_tokenizer, cache_key=key, encoded=encoded, progress=stage(n),
+            encoded = _SharedEncodings(pairs, ref_tokenizer, max_length, max_prompt_length)
+        ref_scores = score_logps(pairs, model, ref_tokenizer, cache_key=ref_key, encoded=encoded, progress=stage(1),
                                  **settings)
+    if shard is not None:
+        return None
     table = implicit_margin_table(pairs.pair_id.to_numpy(), policy_scores, ref_scores)
+    table.attrs["dtype"] = dtype
+    return table
+
+
+def implicit_cache_keys(pairs: pd.DataFrame, policy_path, base: str | None, reference: str | None,
+                        max_length: int, max_prompt_length: int, dtype: str) -> tuple[str, str]:
+    """The log-prob cache keys of an implicit-margin job's policy pass and reference pass (``dtype`` resolved)."""
+    if base is not None:
+        base_path = resolve_model(base)
+        return (logps_cache_key(pairs, base_path, policy_path, max_length, max_prompt_length, dtype),
+                logps_cache_key(pairs, base_path, None, max_length, max_prompt_length, dtype))
+    reference_path = resolve_model(reference) if reference else None
+    return (logps_cache_key(pairs, policy_path, None, max_length, max_prompt_length, dtype),
+            logps_cache_key(pairs, reference_path, None, max_length, max_prompt_length, dtype) if reference_path
+            else "")
+
+
+def merged_implicit_margins(
+    pairs: pd.DataFrame,
+    policy: str,
+    *,
+    reference: str | None = None,
+    dtype: str = "auto",
+    device: str = "auto",
+    max_length: int = MAX_LENGTH,
+    max_prompt_length: int = MAX_PROMPT_LENGTH,
+) -> pd.DataFrame:
+    """:func:`implicit_margins`'s table from the caches the shards of a sharded job filled, without a model.
+
+    The arguments are the job's (they make the cache keys). Raises ``MissingLogps`` if a shard did not finish.
+    """
+    policy_path = resolve_model(policy)
+    base = adapter_base(policy_path)
+    if base is None and reference is None:
+        raise ValueError(f"{policy} is a full model: give the reference model it was trained from")
+    dtype = device_precision(dtype, resolve_device(device))
+    policy_key, ref_key = implicit_cache_keys(pairs, policy_path, base, reference, max_length, max_prompt_length, dtype)
+    pair_ids = pairs.pair_id.tolist()
+    logps = cache_dir() / "logps"
+    table = implicit_margin_table(pairs.pair_id.to_numpy(), read_cached_logps(logps / policy_key, pair_ids),
+                                  read_cached_logps(logps / ref_key, pair_ids))
     table.attrs["dtype"] = dtype
     return table
 

@@ -8,6 +8,10 @@ Costs are linear in the number of pairs: the finished ids are read once into a s
 and go to disk as one part every ``flush_seconds`` or ``flush_pairs`` pairs (and when the job ends or is
 interrupted), not one file per forward. A process killed outright (SIGKILL, out of memory) loses at most the
 pairs since the last part. Forwards are sized in tokens (``token_budget``), longest pairs first.
+
+Several processes can fill one cache at once, each its share (``shard``, ``dpo_engine.models.shards``): a process
+scores only its share's missing pairs and names its parts by its rank, so a killed process's share is the only
+one redone; :func:`read_cached_logps` then reads the whole table without a model.
 """
 
 from __future__ import annotations
@@ -22,8 +26,10 @@ import pandas as pd
 import torch
 
 from dpo_engine.data.pairs import fingerprint
+from dpo_engine.errors import UserError
 from dpo_engine.files import read_parts, weights_identity, write_part
 from dpo_engine.models.logps import pair_logps, row_tokens, token_budget_batches
+from dpo_engine.models.shards import Shard, shard_positions
 from dpo_engine.paths import cache_dir
 
 Progress = Callable[[int, int], None]
@@ -72,6 +78,7 @@ def cached_logps(
     progress: Progress | None = None,
     flush_seconds: float = FLUSH_SECONDS,
     flush_pairs: int = FLUSH_PAIRS,
+    shard: Shard | None = None,
 ) -> pd.DataFrame:
     """``LOGP_COLUMNS`` of every pair under ``model``, one row per ``pair_ids`` entry, in that order.
 
@@ -81,47 +88,86 @@ def cached_logps(
     A forward holds at most ``token_budget`` row tokens (default: :func:`default_token_budget` of the model's
     device) and ``batch_size`` pairs (default: no limit). ``progress(done, total)`` runs after each forward.
     Log-probs are float32 nats summed over response tokens; token counts are response lengths.
+    With ``shard``, only that shard's pairs (``shard_positions`` of every pair's row tokens) are scored, into
+    parts named by its rank, and the rows returned are the shard's, in ``pair_ids`` order.
     """
     pair_ids, parts_dir = list(pair_ids), Path(parts_dir)
     parts_dir.mkdir(parents=True, exist_ok=True)
     done = read_parts(parts_dir, LOGP_COLUMNS)
     finished_ids = set(done.pair_id)
     todo = [i for i in range(len(pair_ids)) if pair_ids[i] not in finished_ids]
+    mine = list(range(len(pair_ids)))
+    if shard is not None:
+        mine = _shard_share(model, encoded, len(pair_ids), finished_ids, shard, pair_ids)
+        todo = [i for i in mine if pair_ids[i] not in finished_ids]
     pending = dict(zip(todo, encoded(todo) if callable(encoded) else [encoded[i] for i in todo]))
     lengths = {i: row_tokens(model, pair) for i, pair in pending.items()}
     todo.sort(key=lengths.__getitem__, reverse=True)
-    device = next(model.parameters()).device
-    budget = token_budget or default_token_budget(device.type)
-    writer = _PartWriter(parts_dir, len(done), flush_seconds, flush_pairs)
-    total, finished = len(pair_ids), len(pair_ids) - len(todo)
+    writer = _PartWriter(parts_dir, len(done), flush_seconds, flush_pairs, shard.part_prefix if shard else "")
+    total, finished = len(mine), len(mine) - len(todo)
     if progress:
         progress(finished, total)
-    model.eval()
-    try:
-        for group in token_budget_batches([lengths[i] for i in todo], budget, batch_size):
-            batch = [todo[k] for k in group]
-            with torch.inference_mode():
-                out = pair_logps(model, [pending[i] for i in batch], pad_token_id)
-            writer.add([pair_ids[i] for i in batch], out)
-            finished += len(batch)
-            if progress:
-                progress(finished, total)
-    finally:
-        writer.flush()  # also on an exception or Ctrl-C: what was scored is kept
-    frames = [frame for frame in (done, *writer.written) if len(frame)]  # an empty frame's columns are objects
+    if todo:
+        model.eval()
+        budget = token_budget or default_token_budget(next(model.parameters()).device.type)
+        try:
+            for group in token_budget_batches([lengths[i] for i in todo], budget, batch_size):
+                batch = [todo[k] for k in group]
+                with torch.inference_mode():
+                    out = pair_logps(model, [pending[i] for i in batch], pad_token_id)
+                writer.add([pair_ids[i] for i in batch], out)
+                finished += len(batch)
+                if progress:
+                    progress(finished, total)
+        finally:
+            writer.flush()  # also on an exception or Ctrl-C: what was scored is kept
+    return _rows(done, writer.written, [pair_ids[i] for i in sorted(mine)])
+
+
+def _shard_share(model, encoded, n_pairs: int, finished_ids: set, shard: Shard, pair_ids: list[str]) -> list[int]:
+    """Positions of ``shard``'s pairs; every pair's encoding is needed for the split, unless all are cached."""
+    if all(pair_id in finished_ids for pair_id in pair_ids):
+        return shard_positions([0] * n_pairs, shard)  # nothing to score: any split reads the same rows
+    everything = list(range(n_pairs))
+    pairs = encoded(everything) if callable(encoded) else list(encoded)
+    return shard_positions([row_tokens(model, pair) for pair in pairs], shard)
+
+
+def _rows(done: pd.DataFrame, written: list[pd.DataFrame], pair_ids: list[str]) -> pd.DataFrame:
+    """The rows of ``pair_ids``, in that order, from what was cached before and what this job wrote."""
+    frames = [frame for frame in (done, *written) if len(frame)]  # an empty frame's columns are objects
     scored = pd.concat(frames, ignore_index=True) if frames else done
     scored = scored.drop_duplicates("pair_id").set_index("pair_id")
-    return scored.loc[list(pair_ids)].reset_index()[LOGP_COLUMNS]
+    return scored.loc[pair_ids].reset_index()[LOGP_COLUMNS]
+
+
+def read_cached_logps(parts_dir: Path, pair_ids: Sequence[str]) -> pd.DataFrame:
+    """``LOGP_COLUMNS`` of every pair from the cache alone (no model): the merge after a sharded pass.
+
+    Raises ``MissingLogps`` naming the directory and how many pairs no part holds (a shard that did not finish).
+    """
+    pair_ids = list(pair_ids)
+    done = read_parts(parts_dir, LOGP_COLUMNS)
+    missing = set(pair_ids) - set(done.pair_id)
+    if missing:
+        raise MissingLogps(f"{len(missing)} of {len(pair_ids)} pairs have no log-probs in {parts_dir}: a process "
+                           "of the sharded pass did not finish; running the job again scores only those")
+    return _rows(done, [], pair_ids)
+
+
+class MissingLogps(UserError):
+    """A sharded pass left pairs unscored."""
 
 
 class _PartWriter:
     """Collects scored batches on the device and writes them as one part per time or size interval.
 
-    Parts are named by the number of pairs finished before them (``first_index`` onwards), unique in a cache.
+    Parts are named by ``prefix`` (a shard's rank, or nothing) and the number of pairs finished before them
+    (``first_index`` onwards): unique in a cache, also while other shards write theirs.
     """
 
-    def __init__(self, parts_dir: Path, first_index: int, flush_seconds: float, flush_pairs: int):
-        self.parts_dir, self.index = parts_dir, first_index
+    def __init__(self, parts_dir: Path, first_index: int, flush_seconds: float, flush_pairs: int, prefix: str = ""):
+        self.parts_dir, self.index, self.prefix = parts_dir, first_index, prefix
         self.flush_seconds, self.flush_pairs = flush_seconds, flush_pairs
         self.ids: list[str] = []
         self.values: dict[str, list[torch.Tensor]] = {}
@@ -145,7 +191,7 @@ class _PartWriter:
             torch.cuda.synchronize()  # the non-blocking copies have landed
         part = pd.DataFrame({"pair_id": self.ids, **{key: tensor.numpy() for key, tensor in columns.items()}})
         part = part.astype({"chosen_logps": "float32", "rejected_logps": "float32"})
-        write_part(self.parts_dir, self.index, part[LOGP_COLUMNS])
+        write_part(self.parts_dir, self.index, part[LOGP_COLUMNS], prefix=self.prefix)
         self.written.append(part[LOGP_COLUMNS])
         self.index += len(self.ids)
         self.ids, self.values = [], {}

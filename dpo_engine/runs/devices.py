@@ -1,8 +1,15 @@
-"""Device slots: at most ``runs_per_device()`` runs train on one device at once; the others wait, queued.
+"""Device slots, one set per physical device: at most ``runs_per_device()`` runs use one device at once.
 
-Slot 0 is ``$MARGIN_LAB_HOME/locks/<device>.lock``, slot k ``locks/<device>.<k>.lock``. Each is an flock, so a
-worker that dies frees its slot with it. The holder writes ``{run_dir, pid, pid_started}`` into the lock file, so
-a waiting worker can see who holds a slot: a holder that lives but is unresponsive (suspended, or silent for
+A run names the devices it needs with :func:`physical_devices` (lock names: ``cuda0``, ``cuda3`` or a GPU's UUID as
+``CUDA_VISIBLE_DEVICES`` gives it, so two runs that see different visible lists still agree on which GPU is which;
+``cpu`` for each CPU process) and takes one slot of each with :func:`acquire_device_slots`, all or nothing: it tries
+every slot without blocking and, when one is busy, lets go of all it took and tries again later, so two runs that
+overlap never hold half each (no deadlock). A run on GPUs 0-1 and a run on GPUs 2-3 go side by side; a run asking
+for a busy device waits, queued.
+
+Slot 0 of device ``d`` is ``$MARGIN_LAB_HOME/locks/<d>.lock``, slot k ``locks/<d>.<k>.lock``. Each is an flock, so
+a worker that dies frees its slots with it. The holder writes ``{run_dir, pid, pid_started}`` into the lock file,
+so a waiting worker can see who holds a slot: a holder that lives but is unresponsive (suspended, or silent for
 longer than ``heartbeat_stale_s()``) is killed, its run recorded failed, and the slot taken over.
 """
 
@@ -11,6 +18,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import signal
 import threading
 import time
@@ -24,6 +32,7 @@ from dpo_engine.runs.status import heartbeat_stale_s, silent_for, update_status
 
 LOCK_POLL_S = 0.5
 RUNS_PER_DEVICE_ENV = "MARGIN_LAB_RUNS_PER_DEVICE"  # how many runs may train on one device at once (default 1)
+VISIBLE_GPUS_ENV = "CUDA_VISIBLE_DEVICES"
 
 
 def resolve_device(device: str | None) -> str:
@@ -48,39 +57,100 @@ def runs_per_device() -> int:
         raise RunError(f"{RUNS_PER_DEVICE_ENV} must be a whole number, got {value!r}") from None
 
 
-def acquire_device_slot(device: str, run_dir: Path, stop_requested: threading.Event) -> IO | None:
-    """Hold one of the device's slots and return its open lock file (close it to free the slot).
+def physical_devices(device: str, count: int = 1, *, visible: str | None = None) -> list[str]:
+    """The lock names of the ``count`` devices a run on ``device`` with ``count`` processes uses, in rank order.
 
-    Returns None if ``stop_requested`` is set while waiting. While it waits, the run is recorded queued,
-    "waiting for <device>".
+    ``("cuda", 2)`` -> the first two visible GPUs, ``("cuda:1", 2)`` -> the second and third; ``visible`` is
+    ``CUDA_VISIBLE_DEVICES`` (read from the environment when None; unset means GPUs 0, 1, ...), whose entries
+    (indices or UUIDs) name the physical GPUs: with ``CUDA_VISIBLE_DEVICES=2,3``, ``("cuda", 1)`` is ``["cuda2"]``.
+    ``("cpu", 2)`` -> ``["cpu", "cpu"]``: two slots of the CPU; ``mps`` likewise.
     """
-    slots = [f"{device}.lock"] + [f"{device}.{k}.lock" for k in range(1, runs_per_device())]
-    handles = [open(workspace_subdir("locks") / name, "a") for name in slots]
+    if count < 1:
+        raise RunError(f"a run needs at least one device, got {count} processes")
+    kind, _, index = device.partition(":")
+    if kind != "cuda":
+        return [kind] * count
+    first = int(index or 0)
+    visible = os.environ.get(VISIBLE_GPUS_ENV) if visible is None else visible
+    if visible is None:
+        return [f"cuda{first + rank}" for rank in range(count)]
+    entries = [entry.strip() for entry in visible.split(",") if entry.strip()]
+    if first + count > len(entries):
+        raise RunError(f"the run needs GPUs {first} to {first + count - 1} but {VISIBLE_GPUS_ENV}={visible!r} "
+                       f"shows {len(entries)}")
+    return [_gpu_lock_name(entry) for entry in entries[first:first + count]]
+
+
+def _gpu_lock_name(entry: str) -> str:
+    """``"2"`` -> ``"cuda2"``; a UUID (``GPU-...``, ``MIG-...``) as itself, made safe as a file name."""
+    return f"cuda{int(entry)}" if entry.isdigit() else re.sub(r"[^A-Za-z0-9_.-]", "_", entry)
+
+
+def acquire_device_slot(device: str, run_dir: Path, stop_requested: threading.Event) -> IO | None:
+    """One slot of one device (see :func:`acquire_device_slots`): its open lock file, or None if stopped."""
+    handles = acquire_device_slots([device], run_dir, stop_requested)
+    return None if handles is None else handles[0]
+
+
+def acquire_device_slots(devices: list[str], run_dir: Path, stop_requested: threading.Event) -> list[IO] | None:
+    """Hold one slot of each entry of ``devices`` (a name twice: two slots of it), all at once; their lock files.
+
+    Close every returned file to free the slots. Returns None if ``stop_requested`` is set while waiting. While
+    it waits, the run is recorded queued, "waiting for <devices>", and holders that froze are recovered.
+    """
+    wanted = {name: devices.count(name) for name in sorted(set(devices))}
+    names = ", ".join(wanted)
+    slots = {name: [_slot_path(name, k) for k in range(runs_per_device())] for name in wanted}
+    for name, count in wanted.items():
+        if count > len(slots[name]):
+            raise RunError(f"the run needs {count} slots of {name}, but {RUNS_PER_DEVICE_ENV} allows "
+                           f"{len(slots[name])} runs per device")
+    announced = False
+    while True:
+        held = _try_all(wanted, slots)
+        if held is not None:
+            for handle in held:
+                _write_holder(handle, run_dir)
+            return held
+        if not announced:
+            update_status(run_dir, state="queued", message=f"waiting for {names}")
+            print(f"[margin-lab] waiting for {names}: other runs are using it", flush=True)
+            announced = True
+        for name, paths in slots.items():
+            for path in paths:
+                recover_slot(path, name)
+        if stop_requested.wait(LOCK_POLL_S):
+            return None
+
+
+def _slot_path(device: str, k: int) -> Path:
+    return workspace_subdir("locks") / (f"{device}.lock" if k == 0 else f"{device}.{k}.lock")
+
+
+def _try_all(wanted: dict[str, int], slots: dict[str, list[Path]]) -> list[IO] | None:
+    """``wanted[name]`` free slots of every device, locked without blocking; None (and nothing held) if any is busy."""
+    held: list[IO] = []
     try:
-        announced = False
-        while True:
-            for handle in handles:
+        for name, count in wanted.items():
+            taken = 0
+            for path in slots[name]:
+                if taken == count:
+                    break
+                handle = open(path, "a")
                 try:
                     fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:
+                    handle.close()
                     continue
-                for other in handles:
-                    if other is not handle:
-                        other.close()
-                _write_holder(handle, run_dir)
-                return handle
-            if not announced:
-                update_status(run_dir, state="queued", message=f"waiting for {device}")
-                print(f"[margin-lab] waiting for {device}: {len(slots)} other run(s) are using it", flush=True)
-                announced = True
-            for handle in handles:
-                recover_slot(Path(handle.name), device)
-            if stop_requested.wait(LOCK_POLL_S):
-                for handle in handles:
+                held.append(handle)
+                taken += 1
+            if taken < count:
+                for handle in held:
                     handle.close()
                 return None
+        return held
     except BaseException:
-        for handle in handles:
+        for handle in held:
             handle.close()
         raise
 

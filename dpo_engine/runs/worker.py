@@ -4,7 +4,7 @@ It
 
 1. takes the run's worker lock (``.worker.lock``): one worker per run directory, a second one exits at once;
 2. turns SIGTERM and SIGINT into a stop request that the trainer polls after each step (checkpoint, then return);
-3. waits for a device slot (`dpo_engine.runs.devices`), queued meanwhile;
+3. waits for a slot of each device the run uses (`dpo_engine.runs.devices`), queued meanwhile;
 4. refreshes ``heartbeat`` every ``HEARTBEAT_INTERVAL_S`` from a thread;
 5. calls the training function and records completed, stopped or failed (with the end of the log), retrying that
    last write while the disk is full.
@@ -29,7 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
-from dpo_engine.runs.devices import acquire_device_slot, resolve_device
+from dpo_engine.runs.devices import acquire_device_slots, physical_devices, resolve_device
 from dpo_engine.runs.layout import RESOLVED_CONFIG_FILE, WORKER_LOCK_FILE, RunError, read_checked_json, read_stored_status
 from dpo_engine.runs.processes import start_time
 from dpo_engine.runs.status import update_status, update_status_retrying, with_log_tail
@@ -140,12 +140,13 @@ def run_training(run_dir: Path, call_trainer: Callable, stop_requested: threadin
     """Take the device, keep the heartbeat, run ``call_trainer(config, on_progress)``; record and return the end."""
     heartbeat = Heartbeat(run_dir)
     heartbeat.start()
-    device_slot = None
+    device_slots = None
     try:
         config = read_checked_json(run_dir / RESOLVED_CONFIG_FILE, dict)
         device = resolve_device(config.get("device", "auto"))
-        device_slot = acquire_device_slot(device, run_dir, stop_requested)
-        if device_slot is None:
+        device_slots = acquire_device_slots(physical_devices(device, config.get("num_processes") or 1), run_dir,
+                                            stop_requested)
+        if device_slots is None:
             final = {"state": "stopped", "message": f"stopped while waiting for {device}"}
         elif stop_requested.is_set():  # asked during start-up: the trainer would take a step before polling
             final = {"state": "stopped", "message": "stopped before training started"}
@@ -164,8 +165,8 @@ def run_training(run_dir: Path, call_trainer: Callable, stop_requested: threadin
     print(f"[margin-lab] {final['state']}: {final['message'].splitlines()[0]}", flush=True)
     status = update_status_retrying(run_dir, finished=time.time(), step=heartbeat.step,
                                     total_steps=heartbeat.total_steps, **final)
-    if device_slot is not None:
-        device_slot.close()  # only now: the next run on this device starts after this one is recorded as finished
+    for slot in device_slots or ():
+        slot.close()  # only now: the next run on these devices starts after this one is recorded as finished
     return status
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from dpo_engine.data.pairs import fingerprint, save_pairs
+from dpo_engine.errors import ConfigError
 from dpo_engine.files import atomic_write_json, read_json
 from dpo_engine.margins.scoring import Progress
 from dpo_engine.selection.rules import select_random
@@ -40,13 +41,15 @@ def warmup_proxy(
     seed_size: int | None = None,
     seed: int = 42,
     progress: Progress | None = None,
+    train_missing: bool = True,
     **train_overrides,
 ) -> Path:
     """DM's step 1 (methods §1.4): DPO-train a LoRA proxy on a random seed subset; return its adapter directory.
 
     The seed subset defaults to ``min(2000, 10 %)`` of the pairs, drawn with ``seed``. Training settings are the
     trainer's defaults with 2 epochs (DM trains its proxy for 2), overridable through ``train_overrides``.
-    ``progress(step, total_steps)`` reports training steps.
+    ``progress(step, total_steps)`` reports training steps. ``train_missing=False`` only reuses a finished proxy
+    and raises ``ConfigError`` when there is none (a sharded scoring process must not train its own).
     """
     out_dir = Path(out_dir)
     seed_pairs = pairs.iloc[warmup_seed_rows(len(pairs), seed_size, seed)]
@@ -62,6 +65,10 @@ def warmup_proxy(
     adapter = out_dir / "adapter"
     if read_json(stamp_path) == stamp and (adapter / "adapter_config.json").is_file():
         return adapter
+    if not train_missing:
+        raise ConfigError("implicit", f"no finished warm-up proxy in {out_dir} for these settings: a process of a "
+                          "distributed launch does not train one; run `dpo-engine score --num-processes N` (it trains "
+                          "the proxy once, then shards), or pass --policy")
     stamp_path.unlink(missing_ok=True)
     train(config, out_dir, on_progress=progress)
     atomic_write_json(stamp_path, stamp)
