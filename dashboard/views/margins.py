@@ -140,8 +140,9 @@ def compute_form(source, loaded, dataset_fp: str, has_scores: bool) -> None:
         )
         implicit = right.selectbox(
             "Implicit margin",
-            ["warmup", "none"],
-            format_func={"warmup": "train a warm-up proxy on a random seed subset (DM step 1)", "none": "none"}.get,
+            ["crossfit", "warmup", "none"],
+            format_func={"crossfit": "cross-fitted: 2 warm-up proxies on disjoint folds (no pair scored in-sample)",
+                         "warmup": "train a warm-up proxy on a random seed subset (DM step 1)", "none": "none"}.get,
         )
         model = left.text_input("Base model", value="smollm2-135m-instruct", help="name, local directory or Hub id")
         seed_size = right.number_input("Warm-up seed subset (pairs, 0 = min(2000, 10 %))", min_value=0, value=0, step=50)
@@ -367,6 +368,9 @@ def hypothesis_controls(table: pd.DataFrame, dataset_fp: str, columns) -> dict:
 
 def warmup_mask(table: pd.DataFrame) -> np.ndarray | None:
     """The ``in_warmup`` mask to ring on the chart (None without one), with a caption on why it matters."""
+    if "crossfit_fold" in table.columns and table["crossfit_fold"].notna().all():
+        st.caption("Cross-fitted: no pair scored in-sample (each implicit margin comes from a proxy on another fold).")
+        return None
     if "in_warmup" not in table.columns or not table["in_warmup"].any():
         return None
     warmup = table["in_warmup"].to_numpy(bool)

@@ -75,6 +75,25 @@ def score(config: ScoreConfig) -> tuple[Path | None, int]:
     return path, len(table)
 
 
+def implicit_source(config: ScoreConfig, n_pairs: int, *, multi_process: bool = False) -> str:
+    """What ``implicit: auto`` means for ``n_pairs`` pairs (other values are returned as they are).
+
+    auto = ``policy`` when ``--policy`` is given; else ``crossfit`` when each of the K folds (``n_pairs // K``)
+    can hold the seed subset, the same size a single warm-up would train on; else ``warmup``. Cross-fitting costs
+    K warm-ups plus the one scoring pass over every pair a single warm-up also needs: with the default K = 2, one
+    extra warm-up, which is capped at 2000 pairs x warmup_epochs whatever the dataset's size. Scoring in several
+    processes (``num_processes`` > 1 or a multi-process launch) shards one policy's passes: auto is then ``warmup``.
+    """
+    if config.implicit != "auto":
+        return config.implicit
+    if config.policy:
+        return "policy"
+    seed_size = config.seed_size or max(2, min(2000, round(0.1 * n_pairs)))
+    if multi_process or config.num_processes > 1:
+        return "warmup"
+    return "crossfit" if n_pairs // config.crossfit_folds >= seed_size else "warmup"
+
+
 def _external(config: ScoreConfig, pairs, reporter) -> tuple[object, dict | None]:
     from dpo_engine.margins.scoring import external_margins
 
@@ -95,31 +114,36 @@ def _external(config: ScoreConfig, pairs, reporter) -> tuple[object, dict | None
 
 def _implicit(config: ScoreConfig, pairs, reporter, shard: Shard | None) -> tuple[object, dict | None]:
     """The implicit margins table and its metadata; (None, None) on a rank other than 0 of a multi-process launch."""
-    source = config.implicit
-    if source == "auto":
-        source = "policy" if config.policy else "warmup"
+    source = implicit_source(config, len(pairs), multi_process=shard is not None)
     if source == "none":
         return None, None
-    policy = _implicit_policy(config, pairs, reporter, source, train_missing=shard is None)
-    implicit = _implicit_table(config, pairs, reporter, shard, policy)
-    if implicit is None:
-        return None, None
+    if source in ("crossfit", "selective") and (shard is not None or config.num_processes > 1):
+        raise ConfigError("num_processes", f"shards the scoring of one policy, and implicit '{source}' trains and "
+                          "scores its own fold proxies: use --num-processes 1, or --implicit warmup or --policy")
+    scoring = {"dtype": config.dtype, "device": config.device, "batch_size": config.batch_size,
+               "token_budget": config.token_budget, "max_length": config.max_length,
+               "max_prompt_length": config.max_prompt_length}
+    if source == "crossfit":
+        implicit, meta = _crossfit(config, pairs, reporter, scoring)
+    elif source == "selective":
+        implicit, meta = _selective(config, pairs, reporter, scoring)
+    else:
+        policy = _implicit_policy(config, pairs, reporter, source, train_missing=shard is None)
+        implicit = _implicit_table(config, pairs, reporter, shard, policy)
+        if implicit is None:
+            return None, None
+        meta = {"policy": policy, "reference": config.reference or "the policy's base model (LoRA adapters disabled)"}
+        if source == "warmup":
+            meta["seed_size"] = config.seed_size or "min(2000, 10%)"
+        if config.num_processes > 1 or shard is not None:
+            meta["num_processes"] = shard.world_size if shard else config.num_processes
     meta = {
-        "source": source,
-        "policy": str(policy),
-        "reference": config.reference or "the policy's base model (LoRA adapters disabled)",
-        "model": config.model,
-        "dtype": implicit.attrs["dtype"],
-        "dtype_requested": config.dtype,
-        "max_length": config.max_length,
-        "max_prompt_length": config.max_prompt_length,
+        "source": source, **meta, "model": config.model, "dtype": implicit.attrs.get("dtype", config.dtype),
+        "dtype_requested": config.dtype, "max_length": config.max_length, "max_prompt_length": config.max_prompt_length,
+        "in_sample": source == "warmup",
         "description": "DM implicit margin: [log pi(y_w) - log pi(y_l)] - [log ref(y_w) - log ref(y_l)], "
         "summed response log-probs, no beta",
     }
-    if source == "warmup":
-        meta["seed_size"] = config.seed_size or "min(2000, 10%)"
-    if config.num_processes > 1 or shard is not None:
-        meta["num_processes"] = shard.world_size if shard else config.num_processes
     return implicit, meta
 
 
@@ -159,14 +183,10 @@ def _implicit_policy(config: ScoreConfig, pairs, reporter, source: str, *, train
         return str(config.policy)
     from dpo_engine.training.warmup import warmup_proxy
 
-    warmup_dir = Path(config.warmup_dir or Path(config.out).with_suffix("").as_posix() + "-warmup")
     reporter.stage("warm-up proxy training")
-    return str(warmup_proxy(
-        pairs, config.model, warmup_dir, seed_size=config.seed_size, seed=config.seed, progress=reporter.update,
-        num_epochs=config.warmup_epochs, learning_rate=config.warmup_lr, precision=config.dtype,
-        device=config.device, max_length=config.max_length, max_prompt_length=config.max_prompt_length,
-        train_missing=train_missing,
-    ))
+    return str(warmup_proxy(pairs, config.model, _proxy_dir(config, "warmup"), seed_size=config.seed_size,
+                            seed=config.seed, progress=reporter.update, num_epochs=config.warmup_epochs,
+                            train_missing=train_missing, **_proxy_training(config)))
 
 
 def _implicit_share(config: ScoreConfig, pairs, reporter, shard: Shard) -> None:
@@ -193,6 +213,58 @@ def _check_devices(config: ScoreConfig) -> None:
         if config.num_processes > torch.cuda.device_count():
             raise ConfigError("num_processes", f"is {config.num_processes}, but only {torch.cuda.device_count()} "
                               "GPUs are visible (one process per GPU)")
+
+
+def _proxy_training(config: ScoreConfig) -> dict:
+    """`TrainConfig` fields shared by every proxy this job trains (warm-up, crossfit, selective)."""
+    fields = {"learning_rate": config.warmup_lr, "precision": config.dtype, "device": config.device,
+              "max_length": config.max_length, "max_prompt_length": config.max_prompt_length}
+    if config.proxy_max_steps:
+        fields["max_steps"] = config.proxy_max_steps
+    return fields
+
+
+def _proxy_dir(config: ScoreConfig, method: str) -> Path:
+    return Path(config.warmup_dir or Path(config.out).with_suffix("").as_posix() + f"-{method}")
+
+
+def _crossfit(config: ScoreConfig, pairs, reporter, scoring: dict) -> tuple[object, dict]:
+    from dpo_engine.training.crossfit import crossfit_implicit_margins
+
+    reporter.stage(f"cross-fitted implicit margins ({config.crossfit_folds} fold proxies)")
+    directory = _proxy_dir(config, "crossfit")
+    implicit = crossfit_implicit_margins(
+        pairs, config.model, directory, n_folds=config.crossfit_folds, seed_size=config.seed_size, seed=config.seed,
+        scoring=scoring, progress=reporter.update, num_epochs=config.warmup_epochs, **_proxy_training(config))
+    return implicit, {
+        "folds": config.crossfit_folds, "seed_size": config.seed_size or "min(2000, 10%)", "proxies": str(directory),
+        "reference": "each proxy's base model (LoRA adapters disabled)",
+        "method": "cross-fitted: proxy j trains on a seed subset of fold j and scores fold j+1 (mod K); "
+                  "crossfit_fold and scored_by_fold record both, so no pair is scored in-sample",
+    }
+
+
+def _selective(config: ScoreConfig, pairs, reporter, scoring: dict) -> tuple[object, dict]:
+    from dpo_engine.runs.fold_proxies import train_fold_proxies
+    from dpo_engine.training import selective_dpo
+
+    proxies = selective_dpo.fold_proxies(len(pairs), config.crossfit_folds, config.selective_seeds)
+    training = selective_dpo.proxy_overrides(config.selective_beta, model=config.model, **_proxy_training(config))
+    directory = _proxy_dir(config, "selective")
+    reporter.stage(f"Selective DPO fold proxies ({len(proxies)} runs through the runs queue)")
+    adapters = train_fold_proxies(pairs, proxies, training, directory, progress=reporter.update)
+    reporter.stage("validation losses (fold proxies on their held-out pairs)")
+    margins = selective_dpo.held_out_margins(pairs, proxies, adapters, scoring=scoring, progress=reporter.update)
+    order = selective_dpo.learning_order_table(pairs.pair_id.to_numpy(), margins, config.selective_beta)
+    implicit = selective_dpo.first_seed_margins(margins).merge(order, on="pair_id")
+    implicit.attrs["dtype"] = margins.attrs["dtype"]
+    return implicit, {
+        "folds": config.crossfit_folds, "seeds": list(config.selective_seeds), "beta": config.selective_beta,
+        "proxies": str(directory), "proxy_runs": [str(Path(adapter).parent.name) for adapter in adapters],
+        "reference": "each proxy's base model (LoRA adapters disabled)",
+        "method": "Selective DPO (Gao et al.): per seed, proxy j trains on every fold but j and scores fold j; "
+                  "implicit_margin is the first seed's, learning_order the mean of -log sigmoid(beta h) over seeds",
+    }
 
 
 class _Progress:

@@ -32,8 +32,14 @@ class ScoreConfig:
         "external margin source; auto = the data's scores if it has them, else the built-in stand-in head"))
     reward_model: str | None = field(default=None, metadata=_help(
         "local AutoModelForSequenceClassification dir (--external reward-model)"))
-    implicit: Literal["auto", "warmup", "policy", "none"] = field(default="auto", metadata=_help(
-        "implicit margin source; auto = --policy if given, else train a warm-up proxy (DM step 1)"))
+    implicit: Literal["auto", "crossfit", "warmup", "selective", "policy", "none"] = field(default="auto", metadata=_help(
+        "implicit margin source. crossfit: K warm-up proxies on disjoint folds, each pair scored by one that never "
+        "trained on it; warmup: one warm-up proxy (DM step 1; its seed pairs are scored in-sample); selective: "
+        "Selective DPO's K x seeds fold proxies as runs through the runs queue, adding val_loss_seed<s> and "
+        "learning_order; policy: --policy. auto = --policy if given, else crossfit whenever each fold can hold "
+        "the seed subset, else warmup. The budget: crossfit costs K warm-ups (each on seed-size pairs, "
+        "min(2000, 10 percent) by default) plus the same one scoring pass over every pair as warmup, so with "
+        "K = 2 one extra warm-up, itself capped at 2000 pairs x warmup-epochs"))
     policy: str | None = field(default=None, metadata=_help(
         "LoRA adapter dir (reference = its base) or full model dir (needs --reference)"))
     reference: str | None = field(default=None, metadata=_help("reference model for a full-model --policy"))
@@ -44,7 +50,15 @@ class ScoreConfig:
         "where the warm-up proxy is trained (default: next to --out)"))
     warmup_epochs: int = field(default=2, metadata=_help("warm-up proxy epochs"))
     warmup_lr: float = field(default=5e-5, metadata=_help("warm-up proxy learning rate (LoRA)"))
-    seed: int = field(default=42, metadata=_help("seed of the warm-up subset and training"))
+    seed: int = field(default=42, metadata=_help("seed of the warm-up subset and training (and the crossfit folds)"))
+    crossfit_folds: int = field(default=2, metadata=_help(
+        "K, the disjoint folds of --implicit crossfit and selective (>= 2)"))
+    selective_seeds: tuple[int, ...] = field(default=(41, 42, 43), metadata=_help(
+        "--implicit selective: one fold split and K proxies per seed; learning_order is the mean over seeds"))
+    selective_beta: float = field(default=0.1, metadata=_help(
+        "--implicit selective: the proxies' DPO beta, and the beta of each validation loss -log sigmoid(beta h)"))
+    proxy_max_steps: int | None = field(default=None, metadata=_help(
+        "optimizer steps per proxy (warm-up, crossfit or selective); default: warmup-epochs epochs (1 for selective)"))
     dtype: Literal["auto", "fp32", "bf16"] = field(default="auto", metadata=_help(
         "precision of every model of the job; auto = bf16 on a CUDA GPU that has it, else fp32"))
     device: str = field(default="auto", metadata=_help("cuda, mps, cpu or auto"))
@@ -77,6 +91,11 @@ class ScoreConfig:
         require(self.warmup_epochs >= 1, "warmup_epochs", ">= 1")
         require(self.num_processes >= 1, "num_processes", ">= 1")
         require(self.warmup_lr > 0, "warmup_lr", "> 0")
+        require(isinstance(self.crossfit_folds, int) and self.crossfit_folds >= 2, "crossfit_folds", "a whole number >= 2")
+        require(len(self.selective_seeds) >= 1 and len(set(self.selective_seeds)) == len(self.selective_seeds),
+                "selective_seeds", "one or more distinct seeds")
+        require(self.selective_beta > 0, "selective_beta", "> 0")
+        require(self.proxy_max_steps is None or self.proxy_max_steps >= 1, "proxy_max_steps", ">= 1 (or unset)")
         require(self.device in DEVICES or self.device.startswith("cuda:"), "device", f"one of {', '.join(DEVICES)}")
         if self.external == "reward-model":
             require(bool(self.reward_model) and Path(self.reward_model).expanduser().is_dir(), "reward_model",

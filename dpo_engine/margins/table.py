@@ -21,6 +21,10 @@ IMPLICIT_COLUMNS = [
     "implicit_margin", "policy_chosen_logps", "policy_rejected_logps", "ref_chosen_logps", "ref_rejected_logps",
     "chosen_tokens", "rejected_tokens",
 ]
+# Out-of-fold scoring (`dpo_engine.training.crossfit`, `dpo_engine.training.selective_dpo`): which fold a pair is in,
+# and which fold's proxy scored it. A table with a fold column has no in-sample implicit margin.
+FOLD_COLUMN = "crossfit_fold"
+SCORER_COLUMN = "scored_by_fold"
 
 
 def build_margins_table(pairs: pd.DataFrame, external: pd.DataFrame | None, implicit: pd.DataFrame | None,
@@ -30,13 +34,15 @@ def build_margins_table(pairs: pd.DataFrame, external: pd.DataFrame | None, impl
     ``external``: ``pair_id, external_margin``; ``implicit``: ``pair_id`` + ``IMPLICIT_COLUMNS``. A missing source
     gives NaN columns. Rows follow ``pairs``. Alignment potential (Huang et al., methods §6) uses the per-token
     log-probs of the model about to be trained, i.e. the reference. ``warmup_ids``, the pairs the implicit margin's
-    proxy trained on, fill the ``in_warmup`` column (see `mark_warmup`).
+    proxy trained on, fill the ``in_warmup`` column (see `mark_warmup`). Any further columns of ``implicit`` (the
+    folds of cross-fitted margins, Selective DPO's validation losses and ``learning_order``) are carried over.
     """
     table = pd.DataFrame({"pair_id": pairs.pair_id.to_numpy()})
     table["external_margin"] = np.nan if external is None else table.pair_id.map(external.set_index("pair_id").external_margin)
     indexed = None if implicit is None else implicit.set_index("pair_id")
     for column in IMPLICIT_COLUMNS:
         table[column] = np.nan if indexed is None else table.pair_id.map(indexed[column])
+    extra = [] if indexed is None else [column for column in indexed.columns if column not in IMPLICIT_COLUMNS]
     table["chosen_chars"] = pairs.chosen.str.len().to_numpy()
     table["rejected_chars"] = pairs.rejected.str.len().to_numpy()
     table = margin_math.fused_scores(table)
@@ -48,6 +54,8 @@ def build_margins_table(pairs: pd.DataFrame, external: pd.DataFrame | None, impl
         )
     else:
         table["alignment_potential"] = np.nan
+    for column in extra:
+        table[column] = table.pair_id.map(indexed[column]).to_numpy()
     return mark_warmup(table, warmup_ids or [])
 
 

@@ -16,11 +16,11 @@ import pandas as pd
 
 from dpo_engine.errors import UserError
 from dpo_engine.margins.scoring import Progress, implicit_margins
+from dpo_engine.margins.table import FOLD_COLUMN, SCORER_COLUMN
 from dpo_engine.selection.hypotheses import fold_assignment
 from dpo_engine.training.warmup import warmup_proxy
 
-FOLD_COLUMN = "crossfit_fold"  # the fold a pair belongs to (its proxy's training pool)
-SCORER_COLUMN = "scored_by_fold"  # the fold whose proxy scored the pair (never its own)
+__all__ = ["FOLD_COLUMN", "SCORER_COLUMN", "crossfit_implicit_margins"]
 
 
 def crossfit_implicit_margins(
@@ -69,5 +69,6 @@ def crossfit_implicit_margins(
         part = implicit_margins(pairs.iloc[scored_rows], str(adapter), progress=report, **(scoring or {}))
         parts.append(part.assign(**{FOLD_COLUMN: (fold + 1) % n_folds, SCORER_COLUMN: fold}))
         done += len(scored_rows)
-    table = pd.concat(parts, ignore_index=True).set_index("pair_id")
-    return table.loc[pairs.pair_id.to_numpy()].reset_index()
+    table = pd.concat(parts, ignore_index=True).set_index("pair_id").loc[pairs.pair_id.to_numpy()].reset_index()
+    table.attrs["dtype"] = parts[0].attrs.get("dtype")  # the precision `implicit_margins` resolved
+    return table
