@@ -136,3 +136,39 @@ def test_a_run_writes_its_data_map_and_a_resume_keeps_one_row_per_step_and_pair(
 
     fresh = train(config, run_dir)  # starting over removes the old data map first
     assert fresh["steps"] == 3 and len(read_data_map(run_dir / DATA_MAP_FILE)) == 8
+
+
+# ---- the Data map page and why-this-pair (AppTest) -----------------------------------------------------------------
+
+
+def test_data_map_page_maps_a_run_saves_a_region_and_explains_a_pair(workspace, tmp_path):
+    from dpo_engine import runs
+    from dpo_engine.data.pairs import bundled_datasets, load_pairs
+    from dpo_engine.selection.store import list_selections
+    from dpo_engine.training.data_map import DATA_MAP_FILE
+    from tests.test_dashboard_pages import app
+
+    demo = load_pairs(bundled_datasets()["ultrafeedback"]).pairs.iloc[:30]
+    subset = tmp_path / "pairs.jsonl"
+    subset.write_text('{"prompt": "p", "chosen": "a", "rejected": "b"}\n')
+    run_id = runs.create_run({"model": "tiny-random", "subset": str(subset), "max_steps": 2})
+    rng = np.random.default_rng(0)
+    records = pd.concat([step_records(step, demo.pair_id, rng.normal(step, 3.0, len(demo)), 0.1) for step in (1, 2, 3)])
+    (runs.get_run(run_id).run_dir / DATA_MAP_FILE).write_text(records.to_json(orient="records", lines=True))
+    expected = summarize(records)
+
+    at = app("views/data_map.py")
+    assert at.get("plotly_chart"), "the data map scatter is drawn"
+    caption = " ".join(item.value for item in at.caption)
+    assert "30 pairs over 3 recorded steps" in caption
+    at.segmented_control(key="data_map_region").set_value("hard").run()
+    assert not at.exception, [error.message for error in at.exception]
+    hard = expected.pair_id[expected.region == "hard"].tolist()
+    assert next(item.value for item in at.metric if item.label == "Picked pairs") == f"{len(hard):,}"
+    next(button for button in at.button if button.label == "Save selection").click().run()
+    saved = list_selections()
+    assert len(saved) == 1 and sorted(saved[0].pair_ids) == sorted(hard)
+    texts = " ".join(item.value for item in at.markdown)
+    assert "Why this pair" in texts and "Data map: **hard**" in texts
+    ranks = at.dataframe[0].value
+    assert "top-k external margin" in set(ranks.selector)
