@@ -22,6 +22,7 @@ pages = [
     st.Page("views/data.py", title="Data", icon=":material/table_view:"),
     st.Page("views/margins.py", title="Margins & Select", icon=":material/scatter_plot:"),
     st.Page("views/runs.py", title="Runs", icon=":material/model_training:"),
+    st.Page("views/data_map.py", title="Data map", icon=":material/bubble_chart:"),
     st.Page("views/results.py", title="Results", icon=":material/leaderboard:"),
     st.Page("views/rounds.py", title="Rounds", icon=":material/autorenew:"),
 ]

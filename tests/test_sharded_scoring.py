@@ -135,7 +135,8 @@ def test_two_process_scoring_gives_the_one_process_table(pairs_file, tmp_path, m
     """--num-processes 2 trains the warm-up once, shards both passes over two workers, and merges: same table."""
     use_cache(monkeypatch, tmp_path / "cache2")
     sharded_out, progress = tmp_path / "sharded.parquet", tmp_path / "progress.json"
-    warmup = ["--model", str(tiny_model_dir), "--seed-size", "6", "--warmup-epochs", "1", "--warmup-lr", "0.05",
+    warmup = ["--implicit", "warmup", "--model", str(tiny_model_dir), "--seed-size", "6", "--warmup-epochs", "1",
+              "--warmup-lr", "0.05",
               "--warmup-dir", str(tmp_path / "warmup")]
     assert main(score_args(pairs_file, sharded_out, *warmup, "--num-processes", "2",
                            "--progress-file", str(progress))) == 0

@@ -11,7 +11,8 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from dashboard.components import escape_markdown, pair_browser, pair_viewer
+from dashboard.components import escape_markdown, pair_browser
+from dashboard.pair_view import why_this_pair
 from dashboard import figures
 from dashboard.figures import hover_texts, margin_density, margin_scatter, selection_marginals
 from dashboard.state import (
@@ -27,7 +28,6 @@ from dpo_engine import jobs, progress
 from dpo_engine.errors import UserError
 from dpo_engine.launch_guard import claim_launch
 from dpo_engine.margins.config import ScoreConfig
-from dpo_engine.margins.ranks import pair_ranks
 from dpo_engine.paths import NAME_RULE, check_name
 from dpo_engine.selection.hypotheses import DEFAULT_COLUMNS, SELECTIVE_DPO_TAU
 from dpo_engine.selection.naming import default_selection_name
@@ -460,7 +460,7 @@ def select_section(table: pd.DataFrame, pairs: pd.DataFrame, dataset_fp: str, ca
         if points:  # a click on a point opens that pair
             opened = table[table.pair_id.astype(str) == str(points[0]["customdata"])]
             if not opened.empty:
-                pair_viewer(opened.iloc[0], pair_ranks(table, opened.iloc[0]["pair_id"]))
+                why_this_pair(opened.iloc[0]["pair_id"], pairs, table, meta=meta)
         else:
             st.caption("Click a point to open its pair.")
 

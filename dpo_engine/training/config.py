@@ -49,6 +49,7 @@ NUMERIC_BOUNDS: dict[str, tuple[float, float]] = {
     "logging_steps": (1, 100_000_000),
     "save_steps": (1, 100_000_000),
     "save_total_limit": (1, 10_000),
+    "data_map_every": (0, 100_000_000),
 }
 
 
@@ -147,6 +148,10 @@ class TrainConfig:
     logging_steps: int = field(default=1, metadata=_help("Write a metrics.jsonl record every this many steps."))
     save_steps: int = field(default=50, metadata=_help("Checkpoint every this many steps (and at the end)."))
     save_total_limit: int = field(default=2, metadata=_help("Checkpoints kept on disk (the newest ones)."))
+    data_map_every: int = field(default=0, metadata=_help(
+        "Every this many steps (and at the last), score every subset pair's implicit margin under the current "
+        "policy into data_map.jsonl, for the Data map page (confidence, variability, correctness). Each record is "
+        "one inference pass over the whole subset; 0 = off."))
     report_to: list = field(default_factory=list, metadata=_help(
         "Trackers to report to besides metrics.jsonl: tensorboard (event files in the run's tensorboard/), wandb "
         "(offline), trackio; none by default."))

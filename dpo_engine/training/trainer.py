@@ -49,6 +49,7 @@ from dpo_engine.training.callbacks import (
 )
 from dpo_engine.training.checkpointing import attention_for_training, enable_checkpointing
 from dpo_engine.training.config import TrainConfig, load_subset
+from dpo_engine.training.data_map import data_map_callbacks
 from dpo_engine.training.memory import MemoryEstimate, ModelShape, check_fits, device_memory, estimate_for_config
 from dpo_engine.training.pair_rewards import pair_rewards_table, reference_table
 from dpo_engine.training.pair_inputs import prepare_pair_inputs
@@ -124,7 +125,8 @@ def train(
         train_dataset=pair_dataset(encoded, reference if needs_reference else None, order,
                                    {"pair_weight": pair_inputs.weight, "use_sft": pair_inputs.use_sft}),
         processing_class=tokenizer,
-        callbacks=[metrics, control] + ([LossStateSaver(loss_fn)] if is_stateful(loss_fn) else []) + tracker_callbacks,
+        callbacks=[metrics, control] + ([LossStateSaver(loss_fn)] if is_stateful(loss_fn) else []) + tracker_callbacks
+        + data_map_callbacks(config, run_dir, ref_model, reference, tokenizer, pairs, encoded, device),
         loss_fn=loss_fn,
         needs_reference=needs_reference,
         ref_model=ref_model,
