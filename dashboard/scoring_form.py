@@ -1,0 +1,96 @@
+"""The Margins page's scoring form: settings for `dpo-engine score`, the job's live progress, its last failure."""
+
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import streamlit as st
+
+from dashboard.components import escape_markdown
+from dashboard.state import computed_margins_path, pairs_file
+from dpo_engine import jobs, progress
+from dpo_engine.errors import UserError
+from dpo_engine.launch_guard import claim_launch
+from dpo_engine.margins.config import ScoreConfig
+
+
+def score_job_for(out_path: Path) -> dict | None:
+    """The newest `dpo-engine score` job writing ``out_path``, as `jobs.status` describes it."""
+    return jobs.find("score", out=out_path)
+
+
+def compute_form(source, loaded, dataset_fp: str, has_scores: bool) -> None:
+    """Settings for `dpo-engine score`, and the button that starts it."""
+    with st.form("score", enter_to_submit=False):
+        left, right = st.columns(2)
+        external = left.selectbox(
+            "External margin",
+            ["dataset", "builtin", "none"] if has_scores else ["builtin", "none"],
+            format_func={
+                "dataset": "the data's scores (score_chosen − score_rejected)",
+                "builtin": "built-in stand-in reward head (MiniLM embeddings, cross-fitted)",
+                "none": "none",
+            }.get,
+        )
+        implicit = right.selectbox(
+            "Implicit margin",
+            ["warmup", "none"],
+            format_func={"warmup": "train a warm-up proxy on a random seed subset (DM step 1)", "none": "none"}.get,
+        )
+        model = left.text_input("Base model", value="smollm2-135m-instruct", help="name, local directory or Hub id")
+        seed_size = right.number_input("Warm-up seed subset (pairs, 0 = min(2000, 10 %))", min_value=0, value=0, step=50)
+        dtype = left.selectbox(
+            "Precision", ["auto", "fp32", "bf16"],
+            help="auto: bf16 on a CUDA GPU, fp32 elsewhere (the resolved choice is written to the margins sidecar); "
+            "bf16 is about twice as fast on CPUs with native bf16 (AVX-512 BF16), far slower on CPUs without it",
+        )
+        device = right.selectbox("Device", ["auto", "cuda", "cpu", "mps"])
+        max_length = left.number_input("Max tokens (prompt + response)", min_value=64, value=512, step=64)
+        batch_size = right.number_input("Pairs per scoring batch (0 = as many as the token budget holds)",
+                                        min_value=0, value=0)
+        if st.form_submit_button("Compute margins", type="primary"):
+            config = ScoreConfig(
+                pairs=pairs_file(source, loaded, dataset_fp), out=str(computed_margins_path(dataset_fp)),
+                external=external, implicit=implicit, model=model, dtype=dtype, device=device,
+                max_length=int(max_length), batch_size=int(batch_size) or None, seed_size=int(seed_size) or None,
+            )
+            try:
+                config.validate()
+            except UserError as error:
+                st.error(str(error))
+                return
+            if not claim_launch("score", asdict(config)):
+                st.warning("These margins were started seconds ago; not starting them twice.")
+                return
+            jobs.start("score", config)
+            st.rerun()
+        st.caption("Starts one background job: external and implicit margins for every pair of this dataset, "
+                   "with the settings above; its progress (pairs done, seconds per pair, ETA) shows here.")
+
+
+@st.fragment(run_every=2)
+def job_progress(out_path: Path) -> None:
+    """Live progress of a running score job; reruns the whole page when it ends."""
+    info = score_job_for(out_path)
+    if info["state"] != "running":
+        st.rerun(scope="app")
+    estimate = progress.from_job_record(info["progress"], time.time())
+    st.progress(estimate.fraction, text=f"Computing margins: {progress.describe(estimate, 'pair')}")
+    if st.button("Stop", key="stop_score"):
+        jobs.stop(info["dir"])
+    with st.expander("Job log"):
+        st.code(jobs.tail(info["dir"]) or "(no output yet)", language=None)
+
+
+def score_job_panel(source, loaded, dataset_fp: str, has_scores: bool) -> None:
+    """The running job's progress, the last job's failure, or the form that starts a new job."""
+    out_path = computed_margins_path(dataset_fp)
+    info = score_job_for(out_path)
+    if info is not None and info["state"] == "running":
+        job_progress(out_path)
+        return
+    if info is not None and info["state"] in ("failed", "stopped"):
+        st.error(f"The last margin job {info['state']}: {escape_markdown(info['message'], keep_lines=True)}")
+        with st.expander("Job log"):
+            st.code(jobs.tail(info["dir"]) or "(no output)", language=None)
+    compute_form(source, loaded, dataset_fp, has_scores)
