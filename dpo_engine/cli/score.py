@@ -50,8 +50,9 @@ def score(config: ScoreConfig) -> tuple[Path, int]:
     from dpo_engine.training.warmup import warmup_seed_ids
 
     reporter = _Progress(config.progress_file)
-    pairs = load_pairs(config.pairs).pairs
-    meta = {"pairs": str(config.pairs), "dataset_fingerprint": fingerprint(pairs)}
+    loaded = load_pairs(config.pairs, drop_invalid=config.drop_invalid)
+    pairs = loaded.pairs
+    meta = {"pairs": str(config.pairs), "dataset_fingerprint": fingerprint(pairs), **loaded.report.dropped_provenance()}
     external, meta["external"] = _external(config, pairs, reporter)
     implicit, meta["implicit"] = _implicit(config, pairs, reporter)
     in_sample = warmup_seed_ids(pairs, config.seed_size, config.seed) if meta["implicit"] and \

@@ -73,6 +73,15 @@ class ValidationReport:
         """True for a failed load whose problems are all in rows, with usable rows left: dropping them would load."""
         return bool(self.errors) and bool(self.invalid_rows) and self.n_pairs > 0
 
+    def dropped_provenance(self) -> dict:
+        """What a selection or margins table made from these pairs records about the rows left out ({} if none):
+        ``dropped_rows`` (data rows, 0-based), ``dropped_count``, ``dropped_reason``."""
+        if not self.dropped:
+            return {}
+        counts = ", ".join(f"{count} {code.replace('_', ' ')}" for code, count in self.error_counts.items())
+        return {"dropped_rows": list(self.invalid_rows), "dropped_count": len(self.invalid_rows),
+                "dropped_reason": f"rows that cannot be used were left out when loading ({counts})"}
+
     def warning_counts(self) -> dict[str, int]:
         """Number of warnings per code, in ``WARNING_CODES`` order, codes that occur only."""
         counts = Counter(issue.code for issue in self.warnings)
