@@ -133,6 +133,8 @@ def provenance(meta: dict, path: Path) -> str:
             )
         else:
             lines.append(f"**{name.capitalize()} margin**: not computed.")
+    if meta.get("dropped_count"):
+        lines.append(f"**Rows left out**: {meta['dropped_count']:,} ({meta.get('dropped_reason', '')}).")
     return "\n\n".join(lines)
 
 
@@ -176,6 +178,7 @@ def range_slider(label: str, values: pd.Series, key: str) -> tuple[float, float,
     """A range slider over a margin; returns (low, high, narrowed)."""
     finite = values[np.isfinite(values)]
     low, high = float(np.floor(finite.min() * 10) / 10), float(np.ceil(finite.max() * 10) / 10)
+    high = max(high, low + 0.1)  # one value throughout (e.g. equal scores): a slider needs two distinct ends
     step = max(round((high - low) / 200, 3), 0.001)
     chosen = st.slider(label, min_value=low, max_value=high, value=(low, high), step=step, key=key)
     return chosen[0], chosen[1], chosen != (low, high)
@@ -372,7 +375,9 @@ def select_section(table: pd.DataFrame, pairs: pd.DataFrame, dataset_fp: str, ca
 def save_and_export(rule: str, params: dict, ids: list[str], dataset_fp: str, pairs: pd.DataFrame) -> None:
     """Name, save and download the selection, right below its count. The default name follows the rule and
     its parameters, and is renewed when they change (a name the user typed stays until then)."""
-    selection = Selection(name="", rule=rule, params=params, dataset_fingerprint=dataset_fp, pair_ids=ids)
+    loaded, _ = load(current_source())  # cached: how these pairs were loaded goes with the selection
+    selection = Selection(name="", rule=rule, params=params, dataset_fingerprint=dataset_fp, pair_ids=ids,
+                          provenance=loaded.report.dropped_provenance())
     default = default_selection_name(rule, params, len(ids))
     if st.session_state.get("selection_name_default") != default:
         st.session_state["selection_name_default"] = st.session_state["selection_name"] = default
@@ -387,8 +392,10 @@ def save_and_export(rule: str, params: dict, ids: list[str], dataset_fp: str, pa
         except UserError as error:
             st.error(str(error))
         else:
+            dropped = selection.provenance.get("dropped_count")
             st.success(f"Saved {len(ids):,} pairs as **{escape_markdown(name)}** (`{path.name}`). "
-                       "Train on it from the Runs page.")
+                       + (f"It records the {dropped:,} invalid source rows left out when loading. " if dropped else "")
+                       + "Train on it from the Runs page.")
     selection.name = name or "selection"
     jsonl.download_button("Download .jsonl", export_bytes(selection, pairs, ".jsonl"), file_name=f"{selection.name}.jsonl",
                           mime="application/jsonl", icon=":material/download:")
@@ -396,7 +403,18 @@ def save_and_export(rule: str, params: dict, ids: list[str], dataset_fp: str, pa
                             mime="application/octet-stream", icon=":material/download:")
     saved = list_selections()
     if saved:
-        st.caption("Saved selections: " + ", ".join(f"**{escape_markdown(item.name)}** ({len(item.pair_ids):,})" for item in saved[:12]))
+        st.caption("Saved selections: " + ", ".join(f"**{escape_markdown(item.name)}** ({len(item.pair_ids):,}"
+                                                    + dropped_note(item) + ")" for item in saved[:12]))
+
+
+def dropped_note(selection: Selection) -> str:
+    """The selection's provenance in a few words: the invalid source rows left out when its pairs were loaded."""
+    dropped = selection.provenance.get("dropped_count")
+    if not dropped:
+        return ""
+    rows = ", ".join(map(str, selection.provenance.get("dropped_rows", [])[:5]))
+    more = ", …" if dropped > 5 else ""
+    return f"; {dropped:,} invalid rows left out: {rows}{more}"
 
 # ---- page ----------------------------------------------------------------------------------------------------------
 

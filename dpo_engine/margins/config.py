@@ -28,8 +28,6 @@ class ScoreConfig:
 
     pairs: str = field(metadata=_help("preference data file or directory (anything `dpo-engine validate` accepts)"))
     out: str = field(metadata=_help("margins table to write (.parquet or .csv)"))
-    drop_invalid: bool = field(default=False, metadata=_help(
-        "leave out the rows that cannot be used (recorded in the table's .meta.json) instead of failing"))
     external: Literal["auto", "dataset", "builtin", "reward-model", "none"] = field(default="auto", metadata=_help(
         "external margin source; auto = the data's scores if it has them, else the built-in stand-in head"))
     reward_model: str | None = field(default=None, metadata=_help(
@@ -58,6 +56,8 @@ class ScoreConfig:
     max_prompt_length: int = field(default=MAX_PROMPT_LENGTH, metadata=_help("max prompt tokens (keeps the end)"))
     progress_file: str | None = field(default=None, metadata=_help(
         "JSON file updated with {stage, done, total} (for the dashboard)"))
+    drop_invalid: bool = field(default=False, metadata=_help(
+        "leave out the rows that cannot be used (recorded in the table's .meta.json) instead of failing"))
 
     def validate(self) -> None:
         """Check every field before launch (no torch, no model load); raise ``ConfigError`` naming the first bad one."""
