@@ -129,12 +129,12 @@ def unusable_rows(report: ValidationReport) -> None:
                     f"{report.n_pairs:,} rows are fine")
     more = total - len(lines)
     st.error(heading + ":\n\n" + "\n".join(lines) + (f"\n\n… and {more:,} more, listed below." if more > 0 else ""))
-    if len(report.errors) > 1:
+    if len(report.errors) > PROBLEMS_IN_BOX:
         if total > len(report.errors):
             st.caption(f"The first {len(report.errors):,} of {total:,} problems:")
         st.dataframe(issue_table(report.errors), hide_index=True, key="unusable_rows")
     if report.warnings:
-        st.caption(f"The usable rows also have {len(report.warnings):,} warnings "
+        st.caption(f"The usable rows also have {len(report.warnings):,} warning(s) "
                    f"({kinds(report.warning_counts())}); they are listed once the data loads.")
 
 
@@ -148,6 +148,7 @@ def issue_table(issues) -> pd.DataFrame:
     frame = pd.DataFrame([issue.to_dict() for issue in issues], columns=["row", "column", "code", "message"])
     frame["code"] = frame["code"].str.replace("_", " ")
     frame["row"] = frame["row"].astype("Int64")
+    frame["column"] = frame["column"].fillna("")
     return frame.rename(columns={"code": "kind", "message": "problem"})
 
 

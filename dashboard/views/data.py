@@ -140,8 +140,9 @@ with st.expander("Map columns", expanded=bool(report.errors)):
         loaded, report = load(candidate)
 
 st.subheader("Validation")
+drop_choice = st.container()  # drawn above the report, decided before it: the report shows the chosen load
 if report.droppable or candidate.drop_invalid:  # the engine leaves the rows out; here the user only chooses it
-    drop = st.checkbox(
+    drop = drop_choice.checkbox(
         f"Drop the {len(report.invalid_rows):,} invalid rows and continue", value=candidate.drop_invalid,
         key=f"drop-invalid-{candidate.source}",
         help="Load only the rows that can be used. The rows left out, and why, are recorded with every selection "

@@ -228,7 +228,8 @@ def source_columns(
 ) -> list[str]:
     """The column names of ``source`` (its first ``DETECTION_ROWS`` rows), in order: what a mapping can name."""
     label = str(source)
-    return _Rows(iter_records(source, fmt=fmt, split=split, label=label, encoding=encoding, delimiter=delimiter)).found
+    return _Rows(iter_records(source, fmt=fmt, split=split, label=label, encoding=encoding, delimiter=delimiter,
+                              invalid_rows=True)).found  # a broken row does not hide the columns of the others
 
 
 # --------------------------------------------------------------------------------------------------
