@@ -94,14 +94,20 @@ def pair_viewer(pair: pd.Series, ranks: pd.DataFrame | None = None) -> None:
                 st.text(pair[name] or "(empty response)")
 
 
+PROBLEMS_IN_BOX = 10  # unusable-row problems spelled out in the error box; the table below lists them all
+
+
 def validation_report(report: ValidationReport) -> bool:
-    """Show a validation report; True when the data is usable (no errors)."""
+    """Show a validation report: every problem found (unusable rows counted per kind and listed, rows left out,
+    warnings); True when the data is usable (no errors)."""
     if report.errors:
-        st.error(
-            "This data cannot be used:\n\n"
-            + "\n".join(f"- {escape_markdown(issue.message)}" + _where(issue) for issue in report.errors)
-        )
+        unusable_rows(report)
         return False
+    if report.dropped:
+        st.info(f"{report.n_pairs:,} pairs loaded; {len(report.invalid_rows):,} rows that cannot be used were left "
+                f"out ({kinds(report.error_counts)}), as you chose. Selections saved from these pairs record them.")
+        with st.expander(f"Rows left out ({len(report.invalid_rows):,})"):
+            st.dataframe(issue_table(report.dropped_issues), hide_index=True)
     counts = report.warning_counts()
     if not counts:
         st.success(f"{report.n_pairs:,} pairs, no problems found.")
@@ -109,11 +115,41 @@ def validation_report(report: ValidationReport) -> bool:
     summary = ", ".join(f"{count} {code.replace('_', ' ')}" for code, count in counts.items())
     st.warning(f"{report.n_pairs:,} pairs loaded; {len(report.warnings)} warnings ({summary}). Rows are kept; review them below.")
     with st.expander(f"Warnings by row ({len(report.warnings)})"):
-        st.dataframe(
-            pd.DataFrame([issue.to_dict() for issue in report.warnings])[["row", "column", "code", "message"]],
-            hide_index=True,
-        )
+        st.dataframe(issue_table(report.warnings), hide_index=True)
     return True
+
+
+def unusable_rows(report: ValidationReport) -> None:
+    """The error box of a failed load: how many problems of each kind, the first ones, and a table of all listed."""
+    total = sum(report.error_counts.values()) or len(report.errors)
+    lines = [f"- {escape_markdown(issue.message)}" + _where(issue) for issue in report.errors[:PROBLEMS_IN_BOX]]
+    heading = "This data cannot be used"
+    if report.invalid_rows:
+        heading += (f": {len(report.invalid_rows):,} rows cannot be used ({kinds(report.error_counts)}); "
+                    f"{report.n_pairs:,} rows are fine")
+    more = total - len(lines)
+    st.error(heading + ":\n\n" + "\n".join(lines) + (f"\n\n… and {more:,} more, listed below." if more > 0 else ""))
+    if len(report.errors) > PROBLEMS_IN_BOX:
+        if total > len(report.errors):
+            st.caption(f"The first {len(report.errors):,} of {total:,} problems:")
+        st.dataframe(issue_table(report.errors), hide_index=True, key="unusable_rows")
+    if report.warnings:
+        st.caption(f"The usable rows also have {len(report.warnings):,} warning(s) "
+                   f"({kinds(report.warning_counts())}); they are listed once the data loads.")
+
+
+def kinds(counts: dict[str, int]) -> str:
+    """``{"wrong_type": 2}`` -> ``"2 wrong type"``: counts per kind in words."""
+    return ", ".join(f"{count:,} {code.replace('_', ' ')}" for code, count in counts.items())
+
+
+def issue_table(issues) -> pd.DataFrame:
+    """Issues as a table in the user's terms: row, column, kind, problem."""
+    frame = pd.DataFrame([issue.to_dict() for issue in issues], columns=["row", "column", "code", "message"])
+    frame["code"] = frame["code"].str.replace("_", " ")
+    frame["row"] = frame["row"].astype("Int64")
+    frame["column"] = frame["column"].fillna("")
+    return frame.rename(columns={"code": "kind", "message": "problem"})
 
 
 def _where(issue) -> str:

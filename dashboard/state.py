@@ -30,6 +30,7 @@ class DataSource:
     label: str
     columns: tuple[tuple[str, str], ...] = ()
     bundled: str | None = None  # the bundled dataset's name, when it is one
+    drop_invalid: bool = False  # the user chose to leave out the rows that cannot be used
 
     @property
     def column_map(self) -> dict[str, str]:
@@ -53,7 +54,7 @@ def set_source(source: DataSource) -> None:
         st.query_params.pop(key, None)
     if source.bundled is not None:
         st.query_params[DATASET_PARAM] = source.bundled
-    elif Path(source.source).parent == workspace_subdir("uploads") and not source.columns:
+    elif Path(source.source).parent == workspace_subdir("uploads") and not source.columns and not source.drop_invalid:
         st.query_params[UPLOAD_PARAM] = Path(source.source).name
 
 
@@ -79,13 +80,15 @@ def _mtime(path: str) -> float:
 
 
 @st.cache_resource(show_spinner="Loading pairs…", max_entries=8)
-def _load(source: str, columns: tuple[tuple[str, str], ...], mtime: float) -> tuple[LoadedPairs | None, ValidationReport]:
-    """Load once per (source, mapping, file version); a failed load becomes a report with one error.
+def _load(source: str, columns: tuple[tuple[str, str], ...], mtime: float,
+          drop_invalid: bool = False) -> tuple[LoadedPairs | None, ValidationReport]:
+    """Load once per (source, mapping, file version, drop choice); a failed load becomes its report (every
+    unusable row listed, `ValidationReport.from_error`).
 
     ``cache_resource``: the pairs are shared read-only across reruns and sessions, not copied on every call.
     """
     try:
-        loaded = load_pairs(source, columns=dict(columns) or None)
+        loaded = load_pairs(source, columns=dict(columns) or None, drop_invalid=drop_invalid)
     except DataError as error:
         return None, ValidationReport.from_error(error)
     return loaded, loaded.report
@@ -97,25 +100,26 @@ def load(source: DataSource) -> tuple[LoadedPairs | None, ValidationReport]:
     A successful load also fingerprints the pairs (cached like the load), so the pages that key margins and
     selections by it do not pay for it (about a second at 60,000 pairs) when they open.
     """
-    loaded, report = _load(source.source, source.columns, _mtime(source.source))
+    loaded, report = _load(source.source, source.columns, _mtime(source.source), source.drop_invalid)
     if loaded is not None:
         dataset_fingerprint(source)
     return loaded, report
 
 
 @st.cache_resource(show_spinner="Fingerprinting pairs…", max_entries=8)
-def _fingerprint(source: str, columns: tuple[tuple[str, str], ...], mtime: float) -> str:
-    loaded, _ = _load(source, columns, mtime)
+def _fingerprint(source: str, columns: tuple[tuple[str, str], ...], mtime: float, drop_invalid: bool = False) -> str:
+    loaded, _ = _load(source, columns, mtime, drop_invalid)
     return fingerprint(loaded.pairs)
 
 
 def dataset_fingerprint(source: DataSource) -> str:
-    return _fingerprint(source.source, source.columns, _mtime(source.source))
+    return _fingerprint(source.source, source.columns, _mtime(source.source), source.drop_invalid)
 
 
 def pairs_file(source: DataSource, loaded: LoadedPairs, dataset_fp: str) -> str:
-    """A file the engine's commands can read these pairs from: the source, or a normalised copy if columns were mapped."""
-    if not source.columns:
+    """A file the engine's commands can read these pairs from: the source, or a normalised copy if columns were
+    mapped or invalid rows dropped."""
+    if not source.columns and not source.drop_invalid:
         return source.source
     path = workspace_subdir("datasets") / f"{dataset_fp}.jsonl"
     if not path.exists():

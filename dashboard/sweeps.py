@@ -14,6 +14,7 @@ import streamlit as st
 from dashboard.components import confirmed
 
 from dashboard.launching import ALL_PAIRS, config_fields, start_launch_job, subset_file
+from dashboard.sweep_figures import sweep_parcoords
 from dpo_engine.errors import UserError
 from dpo_engine.losses.catalog import LOSS_DEFAULTS, LOSS_NAMES
 from dpo_engine.runs.annotations import SWEEP_TAG_PREFIX
@@ -95,7 +96,15 @@ def sweep_groups(all_runs: list, frame: pd.DataFrame) -> None:
         with st.expander(f"Sweep {sweep_id} · {len(rows)} runs · {completed} completed", icon=":material/grid_on:"):
             differences = config_differences(members).T
             table = rows.set_index("run")[["state", "subset", *FINAL_METRICS]].rename(columns=FINAL_METRICS)
-            st.dataframe(table.join(differences.drop(columns=["name"], errors="ignore")), key=f"sweep-{sweep_id}")
+            table = table.join(differences.drop(columns=["name"], errors="ignore"))
+            settings = [column for column in ("subset", *differences.columns) if column in table.columns
+                        and column not in ("name", "state") and table[column].nunique(dropna=False) > 1]
+            if len(table) > 1:
+                st.plotly_chart(sweep_parcoords(table, settings, list(FINAL_METRICS.values())),
+                                key=f"sweep-parcoords-{sweep_id}")
+                st.caption("One line per run: the settings that differ, then its final metrics; drag along an axis "
+                           "to pick out the runs in a range. Colour: the final loss.")
+            st.dataframe(table, key=f"sweep-{sweep_id}")
 
 
 def config_differences(compared: list) -> pd.DataFrame:

@@ -215,7 +215,7 @@ def test_without_margins_the_page_says_how_to_compute_them(workspace, tmp_path):
     at.run()
     assert not at.get("plotly_chart")
     assert any("dpo-engine score" in item.value for item in at.info)
-    assert "Compute margins" in [button.label for button in at.get("form_submit_button")]
+    assert "Review margins job" in [button.label for button in at.get("form_submit_button")]
 
 
 def test_a_failed_margin_job_is_reported_with_its_error(workspace):
@@ -232,7 +232,7 @@ def test_a_failed_margin_job_is_reported_with_its_error(workspace):
     at.switch_page("views/margins.py")
     at.run()
     assert any("The last margin job failed" in item.value and "pairs.jsonl" in item.value for item in at.error)
-    assert "Compute margins" in [button.label for button in at.get("form_submit_button")]
+    assert "Review margins job" in [button.label for button in at.get("form_submit_button")]
 
 
 # ---- Data ------------------------------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """Data: choose the preference pairs, map their columns, check them, read them."""
 
 import hashlib
+from dataclasses import replace
 from pathlib import Path
 
 import streamlit as st
@@ -135,10 +136,21 @@ with st.expander("Map columns", expanded=bool(report.errors)):
             changed |= set(PAIRWISE_FIELDS) & set(submitted)
         explicit = tuple((field, name) for field, name in submitted.items() if field in changed)
         candidate = DataSource(source=candidate.source, label=candidate.label, columns=explicit,
-                               bundled=candidate.bundled if not explicit else None)
+                               bundled=candidate.bundled if not explicit else None, drop_invalid=candidate.drop_invalid)
         loaded, report = load(candidate)
 
 st.subheader("Validation")
+drop_choice = st.container()  # drawn above the report, decided before it: the report shows the chosen load
+if report.droppable or candidate.drop_invalid:  # the engine leaves the rows out; here the user only chooses it
+    drop = drop_choice.checkbox(
+        f"Drop the {len(report.invalid_rows):,} invalid rows and continue", value=candidate.drop_invalid,
+        key=f"drop-invalid-{candidate.source}",
+        help="Load only the rows that can be used. The rows left out, and why, are recorded with every selection "
+        "saved from these pairs.",
+    )
+    if drop != candidate.drop_invalid:
+        candidate = replace(candidate, drop_invalid=drop)
+        loaded, report = load(candidate)
 if not validation_report(report):
     st.stop()
 

@@ -1,10 +1,6 @@
 """Margins & Select: external vs implicit margin per pair, and the subset to train on."""
 
-import os
-import shutil
 import tempfile
-from dataclasses import asdict
-import time
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +11,7 @@ from dashboard.components import escape_markdown, pair_browser
 from dashboard.pair_view import why_this_pair
 from dashboard import figures
 from dashboard.figures import hover_texts, margin_density, margin_scatter, selection_marginals
+from dashboard.scoring_form import score_job_panel
 from dashboard.state import (
     computed_margins_path,
     current_source,
@@ -22,12 +19,8 @@ from dashboard.state import (
     load,
     load_margins,
     margins_path,
-    pairs_file,
 )
-from dpo_engine import jobs, progress
 from dpo_engine.errors import UserError
-from dpo_engine.launch_guard import claim_launch
-from dpo_engine.margins.config import ScoreConfig
 from dpo_engine.paths import NAME_RULE, check_name
 from dpo_engine.selection.hypotheses import DEFAULT_COLUMNS, SELECTIVE_DPO_TAU
 from dpo_engine.selection.naming import default_selection_name
@@ -94,117 +87,6 @@ SUMMARY_LABELS = {
 }
 
 
-# ---- computing margins as a background job ---------------------------------------------------------------------
-
-
-def score_job_for(out_path: Path) -> dict | None:
-    """The newest `dpo-engine score` job writing ``out_path``, as `jobs.status` describes it."""
-    return jobs.find("score", out=out_path)
-
-
-@st.cache_resource
-def gpu_count() -> int:
-    """GPUs this machine shows, asked once per server (no torch import on a machine without an NVIDIA driver)."""
-    if shutil.which("nvidia-smi") is None:
-        return 0
-    import torch
-
-    return torch.cuda.device_count()
-
-
-def processes_input(column) -> int:
-    """How many processes share the log-prob passes: offered beside the settings with several GPUs (one process
-    each), as an advanced option on a CPU machine."""
-    gpus = gpu_count()
-    if gpus > 1:
-        return column.number_input(f"Processes (one per GPU, {gpus} GPUs)", min_value=1, max_value=gpus, value=gpus,
-                                   help="the policy and reference log-prob passes are split across them")
-    with column.expander("Advanced"):
-        return st.number_input("CPU processes", min_value=1, max_value=os.cpu_count() or 1, value=1,
-                               help="the log-prob passes are split across this many processes; each uses its "
-                               "share of the cores (OMP_NUM_THREADS)")
-
-
-def compute_form(source, loaded, dataset_fp: str, has_scores: bool) -> None:
-    """Settings for `dpo-engine score`, and the button that starts it."""
-    with st.form("score", enter_to_submit=False):
-        left, right = st.columns(2)
-        external = left.selectbox(
-            "External margin",
-            ["dataset", "builtin", "none"] if has_scores else ["builtin", "none"],
-            format_func={
-                "dataset": "the data's scores (score_chosen − score_rejected)",
-                "builtin": "built-in stand-in reward head (MiniLM embeddings, cross-fitted)",
-                "none": "none",
-            }.get,
-        )
-        implicit = right.selectbox(
-            "Implicit margin",
-            ["crossfit", "warmup", "none"],
-            format_func={"crossfit": "cross-fitted: 2 warm-up proxies on disjoint folds (no pair scored in-sample)",
-                         "warmup": "train a warm-up proxy on a random seed subset (DM step 1)", "none": "none"}.get,
-        )
-        model = left.text_input("Base model", value="smollm2-135m-instruct", help="name, local directory or Hub id")
-        seed_size = right.number_input("Warm-up seed subset (pairs, 0 = min(2000, 10 %))", min_value=0, value=0, step=50)
-        dtype = left.selectbox(
-            "Precision", ["auto", "fp32", "bf16"],
-            help="auto: bf16 on a CUDA GPU, fp32 elsewhere (the resolved choice is written to the margins sidecar); "
-            "bf16 is about twice as fast on CPUs with native bf16 (AVX-512 BF16), far slower on CPUs without it",
-        )
-        device = right.selectbox("Device", ["auto", "cuda", "cpu", "mps"])
-        max_length = left.number_input("Max tokens (prompt + response)", min_value=64, value=512, step=64)
-        batch_size = right.number_input("Pairs per scoring batch (0 = as many as the token budget holds)",
-                                        min_value=0, value=0)
-        num_processes = processes_input(left)
-        if st.form_submit_button("Compute margins", type="primary"):
-            config = ScoreConfig(
-                pairs=pairs_file(source, loaded, dataset_fp), out=str(computed_margins_path(dataset_fp)),
-                external=external, implicit=implicit, model=model, dtype=dtype, device=device,
-                max_length=int(max_length), batch_size=int(batch_size) or None, seed_size=int(seed_size) or None,
-                num_processes=int(num_processes),
-            )
-            try:
-                config.validate()
-            except UserError as error:
-                st.error(str(error))
-                return
-            if not claim_launch("score", asdict(config)):
-                st.warning("These margins were started seconds ago; not starting them twice.")
-                return
-            jobs.start("score", config)
-            st.rerun()
-        st.caption("Starts one background job: external and implicit margins for every pair of this dataset, "
-                   "with the settings above; its progress (pairs done, seconds per pair, ETA) shows here.")
-
-
-@st.fragment(run_every=2)
-def job_progress(out_path: Path) -> None:
-    """Live progress of a running score job; reruns the whole page when it ends."""
-    info = score_job_for(out_path)
-    if info["state"] != "running":
-        st.rerun(scope="app")
-    estimate = progress.from_job_record(info["progress"], time.time())
-    st.progress(estimate.fraction, text=f"Computing margins: {progress.describe(estimate, 'pair')}")
-    if st.button("Stop", key="stop_score"):
-        jobs.stop(info["dir"])
-    with st.expander("Job log"):
-        st.code(jobs.tail(info["dir"]) or "(no output yet)", language=None)
-
-
-def score_job_panel(source, loaded, dataset_fp: str, has_scores: bool) -> None:
-    """The running job's progress, the last job's failure, or the form that starts a new job."""
-    out_path = computed_margins_path(dataset_fp)
-    info = score_job_for(out_path)
-    if info is not None and info["state"] == "running":
-        job_progress(out_path)
-        return
-    if info is not None and info["state"] in ("failed", "stopped"):
-        st.error(f"The last margin job {info['state']}: {escape_markdown(info['message'], keep_lines=True)}")
-        with st.expander("Job log"):
-            st.code(jobs.tail(info["dir"]) or "(no output)", language=None)
-    compute_form(source, loaded, dataset_fp, has_scores)
-
-
 # ---- the table the page works on -----------------------------------------------------------------------------------
 
 
@@ -251,6 +133,8 @@ def provenance(meta: dict, path: Path) -> str:
             )
         else:
             lines.append(f"**{name.capitalize()} margin**: not computed.")
+    if meta.get("dropped_count"):
+        lines.append(f"**Rows left out**: {meta['dropped_count']:,} ({meta.get('dropped_reason', '')}).")
     return "\n\n".join(lines)
 
 
@@ -294,6 +178,7 @@ def range_slider(label: str, values: pd.Series, key: str) -> tuple[float, float,
     """A range slider over a margin; returns (low, high, narrowed)."""
     finite = values[np.isfinite(values)]
     low, high = float(np.floor(finite.min() * 10) / 10), float(np.ceil(finite.max() * 10) / 10)
+    high = max(high, low + 0.1)  # one value throughout (e.g. equal scores): a slider needs two distinct ends
     step = max(round((high - low) / 200, 3), 0.001)
     chosen = st.slider(label, min_value=low, max_value=high, value=(low, high), step=step, key=key)
     return chosen[0], chosen[1], chosen != (low, high)
@@ -493,7 +378,9 @@ def select_section(table: pd.DataFrame, pairs: pd.DataFrame, dataset_fp: str, ca
 def save_and_export(rule: str, params: dict, ids: list[str], dataset_fp: str, pairs: pd.DataFrame) -> None:
     """Name, save and download the selection, right below its count. The default name follows the rule and
     its parameters, and is renewed when they change (a name the user typed stays until then)."""
-    selection = Selection(name="", rule=rule, params=params, dataset_fingerprint=dataset_fp, pair_ids=ids)
+    loaded, _ = load(current_source())  # cached: how these pairs were loaded goes with the selection
+    selection = Selection(name="", rule=rule, params=params, dataset_fingerprint=dataset_fp, pair_ids=ids,
+                          provenance=loaded.report.dropped_provenance())
     default = default_selection_name(rule, params, len(ids))
     if st.session_state.get("selection_name_default") != default:
         st.session_state["selection_name_default"] = st.session_state["selection_name"] = default
@@ -508,8 +395,10 @@ def save_and_export(rule: str, params: dict, ids: list[str], dataset_fp: str, pa
         except UserError as error:
             st.error(str(error))
         else:
+            dropped = selection.provenance.get("dropped_count")
             st.success(f"Saved {len(ids):,} pairs as **{escape_markdown(name)}** (`{path.name}`). "
-                       "Train on it from the Runs page.")
+                       + (f"It records the {dropped:,} invalid source rows left out when loading. " if dropped else "")
+                       + "Train on it from the Runs page.")
     selection.name = name or "selection"
     jsonl.download_button("Download .jsonl", export_bytes(selection, pairs, ".jsonl"), file_name=f"{selection.name}.jsonl",
                           mime="application/jsonl", icon=":material/download:")
@@ -517,7 +406,18 @@ def save_and_export(rule: str, params: dict, ids: list[str], dataset_fp: str, pa
                             mime="application/octet-stream", icon=":material/download:")
     saved = list_selections()
     if saved:
-        st.caption("Saved selections: " + ", ".join(f"**{escape_markdown(item.name)}** ({len(item.pair_ids):,})" for item in saved[:12]))
+        st.caption("Saved selections: " + ", ".join(f"**{escape_markdown(item.name)}** ({len(item.pair_ids):,}"
+                                                    + dropped_note(item) + ")" for item in saved[:12]))
+
+
+def dropped_note(selection: Selection) -> str:
+    """The selection's provenance in a few words: the invalid source rows left out when its pairs were loaded."""
+    dropped = selection.provenance.get("dropped_count")
+    if not dropped:
+        return ""
+    rows = ", ".join(map(str, selection.provenance.get("dropped_rows", [])[:5]))
+    more = ", …" if dropped > 5 else ""
+    return f"; {dropped:,} invalid rows left out: {rows}{more}"
 
 # ---- page ----------------------------------------------------------------------------------------------------------
 

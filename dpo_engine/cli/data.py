@@ -1,7 +1,7 @@
 """``dpo-engine validate``: load a preference dataset and report what is wrong with it.
 
 Exit 0 when the data loads (warnings are listed, never fatal); exit 2 with ``error: <message>`` when it
-cannot be used. ``--json`` prints ``ValidationReport.to_dict()`` instead, on failure too. The file is streamed
+cannot be used, followed by every unusable row (``--drop-invalid`` leaves them out and checks the rest). ``--json`` prints ``ValidationReport.to_dict()`` instead, on failure too. The file is streamed
 (`dpo_engine.data.validate_source`), so large files are checked without being held in memory.
 """
 
@@ -9,11 +9,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 import numpy as np
 
 from dpo_engine.data.lengths import length_summary
-from dpo_engine.data.pairs import COLUMN_ALIASES, WARNING_CODES, ValidationReport, validate_source
+from dpo_engine.data.pairs import (
+    COLUMN_ALIASES,
+    ISSUE_LIST_CAP,
+    WARNING_CODES,
+    InvalidRowsError,
+    ValidationReport,
+    validate_source,
+)
 from dpo_engine.data.schema import PAIRWISE_PRESETS, SIGNED
 from dpo_engine.errors import DataError
 
@@ -66,6 +74,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--delimiter", help="CSV cell separator, one character (default: sniffed among , ; tab |)")
     parser.add_argument(
+        "--drop-invalid", action="store_true",
+        help="leave out the rows that cannot be used and check the rest (exit 0 when some are left); without it "
+        "every unusable row is listed and the exit status is 2",
+    )
+    parser.add_argument(
         "--max-chars",
         type=int,
         default=20000,
@@ -96,17 +109,21 @@ def column_mapping(args: argparse.Namespace) -> dict[str, str] | None:
 
 
 def run_validate(args: argparse.Namespace) -> int:
-    """Check ``args.path`` and print the report; a DataError goes to the CLI's handler (exit 2) unless --json."""
+    """Check ``args.path`` and print the report. Unusable rows are all listed on stderr (exit 2); another
+    DataError goes to the CLI's handler (exit 2). With --json the report goes to stdout, on failure too."""
     delimiter = "\t" if args.delimiter in ("\\t", "tab") else args.delimiter
     try:
         checked = validate_source(
             args.path, columns=column_mapping(args), split=args.split, max_chars=args.max_chars,
-            encoding=args.encoding, delimiter=delimiter,
+            encoding=args.encoding, delimiter=delimiter, drop_invalid=args.drop_invalid,
         )
     except DataError as error:
-        if not args.json:
+        if args.json:
+            print(json.dumps(ValidationReport.from_error(error).to_dict(), indent=2))
+            return 2
+        if not isinstance(error, InvalidRowsError):
             raise
-        print(json.dumps(ValidationReport.from_error(error).to_dict(), indent=2))
+        print(f"error: {error}\n" + "\n".join(problem_lines(error.report)), file=sys.stderr)
         return 2
     if args.json:
         print(json.dumps(checked.report.to_dict(), indent=2))
@@ -128,6 +145,8 @@ def summary(
         lines.append(f"lengths: chosen reply longer in {lengths.chosen_longer:.0%} of pairs, rejected in "
                      f"{lengths.rejected_longer:.0%} (median {lengths.median_chosen:,.0f} vs "
                      f"{lengths.median_rejected:,.0f} characters)")
+    if report.dropped:
+        lines += problem_lines(report)
     counts = report.warning_counts()
     if not counts:
         lines.append("no warnings")
@@ -139,3 +158,18 @@ def summary(
         if count > len(examples):
             lines.append(f"  ... and {count - len(examples)} more (use --json for all)")
     return "\n".join(lines)
+
+
+def problem_lines(report: ValidationReport) -> list[str]:
+    """The unusable rows of a report, counted per kind then listed (at most ``ISSUE_LIST_CAP``)."""
+    issues = report.dropped_issues if report.dropped else report.errors
+    verb = "left out" if report.dropped else "cannot be used"
+    counts = ", ".join(f"{count} {code}" for code, count in report.error_counts.items())
+    lines = [f"{len(report.invalid_rows)} row(s) {verb} ({counts}):"]
+    for issue in issues:
+        column = f", column '{issue.column}'" if issue.column else ""
+        lines.append(f"  row {issue.row}{column}: {issue.message}")
+    listed = sum(report.error_counts.values())
+    if listed > len(issues):
+        lines.append(f"  ... and {listed - len(issues)} more (the first {ISSUE_LIST_CAP} are listed)")
+    return lines

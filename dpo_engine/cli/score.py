@@ -57,11 +57,12 @@ def score(config: ScoreConfig) -> tuple[Path | None, int]:
 
     shard = shard_from_env()
     reporter = _Progress(config.progress_file if shard is None or shard.rank == 0 else None)
-    pairs = load_pairs(config.pairs).pairs
+    loaded = load_pairs(config.pairs, drop_invalid=config.drop_invalid)
+    pairs = loaded.pairs
     if shard is not None and os.environ.get(SHARD_WORKER_ENV) == "1":
         _implicit_share(config, pairs, reporter, shard)
         return None, 0
-    meta = {"pairs": str(config.pairs), "dataset_fingerprint": fingerprint(pairs)}
+    meta = {"pairs": str(config.pairs), "dataset_fingerprint": fingerprint(pairs), **loaded.report.dropped_provenance()}
     implicit, meta["implicit"] = _implicit(config, pairs, reporter, shard)
     if shard is not None and shard.rank != 0:
         return None, 0

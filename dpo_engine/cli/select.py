@@ -23,6 +23,7 @@ from dpo_engine.selection.store import Selection, save_selection
 
 CLI_RULES = ("top_k", "bottom_k", "random", "partition", "threshold", *HYPOTHESIS_RULES)
 _SCORE_RULES = ("top_k", "bottom_k", "partition", "smallest_gap", "medium_band", "chosen_quality", "selective_dpo")
+DROPPED_KEYS = ("dropped_rows", "dropped_count", "dropped_reason")
 _SIZED_RULES = tuple(rule for rule in CLI_RULES if rule not in ("threshold", "selective_dpo"))
 
 
@@ -68,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
         params=params,
         dataset_fingerprint=meta.get("dataset_fingerprint"),
         pair_ids=pair_ids,
+        provenance={key: meta[key] for key in DROPPED_KEYS if key in meta},  # rows `score --drop-invalid` left out
     )
     path = save_selection(selection, path=args.out, overwrite=args.overwrite)
     share = len(pair_ids) / len(table) if len(table) else 0.0

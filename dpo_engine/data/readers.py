@@ -20,10 +20,12 @@ import csv
 import json
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 from dpo_engine.data.report import located_error
+from dpo_engine.errors import DataError
 
 FORMATS = ("jsonl", "json", "csv", "parquet", "disk", "hub")
 HUB_TIMEOUT_S = 5.0
@@ -51,12 +53,35 @@ def read_records(
     return records
 
 
+@dataclass(frozen=True)
+class InvalidRecord:
+    """A data row that cannot be read (a malformed JSON line, a CSV row with too many cells): its located error,
+    yielded in its place by `iter_records` with ``invalid_rows=True``, so the rows after it are still read."""
+
+    error: DataError
+
+
 def iter_records(
     source: str | os.PathLike, *, fmt: str | None = None, split: str = "train", label: str | None = None,
-    encoding: str | None = None, delimiter: str | None = None,
-) -> Iterator[dict]:
-    """The rows of ``source`` as dicts, whatever its format, read lazily. ``split`` picks a DatasetDict's split."""
-    label = label or str(source)
+    encoding: str | None = None, delimiter: str | None = None, invalid_rows: bool = False,
+) -> Iterator[dict | InvalidRecord]:
+    """The rows of ``source`` as dicts, whatever its format, read lazily. ``split`` picks a DatasetDict's split.
+
+    A row that cannot be read raises its ``DataError``, or with ``invalid_rows`` is yielded as an `InvalidRecord`
+    (it keeps its row number) and reading goes on. Problems of the whole file always raise.
+    """
+    records = _records(source, fmt, split, label or str(source), encoding, delimiter)
+    return records if invalid_rows else _raising(records)
+
+
+def _raising(records: Iterator[dict | InvalidRecord]) -> Iterator[dict]:
+    for record in records:
+        if type(record) is InvalidRecord:
+            raise record.error
+        yield record
+
+
+def _records(source, fmt, split, label, encoding, delimiter) -> Iterator[dict | InvalidRecord]:
     fmt = fmt or detect_format(source, label)
     if fmt not in FORMATS:
         raise located_error("unknown_format", f"unknown format '{fmt}'; use one of {', '.join(FORMATS)}", file=label)
@@ -160,7 +185,9 @@ def _parse_json(text: str, label: str, row: int | None, where: str) -> object:
         return json.loads(text)
     except json.JSONDecodeError as error:
         hint = "; if it has one object per line, name it .jsonl" if row is None and error.msg == "Extra data" else ""
-        message = f"{where} is not valid JSON ({error.msg} at line {error.lineno}, character {error.colno}){hint}"
+        # A JSON Lines row is one line: the character says where in it; a whole document needs line and character.
+        at = f"character {error.pos + 1}" if row is not None else f"line {error.lineno}, character {error.colno}"
+        message = f"{where} is not valid JSON ({error.msg} at {at}){hint}"
         raise located_error("malformed_json", message, file=label, row=row) from error
     except RecursionError:
         message = f"{where} is nested too deeply to read (more than about {1000} levels of lists/objects)"
@@ -178,10 +205,13 @@ def _iter_jsonl(path: Path, label: str, encoding: str) -> Iterator[dict]:
                 except (json.JSONDecodeError, RecursionError):
                     if not line.strip():
                         continue
-                    record = _parse_json(line, label, row, f"line {line_number}")  # raises the located error
-                if not isinstance(record, dict):
+                    try:
+                        record = _parse_json(line, label, row, f"line {line_number}")  # raises the located error
+                    except DataError as error:
+                        record = InvalidRecord(error)
+                if not isinstance(record, (dict, InvalidRecord)):
                     message = f"line {line_number} is a JSON {type(record).__name__}, expected an object"
-                    raise located_error("wrong_type", message, file=label, row=row)
+                    record = InvalidRecord(located_error("wrong_type", message, file=label, row=row))
                 yield record
                 row += 1
         except UnicodeDecodeError as error:
@@ -206,7 +236,7 @@ def _iter_json(path: Path, label: str, encoding: str) -> Iterator[dict]:
     for index, record in enumerate(document):
         if not isinstance(record, dict):
             message = f"expected a JSON object, got {type(record).__name__}"
-            raise located_error("wrong_type", message, file=label, row=index)
+            record = InvalidRecord(located_error("wrong_type", message, file=label, row=index))
         yield record
 
 
@@ -266,7 +296,7 @@ def _csv_rows(reader: csv.DictReader, header: list[str], label: str, encoding: s
                 f"has {len(header) + len(record[None])} cells but the header has {len(header)}; "
                 f"the delimiter used is {delimiter!r}: give the right one with --delimiter"
             )
-            raise located_error("unreadable", message, file=label, row=row)
+            record = InvalidRecord(located_error("unreadable", message, file=label, row=row))
         yield record
         row += 1
 

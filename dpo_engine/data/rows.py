@@ -109,7 +109,7 @@ def _plain_pair(
             if issue:
                 issues.append(issue)
     longest = max(len(prompt), len(chosen), len(rejected))
-    if not chosen or not rejected or chosen == rejected or longest > max_chars:  # clean rows skip the checks
+    if not chosen or not rejected or chosen == rejected or longest > max_chars or not prompt.strip():  # clean rows skip the checks
         columns = {"prompt": (fields["prompt"], prompt), "chosen": (fields["chosen"], chosen),
                    "rejected": (fields["rejected"], rejected)}
         issues += row_issues(row, columns, label, max_chars)

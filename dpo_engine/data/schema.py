@@ -146,8 +146,9 @@ def resolve_columns(found: list[str], columns: Mapping[str, str] | None, label: 
         for name in ("chosen", "rejected"):
             if fields[name] is None:
                 message = (
-                    f"missing required column (columns found: {found_text}); map it with columns={{'{name}': ...}}, "
-                    "or for two responses and a label map response_a, response_b, label and first_preferred"
+                    f"missing required column (columns found: {found_text or 'none'}); say which column holds the "
+                    f"{name} response (--{name}-col on the command line, the column drop-downs on the Data page), "
+                    "or for two responses and a label give response_a, response_b, label and first_preferred"
                 )
                 raise located_error("missing_column", message, file=label, column=name)
     return ColumnMapping(fields=fields, pairwise=pairwise)

@@ -73,6 +73,8 @@ class ScoreConfig:
     num_processes: int = field(default=1, metadata=_help(
         "processes the log-prob passes are split across, one GPU each on CUDA (the command starts them; under "
         "`accelerate launch` its processes are used instead)"))
+    drop_invalid: bool = field(default=False, metadata=_help(
+        "leave out the rows that cannot be used (recorded in the table's .meta.json) instead of failing"))
 
     def validate(self) -> None:
         """Check every field before launch (no torch, no model load); raise ``ConfigError`` naming the first bad one."""

@@ -24,7 +24,8 @@ class Selection:
     """A named subset of a dataset and how it was chosen: ``select_pairs(table, rule, params)`` gave ``pair_ids``.
 
     ``dataset_fingerprint`` is `dpo_engine.data.fingerprint` of the pairs the margins were computed on (None when
-    unknown); ``created`` is an ISO-8601 UTC time.
+    unknown); ``created`` is an ISO-8601 UTC time. ``provenance``: how the pairs were loaded, e.g. the rows left out
+    (``dropped_rows``, ``dropped_count``, ``dropped_reason``: `ValidationReport.dropped_provenance`); {} for none.
     """
 
     name: str
@@ -33,6 +34,7 @@ class Selection:
     dataset_fingerprint: str | None
     pair_ids: list[str]
     created: str = field(default_factory=utc_now_iso)
+    provenance: dict = field(default_factory=dict)
 
 
 def _file_stem(name: str) -> str:
@@ -104,9 +106,10 @@ def load_selection(path_or_name: str | Path) -> Selection:
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise UserError(f"selection file {path} is not valid JSON: {error}") from None
     names = [f.name for f in fields(Selection)]
-    if not isinstance(data, dict) or set(names) - set(data):
-        raise UserError(f"selection file {path} does not hold a selection (needs fields {', '.join(names)})")
-    return Selection(**{name: data[name] for name in names})
+    required = names[:-1]  # files saved before provenance existed have none
+    if not isinstance(data, dict) or set(required) - set(data):
+        raise UserError(f"selection file {path} does not hold a selection (needs fields {', '.join(required)})")
+    return Selection(**{name: data[name] for name in names if name in data})
 
 
 def list_selections(directory: str | Path | None = None) -> list[Selection]:

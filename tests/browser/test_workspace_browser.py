@@ -123,6 +123,13 @@ def test_a_two_by_two_sweep_appears_as_one_group(page):
     page.get_by_text(re.compile(r"Sweep sw\d+ · 4 runs")).click()
     wait_for_app(page)
     screenshot(page, "runs-sweep")
+    # beside the table, a parallel-coordinates chart of the runs' settings and final metrics
+    chart = page.locator(".js-plotly-plot").filter(has=page.locator(".parcoords"))
+    chart.first.wait_for()
+    chart.first.scroll_into_view_if_needed()
+    labels = chart.first.evaluate("node => node._fullData[0].dimensions.map(dimension => dimension.label)")
+    assert {"learning_rate", "loss_params.beta", "final loss"} <= set(labels)
+    chart.first.screenshot(path=str(REPO_ROOT / "docs" / "screenshots" / "sweep-parcoords.png"))
 
 
 def test_identical_answers_carry_a_warning(page):
