@@ -41,7 +41,6 @@ from dpo_engine.paths import workspace_subdir
 from dpo_engine.runs.processes import (
     engine_environment,
     is_alive,
-    reap_children,
     signal_group,
     start_detached,
     start_time,
@@ -151,8 +150,7 @@ def stop(job_dir: str | Path) -> None:
 
 
 def list_jobs(kind: str | None = None) -> list[Path]:
-    """Job directories, newest first, optionally of one ``kind``. Finished children are reaped on the way."""
-    reap_children()
+    """Job directories, newest first, optionally of one ``kind``."""
     records = {path: read_json(path / "job.json", {}) for path in workspace_subdir("jobs").iterdir()
                if (path / "job.json").exists()}
     if kind is not None:

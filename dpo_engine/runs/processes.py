@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,13 +27,13 @@ ACTIVE_STATES = ("queued", "running", "unresponsive")
 # Same start time within this many seconds: the clock psutil reads from /proc has a resolution of one tick.
 START_TIME_TOLERANCE_S = 1.0
 
-# Processes started by this process, by pid: polling them reaps them, so a finished one is not a live zombie.
+# Processes started by this process and not yet ended, by pid. Each has a reaper thread waiting on it, so a
+# finished child is collected at once, not left a zombie until something polls it (a long-lived UI starts many).
 children: dict[int, subprocess.Popen] = {}
 
 
 def start_detached(command: Sequence[str], log_path: Path, env: dict | None = None) -> subprocess.Popen:
-    """Start ``command`` in a new session with stdout and stderr appended to ``log_path``; remember it for reaping."""
-    reap_children()
+    """Start ``command`` in a new session with stdout and stderr appended to ``log_path``; a daemon thread reaps it."""
     with open(log_path, "ab") as log:
         process = subprocess.Popen(
             list(command),
@@ -44,14 +45,14 @@ def start_detached(command: Sequence[str], log_path: Path, env: dict | None = No
             env=env,
         )
     children[process.pid] = process
+    threading.Thread(target=_reap, args=(process,), name=f"reap-{process.pid}", daemon=True).start()
     return process
 
 
-def reap_children() -> None:
-    """Collect every finished child started here, so none lingers as a zombie (a long-lived UI starts many)."""
-    for pid, process in list(children.items()):
-        if process.poll() is not None:
-            del children[pid]
+def _reap(process: subprocess.Popen) -> None:
+    """Wait for ``process`` to end (collecting its exit status, so no zombie stays) and forget it."""
+    process.wait()
+    children.pop(process.pid, None)
 
 
 def start_time(pid: int | None) -> float | None:

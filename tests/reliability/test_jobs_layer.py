@@ -11,6 +11,7 @@ from conftest import wait_for
 from dpo_engine import jobs, runs
 from dpo_engine.cli import build_parser
 from dpo_engine.cli.flags import config_from_args
+from dpo_engine.files import read_json
 from dpo_engine.runs import processes
 
 
@@ -40,13 +41,14 @@ def test_find_matches_options_of_config_and_argv_jobs(workspace):
     assert jobs.find("score", out="/tmp/c.parquet") is None
 
 
-def test_finished_launch_subprocesses_are_reaped(workspace):
-    started = [jobs.start("launch", runs.LaunchRequest(config=f"/no/such/{k}.yaml")) for k in range(3)]
-    pids = [jobs.status(job_dir)["pid"] for job_dir in started]
-    wait_for(lambda: all(jobs.status(job_dir)["state"] != "running" for job_dir in started), what="the jobs to end")
-    # list_jobs is what the pages call on every rerun; a job process may take a moment to exit after its record.
-    wait_for(lambda: jobs.list_jobs() is not None and not set(pids) & set(processes.children), what="reaping")
+def test_finished_launch_subprocesses_are_reaped_without_polling(workspace):
+    """Nothing here polls the jobs (no status, no list_jobs): the reaper threads alone must collect them."""
+    started = [jobs.start("launch", runs.LaunchRequest(config=f"/no/such/{k}.yaml")) for k in range(4)]
+    pids = [read_json(job_dir / "job.json")["pid"] for job_dir in started]
+    wait_for(lambda: all((job_dir / "exit.json").exists() for job_dir in started), what="the jobs to record their exit")
+    # A zombie still has its /proc entry: a pid that no longer exists was collected by its parent, this process.
+    wait_for(lambda: not any(psutil.pid_exists(pid) for pid in pids), what="the exited jobs to be reaped")
 
-    me = psutil.Process()
-    zombies = [child.pid for child in me.children() if child.status() == psutil.STATUS_ZOMBIE]
-    assert not set(pids) & set(zombies)
+    zombies = [child.pid for child in psutil.Process().children() if child.status() == psutil.STATUS_ZOMBIE]
+    assert zombies == []
+    assert not set(pids) & set(processes.children)
