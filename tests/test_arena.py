@@ -193,7 +193,7 @@ def test_a_tiny_arena_killed_mid_way_resumes_and_reports(tmp_path, tiny_model_di
     report = (directory / "report" / "report.md").read_text()
     assert "| dm-mul |" in report and "Jaccard" in report
     html = (directory / "report" / "arena.html").read_text()
-    assert "plotly" in html and "cdn.plot.ly" not in html  # plotly.js embedded: opens offline
+    assert len(html) > 1_000_000 and '<script src="http' not in html  # plotly.js embedded: opens offline
     try:
         import kaleido  # noqa: F401
     except ImportError:
