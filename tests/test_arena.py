@@ -198,3 +198,15 @@ def test_a_tiny_arena_killed_mid_way_resumes_and_reports(tmp_path, tiny_model_di
         import kaleido  # noqa: F401
     except ImportError:
         assert "kaleido is not installed" in report
+
+
+def test_the_arena_page_offers_the_form_and_names_a_bad_field():
+    from streamlit.testing.v1 import AppTest
+
+    page = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "dashboard" / "views" / "arena.py"),
+                             default_timeout=60).run()
+    assert not page.exception
+    assert any("No arena yet" in info.value for info in page.info)
+    page.button[0].click().run()  # Start with an empty name
+    assert not page.exception
+    assert any("name" in error.value for error in page.error)
