@@ -25,6 +25,7 @@ pages = [
     st.Page("views/data_map.py", title="Data map", icon=":material/bubble_chart:"),
     st.Page("views/results.py", title="Results", icon=":material/leaderboard:"),
     st.Page("views/rounds.py", title="Rounds", icon=":material/autorenew:"),
+    st.Page("views/arena.py", title="Arena", icon=":material/stadium:"),
 ]
 # The page scripts live in views/, not pages/: with a pages/ folder next to the main script, Streamlit's first
 # run after a start treats the app as an old-style (v1) multipage app and runs a deep-linked page without app.py.

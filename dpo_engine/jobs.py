@@ -64,6 +64,7 @@ JOB_COMMANDS: dict[str, JobCommand] = {
     "stop": JobCommand(("runs", "stop"), positional=("run_id",), progress_file=False),
     "eval": JobCommand(("eval",), positional=("run_ids",)),
     "score": JobCommand(("score",), positional=("pairs",)),
+    "arena": JobCommand(("arena",), positional=("config",)),
 }
 
 

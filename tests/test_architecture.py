@@ -25,6 +25,7 @@ LAYERS = (
     ("runs",),
     ("evaluation",),
     ("rounds",),
+    ("arena",),
     ("cli",),
     ("jobs", "demo"),
 )

@@ -12,7 +12,7 @@ import sys
 
 from dpo_engine.errors import UserError
 
-COMMAND_MODULES: list[str] = ["data", "select", "score", "train", "runs", "eval", "rounds"]
+COMMAND_MODULES: list[str] = ["data", "select", "score", "train", "runs", "eval", "rounds", "arena"]
 
 
 def build_parser() -> argparse.ArgumentParser:
