@@ -127,24 +127,25 @@ def rank_process(run_id: str, rank: int) -> psutil.Process | None:
 def test_a_killed_rank_fails_the_run_and_resume_continues_it(tmp_path, tiny_model_dir, monkeypatch,
                                                              rank_environment):
     monkeypatch.setenv("DPO_ENGINE_CACHE", str(tmp_path / "cache"))
-    run_id = runs.create_run(config_values(tmp_path, tiny_model_dir, 16, max_steps=40, save_steps=4,
+    monkeypatch.setenv(runs.HEARTBEAT_INTERVAL_ENV, "0.1")
+    run_id = runs.create_run(config_values(tmp_path, tiny_model_dir, 16, max_steps=24, save_steps=3,
                                            num_processes=2))
     runs.launch(run_id)
-    wait_for(lambda: (runs.get_run(run_id).status.get("step") or 0) >= 6, 90, "six steps")
+    wait_for(lambda: (runs.get_run(run_id).status.get("step") or 0) >= 4, 90, "four steps")
     rank_process(run_id, 1).send_signal(signal.SIGKILL)
 
     failed = wait_for(lambda: (info := runs.get_run(run_id)).state == "failed" and info, 60, "the failed state")
     assert "training processes ended" in failed.message, failed.message
     assert rank_process(run_id, 0) is None  # the other rank went with it
     kept = sorted(int(path.name.split("-")[1]) for path in failed.checkpoints_dir.iterdir())
-    assert kept and kept[-1] < 40
+    assert kept and kept[-1] < 24
     first_record = next(read_jsonl(failed.run_dir / "metrics.jsonl"))
 
     runs.resume(run_id)
     final = wait_for(lambda: (info := runs.get_run(run_id)).state not in runs.ACTIVE_STATES and info, 90, "the end")
-    assert final.state == "completed" and final.step == 40, final.message + runs.tail_log(run_id)
+    assert final.state == "completed" and final.step == 24, final.message + runs.tail_log(run_id)
     steps = [record["step"] for record in read_jsonl(final.run_dir / "metrics.jsonl")]
-    assert steps == list(range(1, 41))  # cut back to the checkpoint, then continued: no gap, no duplicate
+    assert steps == list(range(1, 25))  # cut back to the checkpoint, then continued: no gap, no duplicate
     assert next(read_jsonl(final.run_dir / "metrics.jsonl")) == first_record  # kept, not trained again
     assert len(runs.list_runs()) == 1
 
