@@ -131,7 +131,7 @@ def test_a_killed_rank_fails_the_run_and_resume_continues_it(tmp_path, tiny_mode
     run_id = runs.create_run(config_values(tmp_path, tiny_model_dir, 16, max_steps=24, save_steps=3,
                                            num_processes=2))
     runs.launch(run_id)
-    wait_for(lambda: (runs.get_run(run_id).status.get("step") or 0) >= 4, 90, "four steps")
+    wait_for(lambda: (runs.get_run(run_id).status.get("step") or 0) >= 4, 180, "four steps")
     rank_process(run_id, 1).send_signal(signal.SIGKILL)
 
     failed = wait_for(lambda: (info := runs.get_run(run_id)).state == "failed" and info, 60, "the failed state")
@@ -142,7 +142,7 @@ def test_a_killed_rank_fails_the_run_and_resume_continues_it(tmp_path, tiny_mode
     first_record = next(read_jsonl(failed.run_dir / "metrics.jsonl"))
 
     runs.resume(run_id)
-    final = wait_for(lambda: (info := runs.get_run(run_id)).state not in runs.ACTIVE_STATES and info, 90, "the end")
+    final = wait_for(lambda: (info := runs.get_run(run_id)).state not in runs.ACTIVE_STATES and info, 180, "the end")
     assert final.state == "completed" and final.step == 24, final.message + runs.tail_log(run_id)
     steps = [record["step"] for record in read_jsonl(final.run_dir / "metrics.jsonl")]
     assert steps == list(range(1, 25))  # cut back to the checkpoint, then continued: no gap, no duplicate
