@@ -28,7 +28,7 @@ FORM_GROUPS = {
     "Optimisation": ("learning_rate", "num_epochs", "max_steps", "batch_size", "gradient_accumulation_steps"),
     "LoRA": ("full_finetune", "lora_r", "lora_alpha", "lora_dropout"),
     "Lengths": ("max_length", "max_prompt_length"),
-    "Hardware": ("precision", "device", "gradient_checkpointing", "seed"),
+    "Hardware": ("precision", "device", "num_processes", "gradient_checkpointing", "seed"),
 }
 CHOICES = {"precision": ["auto", "fp32", "bf16"], "device": ["auto", "cpu", "cuda", "mps"]}
 

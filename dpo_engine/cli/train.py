@@ -2,6 +2,9 @@
 
 The run is registered like a background one (``dpo-engine runs list`` shows it, ``runs stop`` stops it). For a run
 that must outlive the terminal, use ``dpo-engine runs launch`` instead.
+
+Under ``accelerate launch --num_processes N -m dpo_engine.cli train CONFIG.yaml`` rank 0 creates and trains the
+one run (status, metrics, registry) and the other ranks train alongside it in its directory (``runs.ranks``).
 """
 
 from __future__ import annotations
@@ -39,12 +42,46 @@ def add_parser(subparsers) -> None:
 def run_train(args: argparse.Namespace) -> int:
     if args.dry_run:
         return run_dry(args)
+    from dpo_engine.training.distributed import current_world
+
+    if current_world().distributed:
+        return run_train_as_rank(args)
     run_id = runs.create_run(args.config, name=args.name, run_dir=args.run_dir)
     run = runs.get_run(run_id)
     print(f"run {run_id}: {run.run_dir}")
     final = runs.run_foreground(run_id)  # prints "[margin-lab] <state>: <message>" when it ends
     if final["state"] in ("stopped", "failed"):
         print(f"continue it in the background with: dpo-engine runs resume {run_id}")
+    return 1 if final["state"] == "failed" else 0
+
+
+def run_train_as_rank(args: argparse.Namespace) -> int:
+    """One rank under ``accelerate launch``: rank 0 creates the run and tells the others where it is."""
+    from dpo_engine.errors import UserError
+    from dpo_engine.runs.devices import resolve_device
+    from dpo_engine.runs.ranks import train_rank
+    from dpo_engine.training.config import TrainConfig
+    from dpo_engine.training.distributed import current_world, from_main, start_process_group
+
+    world = current_world()
+    config = TrainConfig.from_yaml(args.config)
+    start_process_group(resolve_device(config.device), world)
+    created, problem = None, None
+    if world.is_main:
+        try:
+            created = runs.create_run(args.config, name=args.name, run_dir=args.run_dir)
+        except UserError as error:
+            problem = error
+    created, failed = from_main((created, problem is not None), world)
+    if problem is not None:
+        raise problem
+    if failed:
+        return 2
+    if not world.is_main:
+        train_rank(runs.get_run(created).run_dir)
+        return 0
+    print(f"run {created}: {runs.get_run(created).run_dir}")
+    final = runs.run_foreground(created)
     return 1 if final["state"] == "failed" else 0
 
 

@@ -27,6 +27,10 @@ How a batch of pairs is scored (``pair_logps``; ``policy_logps`` is the same on 
 
 Models with another attention implementation (flash-attention kernels) use the plain concatenated forward
 (``concatenated_logps``): chosen and rejected rows, left-padded, logits for the last response columns.
+
+Under DDP, FSDP or DeepSpeed the model comes wrapped: its config, head and decoder are read from the module inside
+(``unwrap_parallel``), while the forward goes through the wrapper, once per step, so the wrapper synchronises the
+gradients. A wrapper that shards the parameters keeps the head inside that forward (``shards_parameters``).
 """
 
 from __future__ import annotations
@@ -47,6 +51,8 @@ _SEGMENTABLE_ATTENTION = ("sdpa", "eager")
 # Config fields of models whose forward changes the head's logits (Gemma's soft-capping, Cohere's and Granite's
 # scaling): those keep their own forward.
 _LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling")
+# Modules of the classes that wrap a model for training across processes; each keeps it as ``.module``.
+_PARALLEL_WRAPPERS = ("torch.nn.parallel", "torch.distributed", "deepspeed")
 
 
 def sequence_logps(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor, average: bool = False) -> torch.Tensor:
@@ -70,6 +76,20 @@ def sequence_logps(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tenso
     if average:
         return summed / mask.sum(dim=-1).clamp(min=1)
     return summed
+
+
+def unwrap_parallel(model):
+    """The model inside a DDP, DataParallel, FSDP or DeepSpeed wrapper (the model itself when not wrapped)."""
+    while hasattr(model, "module") and type(model).__module__.startswith(_PARALLEL_WRAPPERS):
+        model = model.module
+    return model
+
+
+def shards_parameters(model) -> bool:
+    """Whether ``model`` is wrapped by an engine whose parameters exist in full only inside its forward (FSDP,
+    DeepSpeed ZeRO): the output layer cannot then be applied outside that forward."""
+    return model is not unwrap_parallel(model) and not isinstance(
+        model, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel))
 
 
 def policy_logps(model, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -177,6 +197,7 @@ def supports_packing(model) -> bool:
     segment function throughout (``with segment_attention(model):`` around training): the recomputation runs after
     this call's own ``segment_attention`` block has closed.
     """
+    model = unwrap_parallel(model)
     attention = getattr(getattr(model, "config", None), "_attn_implementation", None)
     if torch.is_grad_enabled() and getattr(model, "is_activation_checkpointing", False):
         return attention == SEGMENT_ATTENTION
@@ -286,9 +307,10 @@ def _segments_forward(model, pairs: Sequence, device, max_logit_elements: int) -
     the segments are laid end to end and attend only within themselves (``dpo_engine.segment_attention``).
     """
     n = len(pairs)
+    inner = unwrap_parallel(model)  # the config and layers; the forward goes through the wrapper
     row = _Row()
     for i, p in enumerate(pairs):
-        if prefer_packed(model, p):
+        if prefer_packed(inner, p):
             row.add(p.prompt_ids, [(p.chosen_ids, i), (p.rejected_ids, n + i)])
         else:
             row.add(p.prompt_ids, [(p.chosen_ids, i)])
@@ -299,7 +321,7 @@ def _segments_forward(model, pairs: Sequence, device, max_logit_elements: int) -
         return out[:n], out[n:]
     input_ids, position_ids = (torch.from_numpy(a)[None].to(device, non_blocking=True) for a in row.tokens())
     segments = [(start, end, None if groups is None else _segment_mask(groups, device)) for start, end, groups in row.segments]
-    with segment_attention(model):
+    with segment_attention(inner):
         token_logps = _kept_token_logps(model, input_ids, position_ids, segments, columns, labels, max_logit_elements)
     out = out.index_add(0, slots, token_logps)
     return out[:n], out[n:]
@@ -313,12 +335,13 @@ def _kept_token_logps(model, input_ids, position_ids, segments, columns, labels,
     :func:`chunked_token_logps`. A model that scales or caps its logits, or an adapter on the head, keeps the
     model's own logits at the kept columns, normalised in chunks.
     """
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    inner = unwrap_parallel(model)
+    base = inner.get_base_model() if hasattr(inner, "get_base_model") else inner
     head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
     config = base.config.get_text_config() if hasattr(base.config, "get_text_config") else base.config
     plain = (type(head) is torch.nn.Linear and head.bias is None and hasattr(base, "get_decoder")
-             and not any(getattr(config, name, None) for name in _LOGIT_TRANSFORMS))
-    chunk_rows = max(1, max_logit_elements // _vocab_size(model))
+             and not any(getattr(config, name, None) for name in _LOGIT_TRANSFORMS) and not shards_parameters(model))
+    chunk_rows = max(1, max_logit_elements // _vocab_size(inner))
     keep = torch.zeros(1, input_ids.shape[1], dtype=torch.bool, device=input_ids.device)
     if plain:
         captured = []

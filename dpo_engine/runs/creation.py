@@ -115,6 +115,8 @@ def _write_run_files(
     model_path = Path(train_config.model).expanduser()
     if model_path.exists():  # a local model directory: the worker may run from another working directory
         resolved["model"] = str(model_path.resolve())
+    if train_config.accelerate_config:
+        resolved["accelerate_config"] = str(Path(train_config.accelerate_config).expanduser().resolve())
     atomic_write_text(directory / CONFIG_FILE, config_text)
     atomic_write_json(directory / RESOLVED_CONFIG_FILE, resolved)
     atomic_write_json(directory / STATUS_FILE, initial_status())

@@ -9,7 +9,9 @@ It
 5. calls the training function and records completed, stopped or failed (with the end of the log), retrying that
    last write while the disk is full.
 
-The training function is ``dpo_engine.training.train``, reached through `train_resolved`. Tests replace it by
+The training function is ``dpo_engine.training.train``, reached through `train_resolved`; with
+``num_processes > 1`` it is `dpo_engine.runs.ranks.train_across_processes` (``accelerate launch``), while the
+worker keeps the status, the heartbeat and one device slot itself. Tests replace it by
 setting ``MARGIN_LAB_TRAIN_TARGET=module:function`` in the environment of the process that launches: the worker
 inherits it and calls ``function(resolved_config: dict, run_dir, *, resume, should_stop, on_progress) -> dict``.
 """
@@ -47,11 +49,23 @@ def heartbeat_interval_s() -> float:
 
 
 def train_resolved(config: dict, run_dir: str | os.PathLike, **kwargs) -> dict:
-    """The default training function: ``dpo_engine.training.train`` on a resolved config dict."""
+    """The default training function: ``dpo_engine.training.train`` on a resolved config dict, in this process,
+    or across ``num_processes`` processes started through ``accelerate launch``."""
     from dpo_engine.training.config import TrainConfig
     from dpo_engine.training.trainer import train
 
+    if _across_processes(config):
+        from dpo_engine.runs.ranks import train_across_processes
+
+        return train_across_processes(config, run_dir, **kwargs)
     return train(TrainConfig.from_dict(config), run_dir, **kwargs)
+
+
+def _across_processes(config: dict) -> bool:
+    """Whether this process must start the config's ranks (not when it already is one, under accelerate launch)."""
+    from dpo_engine.training.distributed import current_world
+
+    return int(config.get("num_processes") or 1) > 1 and not current_world().distributed
 
 
 def _train_function() -> Callable[..., dict]:
@@ -124,6 +138,8 @@ def run_in_this_process(run_dir: Path) -> dict:
                   launched=now, heartbeat=now, message="starting")
 
     def call_trainer(config: dict, on_progress: Callable[[int, int], None]) -> dict:
+        if _across_processes(config):  # Ctrl-C interrupts, and the ranks are killed: resume continues
+            return train_resolved(config, run_dir, on_progress=on_progress)
         # train_foreground draws its own bar and takes no on_progress: the status gets the summary's step counts.
         return train_foreground(TrainConfig.from_dict(config), run_dir)
 

@@ -1,4 +1,8 @@
-"""Trainer callbacks of a run: the metrics log, progress and graceful stop, and a stateful loss's checkpoint state."""
+"""Trainer callbacks of a run: the metrics log, progress and graceful stop, and a stateful loss's checkpoint state.
+
+Across processes every rank runs the same callbacks; only rank 0 (``state.is_world_process_zero``) writes, and a
+stop asked of any rank is agreed by all of them in the same step (``distributed.any_rank``).
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from dpo_engine.files import append_jsonl, atomic_write_json
+from dpo_engine.training.distributed import SINGLE_PROCESS, World, any_rank
 
 LOSS_STATE_FILE = "loss_state.json"  # written into each checkpoint directory when the loss keeps state (alpha_dpo)
 # Keys of each metrics.jsonl record, in order.
@@ -80,7 +85,8 @@ class MetricsLogger(TrainerCallback):
             "tokens_per_second": tokens / max(now - self.last_logged, 1e-9),
             "elapsed_seconds": self.elapsed_before + now - self.started,
         }
-        append_jsonl(self.path, {key: _json_scalar(record.get(key)) for key in METRIC_KEYS})
+        if state.is_world_process_zero:
+            append_jsonl(self.path, {key: _json_scalar(record.get(key)) for key in METRIC_KEYS})
         self.last_logged = now
         self.last_loss = logs["loss"]
 
@@ -88,15 +94,20 @@ class MetricsLogger(TrainerCallback):
 class RunControl(TrainerCallback):
     """Reports progress after each optimizer step and stops gracefully when asked: checkpoint, then exit."""
 
-    def __init__(self, should_stop: ShouldStop | None, on_progress: OnProgress | None):
+    def __init__(self, should_stop: ShouldStop | None, on_progress: OnProgress | None, world: World = SINGLE_PROCESS):
         self.should_stop = should_stop
         self.on_progress = on_progress
+        self.world = world
         self.stopped = False
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.on_progress is not None:
             self.on_progress(state.global_step, state.max_steps)
-        if self.should_stop is not None and state.global_step < state.max_steps and self.should_stop():
+        if state.global_step >= state.max_steps:
+            return control
+        # Every rank asks every step, so that all of them leave the loop after the same step.
+        asked = self.should_stop is not None and self.should_stop()
+        if any_rank(asked, self.world):
             self.stopped = True
             control.should_log = True  # the steps since the last record are logged before the checkpoint
             control.should_save = True
@@ -111,6 +122,8 @@ class LossStateSaver(TrainerCallback):
         self.loss_fn = loss_fn
 
     def on_save(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero:
+            return
         checkpoint = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
         atomic_write_json(checkpoint / LOSS_STATE_FILE, self.loss_fn.state_dict())
 

@@ -50,6 +50,7 @@ NUMERIC_BOUNDS: dict[str, tuple[float, float]] = {
     "save_steps": (1, 100_000_000),
     "save_total_limit": (1, 10_000),
     "data_map_every": (0, 100_000_000),
+    "num_processes": (1, 1024),
 }
 
 
@@ -143,6 +144,12 @@ class TrainConfig:
         "Keep only each layer's input for backward and recompute the rest: activations shrink by about the "
         "number of layers, for about a third more compute per step. Padding-free rows are kept."))
     seed: int = field(default=42, metadata=_help("Seed for LoRA initialisation and data order."))
+    num_processes: int = field(default=1, metadata=_help(
+        "Training processes, one per GPU (or CPU share), started through accelerate launch (DDP; FSDP or "
+        "DeepSpeed with accelerate_config). batch_size is the global batch and must be a multiple of this."))
+    accelerate_config: str = field(default="", metadata=_help(
+        "An accelerate config file (FSDP, DeepSpeed ZeRO, several machines), passed to accelerate launch as "
+        "--config_file unchanged; empty: plain DDP on this machine. Used when num_processes > 1."))
 
     # Bookkeeping
     logging_steps: int = field(default=1, metadata=_help("Write a metrics.jsonl record every this many steps."))
@@ -170,6 +177,7 @@ class TrainConfig:
             raise ConfigError(unknown[0], f"unknown field; known fields: {', '.join(known)}")
         config = cls(**{name: coerce_field(name, value, known[name].type) for name, value in values.items()})
         config.check_bounds()
+        config.check_processes()
         resolved_loss_params(config.loss, config.loss_params)  # a bad beta is refused here, without torch
         return config
 
@@ -187,6 +195,16 @@ class TrainConfig:
             value = getattr(self, name, None)
             if isinstance(value, (int, float)) and not isinstance(value, bool) and not low <= value <= high:
                 raise ConfigError(name, f"must be between {low:g} and {high:g}, got {value!r}")
+
+    def check_processes(self) -> None:
+        """``ConfigError`` when the processes cannot share the batch or the launch (torch-free, cheap)."""
+        if self.batch_size % self.num_processes:
+            raise ConfigError("batch_size", f"must be a multiple of num_processes ({self.num_processes}): each "
+                                            f"process takes an equal share of a batch, got {self.batch_size}")
+        if self.num_processes > 1 and self.device == "mps":
+            raise ConfigError("num_processes", "must be 1 on mps (accelerate launch runs on CUDA GPUs or CPUs)")
+        if self.accelerate_config and not Path(self.accelerate_config).expanduser().is_file():
+            raise ConfigError("accelerate_config", f"file {self.accelerate_config} not found")
 
     def to_dict(self) -> dict:
         """Plain values that ``from_dict`` reads back to an equal config."""
@@ -215,6 +233,7 @@ class TrainConfig:
                 raise ConfigError(name, f"must be {rule}, got {getattr(self, name)!r}")
 
         self.check_bounds()
+        self.check_processes()
         make_loss(self.loss, **self.loss_params)  # ConfigError names "loss" or the bad hyperparameter
         require(self.max_prompt_length >= 1, "max_prompt_length", ">= 1")
         require(self.max_length > self.max_prompt_length, "max_length", f"> max_prompt_length ({self.max_prompt_length})")

@@ -7,6 +7,10 @@ gradient accumulation, clipping, checkpoints with optimizer/scheduler/RNG state,
 The reference log-probs come, in order of preference, from the batch (precomputed before training), from the LoRA
 model with its adapter disabled, or from a frozen copy of the initial model (full fine-tuning). This matches TRL's
 ``DPOTrainer`` (field-notes §1.3, §1.5); ``tests/test_training.py`` checks the numbers against it.
+
+Across processes (DDP) each rank holds an equal share of every batch and DDP averages the ranks' gradients, so a
+batch mean per rank averages to the batch mean; weighted batches are normalised by the weight sum of the whole
+batch instead of the rank's share (``_weight_share``), and the logged statistics are gathered from every rank.
 """
 
 from __future__ import annotations
@@ -49,9 +53,18 @@ class PreferenceTrainer(Trainer):
         # Per-pair weights and MixDPO routing (dpo_engine.training.routing); without them this is the plain mean.
         routing = PairRouting(inputs.get("pair_weight"), inputs.get("use_sft"))
         loss = routed_batch_loss(output.loss, policy["chosen_logps"], policy["chosen_tokens"], routing)
+        if routing.weight is not None and self.accelerator.num_processes > 1:
+            loss = loss * self._weight_share(routing.weight.to(loss.device, loss.dtype))
         if model.training:
             self._record(policy, output, int(inputs["attention_mask"].sum()))
         return (loss, output) if return_outputs else loss
+
+    def _weight_share(self, weight: torch.Tensor) -> torch.Tensor:
+        """``N * Σ(rank's weights) / Σ(batch's weights)`` for ``N`` ranks: the factor that turns the rank's
+        ``Σ w·l / Σ w`` into its part of the whole batch's, once DDP averages the ranks' gradients."""
+        local = weight.sum()
+        total = self.accelerator.reduce(local.detach().clone(), reduction="sum")
+        return self.accelerator.num_processes * local / total.clamp(min=torch.finfo(weight.dtype).tiny)
 
     def _reference_logps(self, model, inputs) -> tuple[torch.Tensor, torch.Tensor]:
         if "ref_chosen_logps" in inputs:
@@ -67,15 +80,21 @@ class PreferenceTrainer(Trainer):
 
     def _record(self, policy: dict, output, tokens: int) -> None:
         """Batch means of what TRL logs (field-notes §1.7): rewards as the loss defines them, summed log-probs."""
-        chosen_rewards, rejected_rewards = output.chosen_rewards.float(), output.rejected_rewards.float()
+        # (B, 4): rewards chosen, rejected, log-probs chosen, rejected; across processes, every rank's rows.
+        per_pair = torch.stack([output.chosen_rewards.detach().float(), output.rejected_rewards.detach().float(),
+                                policy["chosen_logps"].detach().float(), policy["rejected_logps"].detach().float()], 1)
+        if self.accelerator.num_processes > 1:
+            per_pair = self.accelerator.gather(per_pair)
+            tokens = int(self.accelerator.gather(torch.tensor([tokens], device=per_pair.device)).sum())
+        chosen_rewards, rejected_rewards, chosen_logps, rejected_logps = per_pair.unbind(1)
         self.step_stats.add(
             {
                 "rewards/chosen": chosen_rewards.mean().item(),
                 "rewards/rejected": rejected_rewards.mean().item(),
                 "rewards/margins": (chosen_rewards - rejected_rewards).mean().item(),
                 "rewards/accuracies": (chosen_rewards > rejected_rewards).float().mean().item(),
-                "logps/chosen": policy["chosen_logps"].detach().mean().item(),
-                "logps/rejected": policy["rejected_logps"].detach().mean().item(),
+                "logps/chosen": chosen_logps.mean().item(),
+                "logps/rejected": rejected_logps.mean().item(),
             },
             tokens,
         )
