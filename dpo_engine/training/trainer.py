@@ -48,10 +48,9 @@ from dpo_engine.training.callbacks import (
     StepStats,
 )
 from dpo_engine.training.checkpointing import attention_for_training, enable_checkpointing
-from dpo_engine.training.config import TrainConfig, load_subset
+from dpo_engine.training.config import TrainConfig
 from dpo_engine.training.memory import MemoryEstimate, ModelShape, check_fits, device_memory, estimate_for_config
 from dpo_engine.training.pair_rewards import pair_rewards_table, reference_table
-from dpo_engine.training.pair_inputs import prepare_pair_inputs
 from dpo_engine.training.preference_trainer import PreferenceTrainer
 from dpo_engine.training.trackers import tracker_setup
 
@@ -82,14 +81,13 @@ def train(
     statistics, else None), ``memory_estimate`` (bytes per part, ``memory.MemoryEstimate.to_dict``).
     """
     started = time.perf_counter()
-    config.validate()
+    _, pair_inputs = config.checked_inputs()  # validate(), keeping the pairs it loaded
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     checkpoint_dir = run_dir / "checkpoints"
     checkpoint = last_complete_checkpoint(checkpoint_dir) if resume else None
     elapsed_before = _prepare_run_dir(run_dir, checkpoint)
 
-    pair_inputs = prepare_pair_inputs(config, load_subset(config))
     pairs = pair_inputs.pairs  # in curriculum order when there is one
     device = detect_device() if config.device == "auto" else config.device
     config = dataclasses.replace(config, precision=device_precision(config.precision, device))  # "auto" resolved
@@ -167,11 +165,11 @@ def dry_run(config: TrainConfig) -> tuple[MemoryEstimate, str, int]:
     """
     from dpo_engine.models.loading import load_tokenizer
 
-    config.validate()
+    pairs, _ = config.checked_inputs()
     device = detect_device() if config.device == "auto" else config.device
     config = dataclasses.replace(config, precision=device_precision(config.precision, device))
     model_path = resolve_model(config.model)
-    encoded = encode_pairs(load_tokenizer(str(model_path)), load_subset(config), config)
+    encoded = encode_pairs(load_tokenizer(str(model_path)), pairs, config)
     estimate, available = _checked_estimate(config, ModelShape.from_model_dir(model_path), encoded, device)
     return estimate, device, available
 
