@@ -6,7 +6,8 @@ gradient accumulation, clipping, checkpoints with optimizer/scheduler/RNG state,
 
 The reference log-probs come, in order of preference, from the batch (precomputed before training), from the LoRA
 model with its adapter disabled, or from a frozen copy of the initial model (full fine-tuning). This matches TRL's
-``DPOTrainer`` (field-notes §1.3, §1.5); ``tests/test_training.py`` checks the numbers against it.
+``DPOTrainer`` (huggingface/trl 1.16, ``trl/trainer/dpo_trainer.py``: ``precompute_ref_log_probs`` and the
+adapter-disabled reference of a PEFT model); ``tests/test_training.py`` checks the numbers against it.
 """
 
 from __future__ import annotations
@@ -66,7 +67,8 @@ class PreferenceTrainer(Trainer):
         return reference["chosen_logps"], reference["rejected_logps"]
 
     def _record(self, policy: dict, output, tokens: int) -> None:
-        """Batch means of what TRL logs (field-notes §1.7): rewards as the loss defines them, summed log-probs."""
+        """Batch means of what TRL's ``DPOTrainer`` logs (its ``rewards/*`` and ``logps/*`` metrics): rewards as the
+        loss defines them, summed log-probs."""
         chosen_rewards, rejected_rewards = output.chosen_rewards.float(), output.rejected_rewards.float()
         self.step_stats.add(
             {
