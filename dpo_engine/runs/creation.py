@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import os
 import secrets
-import shutil
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from dpo_engine.files import atomic_write_json, atomic_write_text
+from dpo_engine.files import atomic_write_json, atomic_write_text, staged_directory
 from dpo_engine.paths import check_name, slug
 from dpo_engine.runs.layout import (
     CONFIG_FILE,
@@ -63,17 +62,8 @@ def create_run(
         "subset_source": str(Path(train_config.subset).expanduser().resolve()),
     }
     # Built beside its final place and renamed in one step: a failure half-way leaves nothing that looks like a run.
-    final_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = final_dir.parent / f".{final_dir.name}.creating-{secrets.token_hex(2)}"
-    staging.mkdir()
-    try:
+    with staged_directory(final_dir) as staging:
         _write_run_files(staging, final_dir, train_config, config_text, pairs, run_record)
-        if final_dir.exists():
-            final_dir.rmdir()
-        staging.rename(final_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     register(run_record, final_dir)
     return run_id
 
