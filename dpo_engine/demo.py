@@ -21,7 +21,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from dpo_engine.files import atomic_write_json, read_json
+from dpo_engine.files import atomic_write_json, read_json, staged_directory
 from dpo_engine.paths import ASSETS_DIR, home_dir, workspace_subdir
 from dpo_engine.timestamps import utc_now_iso
 
@@ -60,13 +60,11 @@ def install_demo(source: str | Path = DEMO_DIR, *, force: bool = False) -> dict:
         target = workspace_subdir("runs") / run_dir.name
         if not (run_dir / "run.json").is_file() or target.exists():
             continue
-        staging = target.with_name(f".{target.name}.installing")
-        shutil.rmtree(staging, ignore_errors=True)
-        shutil.copytree(run_dir, staging)
-        resolved = read_json(staging / "resolved_config.json", {})
-        resolved["subset"] = str(target / "subset.jsonl")
-        atomic_write_json(staging / "resolved_config.json", resolved)
-        staging.rename(target)
+        with staged_directory(target) as staging:
+            shutil.copytree(run_dir, staging, dirs_exist_ok=True)
+            resolved = read_json(staging / "resolved_config.json", {})
+            resolved["subset"] = str(target / "subset.jsonl")
+            atomic_write_json(staging / "resolved_config.json", resolved)
         result["runs"].append(run_dir.name)
     for eval_dir in sorted((shipped / "evals").glob("*")):
         target = workspace_subdir("evals") / eval_dir.name

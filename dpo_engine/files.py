@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -36,6 +38,29 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
+def staged_directory(final_dir: str | os.PathLike) -> Iterator[Path]:
+    """A hidden sibling of ``final_dir`` to fill, renamed to ``final_dir`` in one step when the block ends.
+
+    When the block raises, the sibling is removed: a failure half-way leaves nothing that looks finished.
+    ``final_dir`` must not exist or be an empty directory (else ``OSError``, and nothing is left behind either).
+    A sibling left by a killed process is cleared first.
+    """
+    final_dir = Path(final_dir)
+    final_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = final_dir.parent / f".{final_dir.name}.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        yield staging
+        if final_dir.exists():
+            final_dir.rmdir()
+        staging.rename(final_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
         raise
 
 

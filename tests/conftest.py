@@ -30,6 +30,24 @@ def workspace(tmp_path, monkeypatch) -> Path:
     return home
 
 
+@pytest.fixture
+def one_thread(request):
+    """One intra-op torch thread for the tiny model: it gains nothing from more, and on a busy machine they spin-wait.
+
+    Modules that train or score the tiny model use it (``pytestmark = pytest.mark.usefixtures("one_thread")``);
+    tests marked slow (the real default model) keep every thread.
+    """
+    if request.node.get_closest_marker("slow"):
+        yield
+        return
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir() -> Path:
     """The tiny random Llama (byte-level tokenizer, ChatML template), built once."""

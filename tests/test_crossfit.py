@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from dpo_engine.data.pairs import load_pairs
 from dpo_engine.margins.scoring import implicit_margins
@@ -24,12 +23,7 @@ TRAINING = {"max_steps": 1, "max_length": 128, "max_prompt_length": 64, "device"
             "batch_size": 2, "lr_scheduler": "constant", "warmup_ratio": 0.0}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def small_pairs(tmp_path: Path, n: int = 10) -> pd.DataFrame:

@@ -25,12 +25,7 @@ MARGIN = [2.0, -1.0, 0.5, 5.0]  # below 0: SFT (pair 1 only)
 WEIGHT = [1.0, 3.0, 1.0, 1.0]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def write_subset(path: Path, **columns) -> Path:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from dpo_engine.errors import ConfigError
 from dpo_engine.files import read_jsonl
@@ -15,12 +14,7 @@ from dpo_engine.training.trackers import check_report_to
 from dpo_engine.training.trainer import train
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def tiny_config(tmp_path, **overrides) -> TrainConfig:

@@ -26,16 +26,7 @@ from dpo_engine.training.trainer import train, train_foreground
 
 
 
-@pytest.fixture(autouse=True)
-def one_thread(request):
-    """One intra-op thread for the tiny model: it gains nothing from more, and on a busy machine they spin-wait."""
-    if request.node.get_closest_marker("slow"):
-        yield
-        return
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def conversation_pairs(n: int) -> list[dict]:

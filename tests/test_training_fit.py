@@ -20,12 +20,7 @@ SMALL = ModelShape(hidden_size=4, intermediate_size=8, num_layers=2, num_heads=2
                    vocab_size=10)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def lora_gradients(checkpointing: bool) -> dict[str, torch.Tensor]:

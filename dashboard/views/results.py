@@ -182,7 +182,7 @@ def show_eval(eval_id: str) -> None:
     csv, html, _ = st.columns([1, 1, 3])
     csv.download_button("Table (.csv)", results.to_csv(index=False), file_name=f"{eval_id}-results.csv", mime="text/csv",
                         icon=":material/download:")
-    # include_plotlyjs=True: the file opens offline (about 4.7 MB, plotly.js inside).
+    # include_plotlyjs=True: the file opens offline (plotly.js inside, several MB).
     html.download_button("Chart (.html, offline)", lambda: win_rate_chart(results).to_html(include_plotlyjs=True),
                          file_name=f"{eval_id}-win-rates.html", mime="text/html", icon=":material/download:")
     st.caption("PNG: the camera icon in each chart's toolbar saves it at 3x resolution (server-side PNG export "

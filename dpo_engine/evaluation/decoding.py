@@ -155,9 +155,8 @@ class _Prefill:
     The tokens every prompt starts with (a chat template's system prompt: 24 of SmolLM2's ~80-token AlpacaEval
     prompts) are computed once; each prompt keeps at least one token of its own for its first logits. The joining
     prompts are prefilled together in one padding-free forward (each attends to the prefix and to itself:
-    ``dpo_engine.segment_attention``): on 2 CPU cores 8 prompts of 105-291 tokens took 3.7-4.1 s left-padded together
-    and 2.4 s one at a time; 32 prompts 4.7-4.9 s one at a time and 3.0-3.5 s padding-free together
-    (docs/benchmarks.md §3).
+    ``dpo_engine.segment_attention``): on a CPU, prompts of mixed lengths are slower left-padded together than one
+    at a time, and faster padding-free together (docs/benchmarks.md §3, items 8 and 9).
     """
 
     def __init__(self, model, prompts: Sequence[list[int]], device):
@@ -223,8 +222,8 @@ class _DecodingStep:
     """One decoding step: ``step(**model inputs) -> (next-token logits (rows, vocab), cache)``.
 
     The language-model head is computed as ``weight @ hidden.T`` on the decoder's last hidden state: on a CPU, MKL
-    takes 18 ms for SmolLM2's 49,152 x 576 head applied to 8 rows as ``F.linear`` and 8.6 ms in this layout (the
-    same as for one row; docs/benchmarks.md §3). Only where that is what the model computes: the head is a plain
+    computes SmolLM2's 49,152 x 576 head for a few rows faster in this layout than as ``F.linear``, and as fast as
+    for one row (docs/benchmarks.md §3, item 8). Only where that is what the model computes: the head is a plain
     ``nn.Linear`` without bias, and the first step, run through the whole model, gives the same logits (a model
     that scales or caps its logits, or an adapter on the head, keeps the model's own forward).
     """

@@ -7,14 +7,13 @@ message and goes through the model's chat template exactly as training and scori
 
 Generation decodes 64 prompts at a time on a CUDA GPU and 16 elsewhere by default (``config.generation_defaults``,
 with bf16 weights and answers up to 2048 tokens on CUDA, fp32 and 256 tokens elsewhere), by continuous batching
-(``decoding.py``: when an answer finishes, its slot takes the next prompt): on a 2-core CPU one decoding step costs
-about the same for 2 to 8 prompts and only 1.2x more for 16, so keeping every slot busy is what makes batching pay
-(docs/benchmarks.md §3). Models
-whose cache cannot be spliced get left-padded batches through ``model.generate`` (pad = ``<|im_end|>``, setup notes
-§5). Greedy decoding by default. Outputs are cached on disk, one parquet part file per finished group of
-``batch_size`` prompts (longest instructions first), keyed by (model weights, adapter weights, prompt set,
-settings): a killed job keeps its finished groups and a rerun generates only the rest; changing any setting starts
-a new cache.
+(``decoding.py``: when an answer finishes, its slot takes the next prompt): on a CPU one decoding step costs about
+the same for a few prompts as for one, so keeping every slot busy is what makes batching pay (docs/benchmarks.md
+§3). Models whose cache cannot be spliced get left-padded batches through ``model.generate`` (pad = ``<|im_end|>``;
+batched greedy answers equal one-prompt-at-a-time ones, ``tests/test_generation.py``). Greedy decoding by default.
+Outputs are cached on disk, one parquet part file per finished group of ``batch_size`` prompts (longest
+instructions first), keyed by (model weights, adapter weights, prompt set, settings): a killed job keeps its
+finished groups and a rerun generates only the rest; changing any setting starts a new cache.
 """
 
 from __future__ import annotations
@@ -366,7 +365,8 @@ def stop_token_ids(tokenizer) -> set[int]:
 
 
 def _pad_token_id(tokenizer) -> int:
-    """``<|im_end|>`` when the vocabulary has it (setup notes §5), else the tokenizer's pad token."""
+    """``<|im_end|>`` when the vocabulary has it (batched greedy answers then equal one-prompt-at-a-time ones,
+    ``tests/test_generation.py``), else the tokenizer's pad token."""
     im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
     if im_end is not None and im_end != tokenizer.unk_token_id:
         return im_end

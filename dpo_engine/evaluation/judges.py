@@ -124,7 +124,7 @@ class ScoreFunctionJudge:
 
 
 class RewardModelJudge:
-    """A local ``AutoModelForSequenceClassification`` reward model as judge (RM-as-judge, field notes §6).
+    """A local ``AutoModelForSequenceClassification`` reward model as judge (docs/methods.md §8, "Judges").
 
     Each (prompt, response) is the conversation ``[user: prompt, assistant: response]`` scored by
     ``dpo_engine.models.reward_model.RewardModelScorer`` (the scorer of reward-model external margins): the chat

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from dpo_engine.errors import UserError
-from dpo_engine.files import atomic_write_json, atomic_write_text, read_json
+from dpo_engine.files import atomic_write_json, atomic_write_text, read_json, staged_directory
 from dpo_engine.paths import slug, workspace_subdir
 
 # results.csv, in this column order.
@@ -60,9 +58,7 @@ def save_evaluation(eval_name, results, per_prompt, judgements, prompts, meta) -
     """
     evals = workspace_subdir("evals")
     eval_id = f"{slug(eval_name) or 'eval'}-{datetime.now().strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
-    staging = evals / f".{eval_id}.partial"
-    staging.mkdir()
-    try:
+    with staged_directory(evals / eval_id) as staging:
         meta = {"eval_id": eval_id, **meta}
         results = results.assign(eval_id=eval_id)
         results.to_csv(staging / "results.csv", index=False)
@@ -84,10 +80,6 @@ def save_evaluation(eval_name, results, per_prompt, judgements, prompts, meta) -
                 }, default=str))
         atomic_write_text(staging / "judgements.jsonl", "".join(line + "\n" for line in lines))
         atomic_write_json(staging / "meta.json", meta)
-        os.replace(staging, evals / eval_id)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return load_eval(eval_id)
 
 

@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 from dpo_engine.errors import ModelError
-from dpo_engine.files import atomic_write_json
+from dpo_engine.files import atomic_write_json, staged_directory
 from dpo_engine.models.loading import BASE_MODEL_FILE, DEFAULT_MODEL, load_model, resolve_model
 
 # The Hub repository each built-in model name was converted from (tiny-random is built locally: none).
@@ -52,18 +51,9 @@ def merge_adapter(adapter_dir: str | os.PathLike, out_dir: str | os.PathLike) ->
         raise ModelError(f"{adapter_dir} is not a LoRA adapter directory (no adapter_config.json)")
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise ModelError(f"--merged {out_dir} already exists and is not an empty directory; choose a new one")
-    model, tokenizer = load_model(str(adapter_dir), device="cpu")
+    model, tokenizer = load_model(str(adapter_dir), dtype="fp32", device="cpu")  # fp32: nothing lost to rounding
     merged = model.merge_and_unload()
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = out_dir.parent / f".{out_dir.name}.merging"
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
+    with staged_directory(out_dir) as staging:
         merged.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
-        if out_dir.exists():
-            out_dir.rmdir()
-        staging.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return out_dir

@@ -6,7 +6,6 @@ Other modules change inside; the loop depends on them only through these functio
 
 from __future__ import annotations
 
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -187,22 +186,14 @@ def training_metrics(run_id: str) -> pd.DataFrame:
 
 
 def merge_adapter(adapter: str, out_dir: Path) -> Path:
-    """Fold a LoRA adapter into its base and save the full model and tokenizer at ``out_dir`` (atomically).
-
-    The engine has no merge yet; this is peft's ``merge_and_unload``. Saved in fp32 so the next round's base loses
-    nothing to rounding.
-    """
-    from dpo_engine.models.loading import load_model
+    """Fold a LoRA adapter into its base and save the full model and tokenizer at ``out_dir`` (atomically, in fp32
+    so the next round's base loses nothing to rounding: `dpo_engine.models.adapters.merge_adapter`). A round
+    resumed after its merge reuses the merged model."""
+    from dpo_engine.models.adapters import merge_adapter as merge_into
 
     if (out_dir / "config.json").is_file():
         return out_dir
-    staging = out_dir.with_name(f".{out_dir.name}.merging")
-    shutil.rmtree(staging, ignore_errors=True)
-    model, tokenizer = load_model(adapter, dtype="fp32", device="cpu")
-    model.merge_and_unload().save_pretrained(staging)
-    tokenizer.save_pretrained(staging)
-    staging.rename(out_dir)
-    return out_dir
+    return merge_into(adapter, out_dir)
 
 
 # ---- evaluation ---------------------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """Acting on runs: launch, resume, stop and delete. Each checks the run's state and its worker first.
 
 `launch` starts ``python -m dpo_engine.runs.worker RUN_DIR`` in its own session, with its output going to
-``train.log``: closing the dashboard or the terminal does not touch it (field-notes §2.2, §7).
+``train.log``: closing the dashboard or the terminal does not touch it (a job that depends on the UI session stalls
+when the browser sleeps, as LLaMA-Factory's web UI does: hiyouga/LLaMA-Factory#8817).
 """
 
 from __future__ import annotations

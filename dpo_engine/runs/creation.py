@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import os
 import secrets
-import shutil
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from dpo_engine.files import atomic_write_json, atomic_write_text
+from dpo_engine.files import atomic_write_json, atomic_write_text, staged_directory
 from dpo_engine.paths import check_name, slug
 from dpo_engine.runs.layout import (
     CONFIG_FILE,
@@ -22,7 +21,9 @@ from dpo_engine.runs.layout import (
 )
 from dpo_engine.runs.registry import register
 
-if TYPE_CHECKING:  # a heavy import, made only where needed
+if TYPE_CHECKING:  # heavy imports, made only where needed
+    import pandas as pd
+
     from dpo_engine.training.config import TrainConfig
 
 
@@ -44,7 +45,7 @@ def create_run(
     """
     if name is not None:
         check_name(name, "run name")
-    train_config, config_text = _validated_config(config)
+    train_config, config_text, pairs = _validated_config(config)
     run_id = _new_run_id(name or train_config.loss)
     final_dir = Path(run_dir).expanduser().resolve() if run_dir else runs_root() / run_id
     if final_dir.exists() and any(final_dir.iterdir()):
@@ -61,17 +62,8 @@ def create_run(
         "subset_source": str(Path(train_config.subset).expanduser().resolve()),
     }
     # Built beside its final place and renamed in one step: a failure half-way leaves nothing that looks like a run.
-    final_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = final_dir.parent / f".{final_dir.name}.creating-{secrets.token_hex(2)}"
-    staging.mkdir()
-    try:
-        _write_run_files(staging, final_dir, train_config, config_text, run_record)
-        if final_dir.exists():
-            final_dir.rmdir()
-        staging.rename(final_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    with staged_directory(final_dir) as staging:
+        _write_run_files(staging, final_dir, train_config, config_text, pairs, run_record)
     register(run_record, final_dir)
     return run_id
 
@@ -82,8 +74,9 @@ def _new_run_id(prefix: str) -> str:
     return f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
 
 
-def _validated_config(config: TrainConfig | dict | str | os.PathLike) -> tuple[TrainConfig, str]:
-    """``(TrainConfig, text for config.yaml)`` from any accepted form, after ``validate()``."""
+def _validated_config(config: TrainConfig | dict | str | os.PathLike) -> tuple[TrainConfig, str, pd.DataFrame]:
+    """``(TrainConfig, text for config.yaml, its pairs)`` from any accepted form, validated: the pairs are the
+    ones validation loaded, so the subset is read once here."""
     import yaml
 
     from dpo_engine.training.config import TrainConfig
@@ -97,19 +90,20 @@ def _validated_config(config: TrainConfig | dict | str | os.PathLike) -> tuple[T
     else:
         train_config = TrainConfig.from_yaml(config)
         text = Path(config).read_text(encoding="utf-8")
-    train_config.validate()
-    return train_config, text
+    pairs, _ = train_config.checked_inputs()
+    return train_config, text, pairs
 
 
 def _write_run_files(
-    directory: Path, final_dir: Path, train_config: TrainConfig, config_text: str, run_record: dict
+    directory: Path, final_dir: Path, train_config: TrainConfig, config_text: str, pairs: pd.DataFrame,
+    run_record: dict,
 ) -> None:
-    """Fill ``directory`` (later renamed to ``final_dir``) with everything a run starts with."""
+    """Fill ``directory`` (later renamed to ``final_dir``) with everything a run starts with; ``pairs`` are the
+    subset's, as loaded."""
     from dpo_engine.data.pairs import save_pairs
-    from dpo_engine.training.config import load_subset
 
     # load_pairs + save_pairs rather than a byte copy: any input format becomes jsonl that load_pairs reads back.
-    save_pairs(load_subset(train_config), directory / SUBSET_FILE)
+    save_pairs(pairs, directory / SUBSET_FILE)
     resolved = train_config.to_dict()
     resolved["subset"] = str(final_dir / SUBSET_FILE)
     model_path = Path(train_config.model).expanduser()

@@ -20,6 +20,8 @@ from dpo_engine.losses.catalog import LOSS_DEFAULTS, LOSS_NAMES, resolved_loss_p
 if TYPE_CHECKING:  # pandas is imported where pairs are loaded: this module stays light for gpu_check and the UI
     import pandas as pd
 
+    from dpo_engine.training.pair_inputs import PairInputs
+
 DEFAULT_MODEL = "smollm2-135m-instruct"  # dpo_engine.models.DEFAULT_MODEL, repeated to avoid importing torch
 PRECISIONS = ("auto", "fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -217,15 +219,32 @@ class TrainConfig:
     def validate(self) -> None:
         """Check every field before launch; raise ``ConfigError`` naming the first bad one.
 
-        Checks the numbers, the loss and its hyperparameters (via ``make_loss``), that the subset loads and has
-        pairs, and that the model resolves (this converts the default model once, about 25 s).
+        Checks the numbers, the loss and its hyperparameters, that the subset loads and has pairs (with the
+        per-pair columns the config names), and that the model resolves (this converts the default model once,
+        about 25 s). A caller that goes on to use the pairs calls ``checked_inputs()`` instead and loads them once.
         """
+        self.checked_inputs()
+
+    def checked_inputs(self) -> tuple[pd.DataFrame, PairInputs]:
+        """``validate()``, returning what it read: ``(the subset's pairs in file order, their PairInputs)``.
+
+        Run creation copies the pairs into the run directory and ``train()`` trains on the inputs, so neither
+        loads the subset a second time after validating it.
+        """
+        from dpo_engine.training.pair_inputs import prepare_pair_inputs
+
+        self._check_fields()
+        pairs = load_subset(self)
+        inputs = prepare_pair_inputs(self, pairs)  # ConfigError naming the column field, file and row
+        self._check_model()
+        return pairs, inputs
+
+    def _check_fields(self) -> None:
+        """Every field's value on its own (no file read); ``ConfigError`` naming the first bad one."""
         import torch
         from transformers.trainer_utils import SchedulerType
         from transformers.training_args import OptimizerNames
 
-        from dpo_engine.losses.functions import make_loss
-        from dpo_engine.models.loading import adapter_base, resolve_model
         from dpo_engine.training.trackers import check_report_to
 
         def require(ok: bool, name: str, rule: str) -> None:
@@ -234,7 +253,7 @@ class TrainConfig:
 
         self.check_bounds()
         self.check_processes()
-        make_loss(self.loss, **self.loss_params)  # ConfigError names "loss" or the bad hyperparameter
+        resolved_loss_params(self.loss, self.loss_params)  # ConfigError names "loss" or the bad hyperparameter
         require(self.max_prompt_length >= 1, "max_prompt_length", ">= 1")
         require(self.max_length > self.max_prompt_length, "max_length", f"> max_prompt_length ({self.max_prompt_length})")
         require(self.learning_rate > 0, "learning_rate", "> 0")
@@ -270,9 +289,11 @@ class TrainConfig:
             raise ConfigError("madpo_margin_column", "give weight_column or madpo_margin_column, not both")
         require(0 <= self.madpo_strength < 1, "madpo_strength", "in [0, 1)")
         require(self.madpo_scale > 0, "madpo_scale", "> 0")
-        from dpo_engine.training.pair_inputs import prepare_pair_inputs
 
-        prepare_pair_inputs(self, load_subset(self))  # ConfigError naming the column field, file and row
+    def _check_model(self) -> None:
+        """``ConfigError('model', ...)`` unless the model resolves to a base model (not a LoRA adapter)."""
+        from dpo_engine.models.loading import adapter_base, resolve_model
+
         try:
             model_path = resolve_model(self.model)
         except ModelError as error:

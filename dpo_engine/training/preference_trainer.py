@@ -6,7 +6,8 @@ gradient accumulation, clipping, checkpoints with optimizer/scheduler/RNG state,
 
 The reference log-probs come, in order of preference, from the batch (precomputed before training), from the LoRA
 model with its adapter disabled, or from a frozen copy of the initial model (full fine-tuning). This matches TRL's
-``DPOTrainer`` (field-notes §1.3, §1.5); ``tests/test_training.py`` checks the numbers against it.
+``DPOTrainer`` (huggingface/trl 1.16, ``trl/trainer/dpo_trainer.py``: ``precompute_ref_log_probs`` and the
+adapter-disabled reference of a PEFT model); ``tests/test_training.py`` checks the numbers against it.
 
 Across processes (DDP) each rank holds an equal share of every batch and DDP averages the ranks' gradients, so a
 batch mean per rank averages to the batch mean; weighted batches are normalised by the weight sum of the whole
@@ -79,7 +80,8 @@ class PreferenceTrainer(Trainer):
         return reference["chosen_logps"], reference["rejected_logps"]
 
     def _record(self, policy: dict, output, tokens: int) -> None:
-        """Batch means of what TRL logs (field-notes §1.7): rewards as the loss defines them, summed log-probs."""
+        """Batch means of what TRL's ``DPOTrainer`` logs (its ``rewards/*`` and ``logps/*`` metrics): rewards as the
+        loss defines them, summed log-probs."""
         # (B, 4): rewards chosen, rejected, log-probs chosen, rejected; across processes, every rank's rows.
         per_pair = torch.stack([output.chosen_rewards.detach().float(), output.rejected_rewards.detach().float(),
                                 policy["chosen_logps"].detach().float(), policy["rejected_logps"].detach().float()], 1)

@@ -50,7 +50,7 @@ from dpo_engine.training.callbacks import (
     StepStats,
 )
 from dpo_engine.training.checkpointing import attention_for_training, enable_checkpointing
-from dpo_engine.training.config import TrainConfig, load_subset
+from dpo_engine.training.config import TrainConfig
 from dpo_engine.training.data_map import data_map_callbacks
 from dpo_engine.training.distributed import (
     SINGLE_PROCESS,
@@ -65,7 +65,6 @@ from dpo_engine.training.distributed import (
 )
 from dpo_engine.training.memory import MemoryEstimate, ModelShape, check_fits, device_memory, estimate_for_config
 from dpo_engine.training.pair_rewards import pair_rewards_table, reference_table
-from dpo_engine.training.pair_inputs import prepare_pair_inputs
 from dpo_engine.training.preference_trainer import PreferenceTrainer
 from dpo_engine.training.trackers import tracker_setup
 
@@ -91,7 +90,7 @@ def train(config: TrainConfig, run_dir: str | os.PathLike, *, resume: bool = Fal
     statistics, else None), ``memory_estimate`` (``memory.MemoryEstimate.to_dict``), ``num_processes``.
     """
     started = time.perf_counter()
-    config.validate()
+    _, pair_inputs = config.checked_inputs()  # validate(), keeping the pairs it loaded
     world = current_world()
     device = rank_device(detect_device() if config.device == "auto" else config.device, world)
     start_process_group(device, world)
@@ -99,7 +98,6 @@ def train(config: TrainConfig, run_dir: str | os.PathLike, *, resume: bool = Fal
     run_dir = Path(run_dir)
     checkpoint, elapsed_before = _start_run_dir(run_dir, resume, world)
 
-    pair_inputs = prepare_pair_inputs(config, load_subset(config))
     pairs = pair_inputs.pairs  # in curriculum order when there is one
     model, tokenizer = _load_policy(config, device)
     encoded = encode_pairs(tokenizer, pairs, config)
@@ -143,11 +141,11 @@ def dry_run(config: TrainConfig) -> tuple[MemoryEstimate, str, int]:
     """
     from dpo_engine.models.loading import load_tokenizer
 
-    config.validate()
+    pairs, _ = config.checked_inputs()
     device = detect_device() if config.device == "auto" else config.device
     config = dataclasses.replace(config, precision=device_precision(config.precision, device))
     model_path = resolve_model(config.model)
-    encoded = encode_pairs(load_tokenizer(str(model_path)), load_subset(config), config)
+    encoded = encode_pairs(load_tokenizer(str(model_path)), pairs, config)
     estimate, available = _checked_estimate(config, ModelShape.from_model_dir(model_path), encoded, device)
     return estimate, device, available
 

@@ -23,8 +23,7 @@ from .config import (
     selected_variants,
 )
 
-# Measured with the cpu profile on an idle 2-core CPU (fp32, SmolLM2-135M, LoRA), 2026-11-23: the dm-mul run took
-# 7.7 min for 120 pairs (2 min reference pre-pass + 30 steps at ~12.5 s), and 100 answers of <= 96 tokens ~5 min.
+# The estimate's CPU rates (fp32, SmolLM2-135M, LoRA); a measured cpu-profile run is in docs/benchmarks.md §12.
 CPU_TRAIN_S_PER_PAIR_EPOCH_256 = 4.0
 CPU_GENERATION_TOKENS_PER_S = 32.0
 
@@ -114,8 +113,9 @@ def cmd_export(args) -> int:
 
 def estimate(profile: Profile, variants) -> list[tuple[str, int, float, float]]:
     """``(variant, pairs, training s, generation s)`` per variant (plus the base model's generation), from the
-    measured CPU figures: training ``2 s`` per pair per epoch at 256 tokens (scaled linearly with max_length),
-    generation ``50`` tokens/s at batch 8, every answer assumed to run to ``max_new_tokens`` (an upper bound)."""
+    CPU rates above: training ``CPU_TRAIN_S_PER_PAIR_EPOCH_256`` seconds per pair per epoch at 256 tokens (scaled
+    linearly with max_length), generation ``CPU_GENERATION_TOKENS_PER_S``, every answer assumed to run to
+    ``max_new_tokens`` (an upper bound)."""
     from dpo_engine.data.pairs import load_pairs
 
     n_total = int(profile.get("data_limit") or 0) or len(load_pairs(profile.data_path).pairs)

@@ -18,6 +18,8 @@ import pandas as pd
 import pytest
 from browser_helpers import REPO_ROOT, screenshot, wait_for_app
 
+from dpo_engine import runs
+
 DEMO_EVALS = REPO_ROOT / "assets" / "demo" / "workspace" / "evals"
 STEP_SECONDS = "1.5"  # the stand-in trainer's seconds per step: long enough for a running run to show its ETA
 
@@ -80,7 +82,7 @@ def set_field(page, label: str, value: str, *, enter: bool = False) -> None:
     field.press("Enter" if enter else "Tab")
 
 
-def test_enter_does_not_launch_and_a_run_shows_its_eta(page, workspace_home):
+def test_enter_does_not_launch_and_a_run_shows_its_eta(page, workspace_home, monkeypatch):
     page.goto("/runs")
     wait_for_app(page, timeout=240_000)
     set_field(page, "model", "tiny-random", enter=True)
@@ -97,7 +99,10 @@ def test_enter_does_not_launch_and_a_run_shows_its_eta(page, workspace_home):
     # draws on a canvas: its cells are in the DOM, hidden, for accessibility).
     eta = re.compile(r"training: \d / 8 · [\d.]+ s/step · ETA \d+ s")
     page.get_by_text(eta).first.wait_for(state="attached", timeout=240_000)
-    assert len(list((workspace_home / "runs").iterdir())) == 1
+    [run_dir] = list((workspace_home / "runs").iterdir())
+    # Its ETA shown, the run has served: stopped, it no longer holds the device the next test's sweep queues for.
+    monkeypatch.setenv("MARGIN_LAB_HOME", str(workspace_home))
+    assert runs.stop(run_dir.name, timeout=20).state == "stopped"
 
 
 def test_a_two_by_two_sweep_appears_as_one_group(page):
