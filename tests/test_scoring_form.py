@@ -44,7 +44,7 @@ def test_the_scoring_form_needs_review_then_compute(workspace, tmp_path, started
     at.get("form_submit_button")[0].click().run()
     assert not started  # reviewing starts nothing
     summary = next(item.value for item in at.markdown if item.value.startswith("**Will compute:**"))
-    assert ("20 pairs · external: stand-in reward head · implicit: warm-up proxy (DM) · smollm2-135m-instruct · "
+    assert ("20 pairs · external: stand-in reward head · implicit: cross-fitted warm-up proxies · smollm2-135m-instruct · "
             "auto on auto · max 512 tokens · time: the progress bar shows an ETA") in summary
 
     next(button for button in at.button if button.label == "Cancel").click().run()
@@ -55,7 +55,7 @@ def test_the_scoring_form_needs_review_then_compute(workspace, tmp_path, started
     assert len(started) == 1
     kind, config = started[0]
     assert kind == "score" and isinstance(config, ScoreConfig) and config.pairs == str(own)
-    assert config.external == "builtin" and config.implicit == "warmup"
+    assert config.external == "builtin" and config.implicit == "crossfit"
 
 
 def test_the_expected_time_comes_from_an_earlier_job_with_the_same_settings(workspace, tmp_path):

@@ -271,7 +271,8 @@ def test_the_scoring_form_offers_cpu_processes_as_an_advanced_option(tmp_path, m
     (processes,) = [item for item in at.number_input if item.label == "CPU processes"]
     assert processes.value == 1 and any(expander.label == "Advanced" for expander in at.expander)
     processes.set_value(2)
-    next(button for button in at.get("form_submit_button") if button.label == "Compute margins").click().run()
+    next(button for button in at.get("form_submit_button") if button.label == "Review margins job").click().run()
+    next(button for button in at.button if button.label == "Compute margins").click().run()
     assert not at.exception, [error.message for error in at.exception]
     ((kind, config),) = started
     assert kind == "score" and config.num_processes == 2

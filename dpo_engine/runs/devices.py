@@ -63,13 +63,15 @@ def physical_devices(device: str, count: int = 1, *, visible: str | None = None)
     ``("cuda", 2)`` -> the first two visible GPUs, ``("cuda:1", 2)`` -> the second and third; ``visible`` is
     ``CUDA_VISIBLE_DEVICES`` (read from the environment when None; unset means GPUs 0, 1, ...), whose entries
     (indices or UUIDs) name the physical GPUs: with ``CUDA_VISIBLE_DEVICES=2,3``, ``("cuda", 1)`` is ``["cuda2"]``.
-    ``("cpu", 2)`` -> ``["cpu", "cpu"]``: two slots of the CPU; ``mps`` likewise.
+    ``("cpu", 2)`` -> ``["cpu", "cpu"]``: two slots of the CPU, but never more than the CPU has
+    (`runs_per_device`): with the default one slot, a 2-process CPU run takes the one slot, the whole CPU, instead
+    of waiting forever for a second; ``mps`` likewise.
     """
     if count < 1:
         raise RunError(f"a run needs at least one device, got {count} processes")
     kind, _, index = device.partition(":")
     if kind != "cuda":
-        return [kind] * count
+        return [kind] * min(count, runs_per_device())
     first = int(index or 0)
     visible = os.environ.get(VISIBLE_GPUS_ENV) if visible is None else visible
     if visible is None:

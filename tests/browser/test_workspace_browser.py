@@ -175,5 +175,7 @@ def test_a_click_on_a_chart_point_opens_the_pair(page):
     page.mouse.move(x, y)
     page.wait_for_timeout(300)
     page.mouse.click(x, y)
-    page.get_by_text(f"Pair {pair_id}").first.wait_for(timeout=60_000)
-    page.get_by_text(re.compile(r"external \*?\*?[\d.e+-]+\*?\*? \(rank 1 of")).first.wait_for()
+    page.get_by_text(f"Why this pair: {pair_id}").first.wait_for(timeout=60_000)  # the clicked pair's card
+    why = page.locator(f".st-key-why-{pair_id}")
+    why.get_by_text("Lengths (chosen / rejected)").wait_for()
+    why.get_by_test_id("stDataFrame").wait_for()  # its rank under every selector

@@ -30,11 +30,18 @@ STOPPED.set()
     ("cuda", 1, "GPU-8f3c-11aa,GPU-0b2d", ["GPU-8f3c-11aa"]),
     ("cuda", 1, "MIG-GPU-8f3c/1/0", ["MIG-GPU-8f3c_1_0"]),
     ("cpu", 2, None, ["cpu", "cpu"]),
+    ("cpu", 3, None, ["cpu", "cpu"]),  # never more slots than the CPU has (two here)
     ("mps", 1, "0", ["mps"]),
 ])
 def test_physical_devices_names_the_devices_a_run_uses(device, count, visible, expected, monkeypatch):
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)  # None: unset, GPUs 0, 1, ...
+    monkeypatch.setenv(devices.RUNS_PER_DEVICE_ENV, "2")
     assert devices.physical_devices(device, count, visible=visible) == expected
+
+
+def test_a_multi_process_cpu_run_takes_the_cpu_s_one_slot_instead_of_waiting_for_a_second(monkeypatch):
+    monkeypatch.delenv(devices.RUNS_PER_DEVICE_ENV, raising=False)
+    assert devices.physical_devices("cpu", 2) == ["cpu"]
 
 
 def test_physical_devices_refuses_more_gpus_than_are_visible():
