@@ -15,7 +15,7 @@ ENGINE = Path(__file__).resolve().parents[1] / "dpo_engine"
 
 # Bottom to top; a module may import its own layer and the layers below it, never one above.
 LAYERS = (
-    ("errors", "paths", "files", "timestamps", "progress", "launch_guard"),
+    ("errors", "paths", "files", "timestamps", "progress", "launch_guard", "job_directory"),
     ("data",),
     ("models",),
     ("margins",),

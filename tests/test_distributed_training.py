@@ -12,7 +12,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +29,7 @@ from dpo_engine.training.config import TrainConfig
 from dpo_engine.training.distributed import World, per_device_batch, rank_device, refuse_data_parallel, shard
 from dpo_engine.training.pair_rewards import merge_rank_parts
 from dpo_engine.training.trainer import train
+from tests.test_runs import wait_for
 
 
 def weighted_pairs(n: int) -> list[dict]:
@@ -62,16 +62,6 @@ def rank_environment(monkeypatch):
     for process in psutil.Process().children(recursive=True):
         if process.pid not in before:
             process.kill()
-
-
-def wait_for(condition, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = condition()
-        if result:
-            return result
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def test_two_processes_train_as_one_with_the_same_global_batch(tmp_path, tiny_model_dir, monkeypatch,

@@ -9,8 +9,6 @@ selective_dpo`` reads.
 from __future__ import annotations
 
 import json
-import os
-import signal
 from pathlib import Path
 
 import numpy as np
@@ -23,21 +21,11 @@ from dpo_engine.errors import ConfigError
 from dpo_engine.margins.config import ScoreConfig
 from dpo_engine.margins.table import load_margins_table
 from dpo_engine.paths import ASSETS_DIR
-from dpo_engine.runs import processes
 from dpo_engine.runs.annotations import read_annotations
+from tests.test_runs import kill_leftover_workers  # noqa: F401  (autouse: no proxy-run worker outlives a test)
 
 TINY = ["--model", "tiny-random", "--max-length", "128", "--max-prompt-length", "64", "--device", "cpu",
         "--warmup-lr", "0.05", "--dtype", "fp32"]
-
-
-@pytest.fixture(autouse=True)
-def kill_leftover_workers():
-    """A failing test must not leave proxy-run workers behind: kill the process groups this test started."""
-    started_before = set(processes.children)
-    yield
-    for pid, process in list(processes.children.items()):
-        if pid not in started_before and process.poll() is None:
-            os.killpg(pid, signal.SIGKILL)
 
 
 def bundled_pairs_file(tmp_path: Path, n: int) -> Path:

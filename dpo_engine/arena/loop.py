@@ -8,11 +8,9 @@ it stopped and finished steps are never redone. Training goes through the runs q
 
 from __future__ import annotations
 
-import fcntl
 import os
 import time
 from collections.abc import Callable
-from contextlib import contextmanager
 from pathlib import Path
 
 from dpo_engine.arena.config import UNSIZED_RULES, ArenaConfig
@@ -22,13 +20,13 @@ from dpo_engine.arena.store import (
     EVAL_FILE,
     EVENTS_FILE,
     LOCK_FILE,
-    STATUS_FILE,
     arena_dir,
     contestant_dir,
     report_path,
 )
-from dpo_engine.errors import ConfigError, UserError
+from dpo_engine.errors import UserError
 from dpo_engine.files import append_jsonl, atomic_write_json, read_json
+from dpo_engine.job_directory import check_same_config, exclusive, set_status
 
 Report = Callable[[str, int, int], None]  # (stage, done, total)
 
@@ -42,18 +40,18 @@ def run_arena(config: ArenaConfig, report: Report | None = None) -> Path:
     config.validate()
     directory = arena_dir(config.name)
     directory.mkdir(parents=True, exist_ok=True)
-    with _exclusive(directory):
-        _check_same_config(directory, config)
+    with exclusive(directory, LOCK_FILE, "arena"):
+        check_same_config(directory, config.to_dict(), "arena")
         atomic_write_json(directory / CONFIG_FILE, config.to_dict())
         try:
             for step, name, done in _pending_steps(config, directory):
                 if not done:
                     _run_step(config, directory, step, name, report)
         except BaseException as error:
-            _set_status(directory, state="failed", message=f"{type(error).__name__}: {error}")
+            set_status(directory, state="failed", message=f"{type(error).__name__}: {error}")
             raise
-        _set_status(directory, state="completed", step=None, pid=os.getpid(),
-                    message=f"{len(config.contestants())} contestants trained and evaluated")
+        set_status(directory, state="completed", step=None, pid=os.getpid(),
+                   message=f"{len(config.contestants())} contestants trained and evaluated")
     return directory
 
 
@@ -69,13 +67,13 @@ def _pending_steps(config: ArenaConfig, directory: Path):
 
 def _run_step(config: ArenaConfig, directory: Path, step: str, contestant: str | None, report: Report | None) -> None:
     label = f"{step}: {contestant}" if contestant else step
-    _set_status(directory, state="running", pid=os.getpid(), step=step, contestant=contestant, message=label,
-                progress=None)
+    set_status(directory, state="running", pid=os.getpid(), step=step, contestant=contestant, message=label,
+               progress=None)
     append_jsonl(directory / EVENTS_FILE, {"time": time.time(), "step": step, "contestant": contestant,
                                            "event": "started"})
 
     def progress(done: int, total: int) -> None:
-        _set_status(directory, progress={"done": done, "total": total})
+        set_status(directory, progress={"done": done, "total": total})
         if report:
             report(label, done, total)
 
@@ -176,7 +174,7 @@ def _eval_step(config: ArenaConfig, directory: Path, report: Report | None) -> N
                                   dtype=config.precision, device=config.device)
 
     def progress(stage: str, done: int, total: int) -> None:
-        _set_status(directory, message=f"eval: {stage}", progress={"done": done, "total": total})
+        set_status(directory, message=f"eval: {stage}", progress={"done": done, "total": total})
         if report:
             report(f"eval: {stage}", done, total)
 
@@ -184,34 +182,3 @@ def _eval_step(config: ArenaConfig, directory: Path, report: Report | None) -> N
                       eval_name=f"arena-{config.name}", progress=progress)
     atomic_write_json(directory / EVAL_FILE, {"eval_id": result.eval_id, "run_ids": run_ids,
                                               "n_prompts": len(prompts)})
-
-
-# ---- bookkeeping --------------------------------------------------------------------------------------------------
-
-
-@contextmanager
-def _exclusive(directory: Path):
-    """Hold the arena's lock file: one process per arena."""
-    with open(directory / LOCK_FILE, "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            pid = (read_json(directory / STATUS_FILE, {}) or {}).get("pid")
-            raise UserError(f"arena '{directory.name}' is already running (pid {pid})") from None
-        yield
-
-
-def _check_same_config(directory: Path, config: ArenaConfig) -> None:
-    """A resumed arena must keep its settings: its files were made with them."""
-    stored = read_json(directory / CONFIG_FILE)
-    if stored is None:
-        return
-    for name, value in config.to_dict().items():
-        if stored.get(name) != value:
-            raise ConfigError(name, f"differs from the arena's stored config ({stored.get(name)!r}); "
-                                    "use another name for a new arena")
-
-
-def _set_status(directory: Path, **changes) -> None:
-    status = read_json(directory / STATUS_FILE, {}) or {}
-    atomic_write_json(directory / STATUS_FILE, {**status, **changes, "updated": time.time()})

@@ -12,17 +12,16 @@ DM-MUL ranks by the external margin alone (the paper does not say how it obtains
 
 from __future__ import annotations
 
-import fcntl
 import os
 import time
 from collections.abc import Callable
-from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
 
-from dpo_engine.errors import ConfigError, UserError
+from dpo_engine.errors import UserError
 from dpo_engine.files import append_jsonl, atomic_write_json, atomic_write_text, read_json, read_jsonl
+from dpo_engine.job_directory import check_same_config, exclusive, set_status
 from dpo_engine.rounds import engine
 from dpo_engine.rounds.config import RoundsConfig
 from dpo_engine.rounds.pairs import build_pairs
@@ -30,7 +29,6 @@ from dpo_engine.rounds.store import (
     CONFIG_FILE,
     EVENTS_FILE,
     LOCK_FILE,
-    STATUS_FILE,
     STEP_FILES,
     STEPS,
     loop_dir,
@@ -49,10 +47,10 @@ def run_loop(config: RoundsConfig, report: Report | None = None) -> Path:
     config.validate()
     directory = loop_dir(config.name)
     directory.mkdir(parents=True, exist_ok=True)
-    with _exclusive(directory):
-        _check_same_config(directory, config)
+    with exclusive(directory, LOCK_FILE, "loop"):
+        check_same_config(directory, config.to_dict(), "loop", may_change=("rounds",))
         atomic_write_json(directory / CONFIG_FILE, config.to_dict())
-        _set_status(directory, state="running", pid=os.getpid(), message="starting")
+        set_status(directory, state="running", pid=os.getpid(), message="starting")
         try:
             recorded = {(event.get("round"), event.get("step")) for event in read_jsonl(directory / EVENTS_FILE)
                         if event.get("event") == "finished"}
@@ -65,22 +63,22 @@ def run_loop(config: RoundsConfig, report: Report | None = None) -> Path:
                         append_jsonl(directory / EVENTS_FILE, {"time": time.time(), "round": number, "step": step,
                                                                "event": "finished", "recovered": True})
         except BaseException as error:
-            _set_status(directory, state="failed", message=f"{type(error).__name__}: {error}")
+            set_status(directory, state="failed", message=f"{type(error).__name__}: {error}")
             raise
-        _set_status(directory, state="completed", round=config.rounds, step=None,
-                    message=f"{config.rounds} rounds completed")
+        set_status(directory, state="completed", round=config.rounds, step=None,
+                   message=f"{config.rounds} rounds completed")
     return directory
 
 
 def _run_step(config: RoundsConfig, directory: Path, number: int, step: str, report: Report | None) -> None:
     folder = round_dir(directory, number)
     folder.mkdir(parents=True, exist_ok=True)
-    _set_status(directory, state="running", pid=os.getpid(), round=number, step=step,
-                message=f"round {number}: {step}", progress=None)
+    set_status(directory, state="running", pid=os.getpid(), round=number, step=step,
+               message=f"round {number}: {step}", progress=None)
     append_jsonl(directory / EVENTS_FILE, {"time": time.time(), "round": number, "step": step, "event": "started"})
 
     def progress(done: int, total: int) -> None:
-        _set_status(directory, progress={"done": done, "total": total})
+        set_status(directory, progress={"done": done, "total": total})
         if report:
             report(f"round {number}: {step}", done, total)
 
@@ -209,35 +207,6 @@ STEP_FUNCTIONS = {
 
 
 # ---- bookkeeping --------------------------------------------------------------------------------------------------
-
-
-@contextmanager
-def _exclusive(directory: Path):
-    """Hold the loop's lock file: one process per loop."""
-    with open(directory / LOCK_FILE, "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            pid = (read_json(directory / STATUS_FILE, {}) or {}).get("pid")
-            raise UserError(f"loop '{directory.name}' is already running (pid {pid})") from None
-        yield
-
-
-def _check_same_config(directory: Path, config: RoundsConfig) -> None:
-    """A resumed loop must keep its settings (more rounds are fine): its files were made with them."""
-    stored = read_json(directory / CONFIG_FILE)
-    if stored is None:
-        return
-    current = config.to_dict()
-    for name in current:
-        if name != "rounds" and stored.get(name) != current[name]:
-            raise ConfigError(name, f"differs from the loop's stored config ({stored.get(name)!r}); "
-                                    "use another name for a new loop")
-
-
-def _set_status(directory: Path, **changes) -> None:
-    status = read_json(directory / STATUS_FILE, {}) or {}
-    atomic_write_json(directory / STATUS_FILE, {**status, **changes, "updated": time.time()})
 
 
 def _write_parquet(table: pd.DataFrame, path: Path) -> None:
