@@ -8,6 +8,7 @@ import pandas as pd
 import streamlit as st
 
 from dpo_engine.data.pairs import ValidationReport
+from dpo_engine.errors import UserError
 from dpo_engine.margins.ranks import pair_ranks
 
 MARGIN_NAMES = {"external_margin": "external", "implicit_margin": "implicit", "dm_add": "DM-ADD", "dm_mul": "DM-MUL",
@@ -182,3 +183,25 @@ def confirmed(pending_key: str, action: str, kind: str, options: dict, summary=N
         st.warning(f"An identical {kind} was launched seconds ago; not starting it twice.")
         return False
     return True
+
+
+JOB_STATE_ICONS = {"running": "🟢", "completed": "✅", "failed": "❌", "interrupted": "⏸️"}
+
+
+def job_state_line(name: str, status: dict, resume, *, key: str) -> bool:
+    """A loop's or an arena's state, message and progress on one line, with Resume when it failed or was interrupted.
+
+    ``resume()`` starts the job again (``UserError`` is shown, not raised). True when it was resumed.
+    """
+    state = status.get("state", "not started")
+    progress = status.get("progress") or {}
+    counts = f" ({progress['done']} / {progress['total']})" if progress.get("total") else ""
+    st.markdown(f"{JOB_STATE_ICONS.get(state, '')} **{name}**: {state} · {status.get('message', '')}{counts}")
+    if state in ("failed", "interrupted") and st.button("Resume", key=key):
+        try:
+            resume()
+        except UserError as error:
+            st.error(str(error))
+        else:
+            return True
+    return False

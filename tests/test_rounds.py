@@ -159,11 +159,14 @@ def test_cut_check_flags_a_top_k_cut_inside_tied_scores():
 
 def test_cli_flags_override_the_yaml_and_absent_flags_keep_it(tmp_path):
     from dpo_engine.cli import build_parser
-    from dpo_engine.cli.rounds import load_config
+    from dpo_engine.cli.rounds import OVERRIDABLE
+    from dpo_engine.cli.yaml_job import yaml_config_with_flags
+    from dpo_engine.rounds.config import RoundsConfig
 
     path = tmp_path / "loop.yaml"
     path.write_text(yaml.safe_dump({"name": "x", "rounds": 5, "samples_per_prompt": 3}))
-    config = load_config(build_parser().parse_args(["rounds", str(path), "--rounds", "6"]))
+    args = build_parser().parse_args(["rounds", str(path), "--rounds", "6"])
+    config = yaml_config_with_flags(RoundsConfig, args, OVERRIDABLE)
     assert (config.rounds, config.samples_per_prompt, config.prompts_per_round) == (6, 3, 64)
 
 

@@ -8,6 +8,7 @@ job, and reads the arena's files (`dpo_engine.arena`).
 
 import streamlit as st
 
+from dashboard.components import job_state_line
 from dpo_engine import jobs
 from dpo_engine.arena import ArenaConfig, arena_results, arena_status, contestant_steps, list_arenas
 from dpo_engine.arena.config import ArenaRequest
@@ -24,7 +25,6 @@ SELECTORS = {
     "Alignment potential": {"name": "alignment-potential", "rule": "alignment_potential", "params": {}},
     "Medium implicit margin": {"name": "medium-band", "rule": "medium_band", "params": {}},
 }
-STATE_ICONS = {"running": "🟢", "completed": "✅", "failed": "❌", "interrupted": "⏸️"}
 
 
 def start_arena(values: dict) -> None:
@@ -62,16 +62,7 @@ def launch_form() -> None:
 
 @st.fragment(run_every=3)
 def arena_view(name: str) -> None:
-    status = arena_status(name)
-    state = status.get("state", "not started")
-    progress = status.get("progress") or {}
-    counts = f" ({progress['done']} / {progress['total']})" if progress.get("total") else ""
-    st.markdown(f"{STATE_ICONS.get(state, '')} **{name}**: {state} · {status.get('message', '')}{counts}")
-    if state in ("failed", "interrupted") and st.button("Resume", key=f"resume_{name}"):
-        try:
-            start_arena(arena_config(name))
-        except UserError as error:
-            st.error(str(error))
+    job_state_line(name, arena_status(name), lambda: start_arena(arena_config(name)), key=f"resume_{name}")
     st.dataframe(contestant_steps(name), hide_index=True)
     results = arena_results(name)
     if results is None:

@@ -7,6 +7,7 @@ job, and reads the loop's files (`dpo_engine.rounds`).
 
 import streamlit as st
 
+from dashboard.components import job_state_line
 from dashboard.figures import margin_scatter, training_curves
 from dashboard.rounds_figures import win_rate_by_round
 from dpo_engine import jobs
@@ -19,7 +20,6 @@ PRESETS = {
     "DM-MUL, top 25 %": {"selection_rule": "top_k", "selection_params": {"score": "dm_mul", "frac": 0.25}},
     "All online pairs (baseline)": {"selection_rule": "all", "selection_params": {}},
 }
-STATE_ICONS = {"running": "🟢", "completed": "✅", "failed": "❌", "interrupted": "⏸️"}
 
 
 def start_loop(values: dict) -> None:
@@ -58,18 +58,8 @@ def launch_form() -> None:
 
 
 def loop_header(name: str) -> None:
-    status = loop_status(name)
-    state = status.get("state", "not started")
-    progress = status.get("progress") or {}
-    counts = f" ({progress['done']} / {progress['total']})" if progress.get("total") else ""
-    st.markdown(f"{STATE_ICONS.get(state, '')} **{name}**: {state} · {status.get('message', '')}{counts}")
-    if state in ("failed", "interrupted") and st.button("Resume", key=f"resume_{name}"):
-        try:
-            start_loop(loop_config(name))
-        except UserError as error:
-            st.error(str(error))
-        else:
-            st.rerun()
+    if job_state_line(name, loop_status(name), lambda: start_loop(loop_config(name)), key=f"resume_{name}"):
+        st.rerun()
 
 
 @st.fragment(run_every=3)

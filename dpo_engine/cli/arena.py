@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from pathlib import Path
 
 from dpo_engine.arena.config import ArenaConfig
-from dpo_engine.cli.flags import add_config_arguments
-from dpo_engine.files import atomic_write_json
+from dpo_engine.cli.yaml_job import add_yaml_job_arguments, progress_file_writer, yaml_config_with_flags
 
 # Fields a flag cannot express (lists of mappings, a mapping): set in the YAML only.
 YAML_ONLY = ("selectors", "random_seeds", "train")
@@ -30,10 +28,7 @@ def add_parser(subparsers) -> None:
         description="Run the arena an ArenaConfig YAML file describes (see docs/arena.md). Its directory is "
         "$MARGIN_LAB_HOME/arenas/<name>/; running the same config again resumes at the step where it stopped.",
     )
-    parser.add_argument("config", type=Path, metavar="CONFIG.yaml", help="ArenaConfig fields as YAML")
-    add_config_arguments(parser, ArenaConfig, exclude=YAML_ONLY)
-    parser.set_defaults(**dict.fromkeys(OVERRIDABLE))  # an absent flag keeps the YAML's value
-    parser.add_argument("--progress-file", help="JSON file updated with {stage, done, total} (for the dashboard)")
+    add_yaml_job_arguments(parser, ArenaConfig, OVERRIDABLE)
     parser.set_defaults(func=run)
 
     status = subparsers.add_parser("arena-status", help="what each contestant of an arena has done, and its table")
@@ -41,23 +36,12 @@ def add_parser(subparsers) -> None:
     status.set_defaults(func=show_status)
 
 
-def load_config(args: argparse.Namespace) -> ArenaConfig:
-    """The YAML config with the command-line overrides applied."""
-    values = ArenaConfig.from_yaml(args.config).to_dict()
-    values.update({name: getattr(args, name) for name in OVERRIDABLE if getattr(args, name, None) is not None})
-    return ArenaConfig.from_dict(values)
-
-
 def run(args: argparse.Namespace) -> int:
-    config = load_config(args)
+    config = yaml_config_with_flags(ArenaConfig, args, OVERRIDABLE)
     config.validate()
     from dpo_engine.arena.loop import run_arena
 
-    def report(stage: str, done: int, total: int) -> None:
-        if args.progress_file:
-            atomic_write_json(args.progress_file, {"stage": stage, "done": done, "total": total})
-
-    directory = run_arena(config, report=report)
+    directory = run_arena(config, report=progress_file_writer(args.progress_file))
     print(f"arena '{config.name}' completed: {directory / 'report' / 'report.md'}")
     _print_summary(config.name)
     return 0

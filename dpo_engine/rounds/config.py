@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal, get_args, get_type_hints
 
@@ -17,6 +17,7 @@ from dpo_engine.errors import ConfigError, DataError
 from dpo_engine.paths import ASSETS_DIR
 from dpo_engine.selection.rules import RULE_PARAMS
 from dpo_engine.training.config import (
+    check_field_names,
     DEFAULT_MODEL,
     DEVICES,
     PRECISIONS,
@@ -112,12 +113,7 @@ class RoundsConfig:
     @classmethod
     def from_dict(cls, values: dict) -> RoundsConfig:
         """A config from plain values; unknown keys and values of the wrong type raise ``ConfigError``."""
-        if not isinstance(values, dict):
-            raise ConfigError("config", f"must be a mapping of field names to values, got {type(values).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(unknown[0], f"unknown field; known fields: {', '.join(sorted(known))}")
+        check_field_names(cls, values)
         hints = get_type_hints(cls)
         return cls(**{name: _coerce(name, value, hints[name]) for name, value in values.items()})
 

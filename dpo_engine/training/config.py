@@ -171,12 +171,8 @@ class TrainConfig:
 
         Numbers given as strings are accepted (PyYAML reads ``5e-5`` as a string).
         """
-        if not isinstance(values, dict):
-            raise ConfigError("config", f"must be a mapping of field names to values, got {type(values).__name__}")
+        check_field_names(cls, values)
         known = {f.name: f for f in fields(cls)}
-        unknown = sorted(set(values) - set(known))
-        if unknown:
-            raise ConfigError(unknown[0], f"unknown field; known fields: {', '.join(known)}")
         config = cls(**{name: coerce_field(name, value, known[name].type) for name, value in values.items()})
         config.check_bounds()
         config.check_processes()
@@ -313,6 +309,16 @@ def read_config_yaml(path: str | os.PathLike) -> Any:
         raise UserError(f"config file {path}: {refused}") from None
     except (yaml.YAMLError, UnicodeDecodeError, ValueError) as error:
         raise UserError(f"config file {path} is not valid YAML: {error}") from None
+
+
+def check_field_names(config_cls, values: Any) -> None:
+    """``ConfigError`` unless ``values`` is a mapping whose keys are all fields of the dataclass ``config_cls``."""
+    if not isinstance(values, dict):
+        raise ConfigError("config", f"must be a mapping of field names to values, got {type(values).__name__}")
+    known = [f.name for f in fields(config_cls)]
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ConfigError(unknown[0], f"unknown field; known fields: {', '.join(sorted(known))}")
 
 
 def coerce_field(name: str, value: Any, kind: str) -> Any:
