@@ -9,6 +9,8 @@ PORT    ?= 8501
 # Loopback only by default. HOST=0.0.0.0 shares the dashboard and needs a login (MARGIN_LAB_PASSWORD or
 # st.login; see docs/security.md): the launcher refuses to start without one.
 HOST    ?= 127.0.0.1
+# Test processes (pytest-xdist); each test file stays on one, so its module fixtures (a dashboard server) start once.
+TEST_WORKERS ?= 2
 export MARGIN_LAB_HOME ?= $(CURDIR)/.margin_lab
 
 .PHONY: setup demo test bench browser clean-venv
@@ -35,7 +37,7 @@ demo: setup
 
 test: setup browser
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 bench: setup
 	$(PY) benchmarks/run_all.py --quick

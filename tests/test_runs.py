@@ -7,6 +7,7 @@ MARGIN_LAB_TRAIN_TARGET) so they take seconds; the last two train the tiny rando
 from __future__ import annotations
 
 import json
+import contextlib
 import os
 import signal
 import sqlite3
@@ -56,7 +57,8 @@ def kill_leftover_workers():
     yield
     for pid, process in list(processes.children.items()):
         if pid not in started_before and process.poll() is None:
-            os.killpg(pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):  # it may end between poll() and killpg()
+                os.killpg(pid, signal.SIGKILL)
             process.wait()
 
 
