@@ -18,6 +18,11 @@ Baseline: the same two interactions in a plain Streamlit + Plotly Express app a 
 table (``benchmarks/_plain_scatter_app.py``: ``px.scatter`` with the prompt in the hover, a threshold slider that
 recolours), served and timed in the same run. Target: <= 2 s each for ours.
 
+Reruns that change no selection (a row clicked in the table, a name typed, a plain rerun): the Margins page's
+Python per ``AppTest`` rerun with its per-rerun caches (``dashboard.margins_cache``: selection and figure;
+``components.cached_pair_ranks``) emptied before each rerun, as the page was before them, against kept, in the
+same process, interleaved (``--reruns-only`` times only this, no browser).
+
 The pairs are synthetic (random words, realistic lengths; scores 1-10) and the implicit margins random but
 correlated with the external ones: this measures the UI, not the models. The last line printed is the ratio line.
 """
@@ -50,10 +55,11 @@ def main(argv=None) -> dict:
     parser.add_argument("--pairs", type=int, default=60_000)
     parser.add_argument("--no-baseline", action="store_true", help="time the dashboard only")
     parser.add_argument("--screenshot", type=Path, default=None, help="save the first render to this PNG")
+    parser.add_argument("--reruns-only", action="store_true", help="only the unchanged-rerun ratio (AppTest, no browser)")
     args = parser.parse_args(argv)
     _common.setup_environment()
     repeats = args.repeats or (2 if args.quick else 5)
-    if not CHROMIUM.exists():
+    if not CHROMIUM.exists() and not args.reruns_only:
         raise SystemExit("no /usr/bin/chromium: run `make browser` (apt-get install chromium)")
 
     workdir = Path(tempfile.mkdtemp(prefix="bench-dashboard-"))
@@ -61,6 +67,14 @@ def main(argv=None) -> dict:
     started = time.perf_counter()
     data_path, margins_path = make_data(args.pairs, workdir, home)
     print(f"wrote {args.pairs:,} synthetic pairs and their margins table in {time.perf_counter() - started:.1f} s", flush=True)
+
+    reruns = time_reruns(data_path, home, workdir, repeats * 2)
+    rerun_ratio = f"unchanged_rerun uncached/cached={reruns['uncached']['median'] / reruns['cached']['median']:.2f}x"
+    if args.reruns_only:
+        results = {"settings": {"pairs": args.pairs, "repeats": repeats * 2},
+                   "reruns": {name: {"median_s": r["median"], "times_s": r["times"]} for name, r in reruns.items()},
+                   "ratio": f"RATIO dashboard {rerun_ratio}"}
+        return _common.finish("dashboard", results, args.json_out)
 
     env = {**os.environ, "MARGIN_LAB_HOME": str(home), "HF_HUB_OFFLINE": "1",
            "DPO_ENGINE_CACHE": str(workdir / "cache"), "BENCH_PAIRS": str(data_path), "BENCH_MARGINS": str(margins_path)}
@@ -96,6 +110,8 @@ def main(argv=None) -> dict:
         plain = results["plain Streamlit + px.scatter"]
         parts.append(f"plain/ours first_render={plain['first_render_s'] / ours['first_render_s']:.2f}x "
                      f"selection={plain['selection_update_s'] / ours['selection_update_s']:.2f}x")
+    parts.append(rerun_ratio)
+    results["reruns"] = {name: {"median_s": r["median"], "times_s": r["times"]} for name, r in reruns.items()}
     results["ratio"] = "RATIO dashboard " + " ".join(parts)
     return _common.finish("dashboard", results, args.json_out)
 
@@ -142,6 +158,31 @@ def make_data(n: int, workdir: Path, home: Path) -> tuple[Path, Path]:
          "implicit": {"source": "benchmark", "description": "synthetic, correlated with the external margin"}},
     )
     return data_path, margins_path
+
+
+def time_reruns(data_path: Path, home: Path, workdir: Path, repeats: int) -> dict:
+    """Seconds per AppTest rerun of Margins & Select (top-k 10 % on ``data_path``) that changes nothing, with the
+    per-rerun caches emptied first ("uncached", the page before them) and kept ("cached"), interleaved."""
+    os.environ.update({"MARGIN_LAB_HOME": str(home), "DPO_ENGINE_CACHE": str(workdir / "cache")})
+    from streamlit.testing.v1 import AppTest
+
+    from dashboard import components, margins_cache
+    from dashboard.state import SOURCE_KEY, DataSource
+
+    at = AppTest.from_file(str(_common.REPO_ROOT / "dashboard" / "app.py"), default_timeout=600)
+    at.session_state[SOURCE_KEY] = DataSource(source=str(data_path), label=data_path.name)
+    at.query_params.update({"rule": "top_k", "pct": "10"})
+    at.switch_page("views/margins.py")
+    at.run()
+    if at.exception:
+        raise SystemExit(f"the Margins page failed: {[error.message for error in at.exception]}")
+
+    def uncached():
+        margins_cache.clear()
+        components.cached_pair_ranks.clear()
+        at.run()
+
+    return _common.interleaved({"uncached": uncached, "cached": at.run}, repeats)
 
 
 class streamlit_server:

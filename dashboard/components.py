@@ -44,9 +44,16 @@ def escape_markdown(text, *, keep_lines: bool = False) -> str:
     return ("  \n" if keep_lines else " ").join(lines)
 
 
-def pair_browser(pairs: pd.DataFrame, columns: list[str], *, key: str, ranked_in: pd.DataFrame | None = None) -> None:
+@st.cache_data(max_entries=64, show_spinner=False)
+def cached_pair_ranks(_table: pd.DataFrame, table_key: tuple, pair_id: str) -> pd.DataFrame:
+    """`pair_ranks` of one pair, once per (table, pair): ``table_key`` names the table (a page's cache key)."""
+    return pair_ranks(_table, pair_id)
+
+
+def pair_browser(pairs: pd.DataFrame, columns: list[str], *, key: str, ranked_in: pd.DataFrame | None = None,
+                 ranked_key: tuple | None = None) -> None:
     """A table of pairs; the row the user clicks is shown in full below it (with its margins' ranks among
-    ``ranked_in``'s pairs, when given)."""
+    ``ranked_in``'s pairs, when given; cached per pair when ``ranked_key`` names that table)."""
     if pairs.empty:
         st.info("No pairs to show.")
         return
@@ -67,7 +74,13 @@ def pair_browser(pairs: pd.DataFrame, columns: list[str], *, key: str, ranked_in
     if not rows:
         st.caption("Click a row to read that pair in full. Showing the first one.")
     pair = pairs.iloc[position]
-    pair_viewer(pair, None if ranked_in is None else pair_ranks(ranked_in, pair["pair_id"]))
+    if ranked_in is None:
+        ranks = None
+    elif ranked_key is None:
+        ranks = pair_ranks(ranked_in, pair["pair_id"])
+    else:
+        ranks = cached_pair_ranks(ranked_in, ranked_key, str(pair["pair_id"]))
+    pair_viewer(pair, ranks)
 
 
 def pair_viewer(pair: pd.Series, ranks: pd.DataFrame | None = None) -> None:

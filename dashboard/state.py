@@ -50,12 +50,28 @@ def current_source() -> DataSource:
 
 def set_source(source: DataSource) -> None:
     st.session_state[SOURCE_KEY] = source
-    for key in (DATASET_PARAM, UPLOAD_PARAM):
-        st.query_params.pop(key, None)
+    keep_source_in_address(source)
+
+
+def source_address(source: DataSource) -> dict[str, str]:
+    """The query parameter that names ``source`` (``source_from_query`` reads it back), or {} for a source an
+    address cannot name (a path, mapped columns, dropped rows)."""
     if source.bundled is not None:
-        st.query_params[DATASET_PARAM] = source.bundled
-    elif Path(source.source).parent == workspace_subdir("uploads") and not source.columns and not source.drop_invalid:
-        st.query_params[UPLOAD_PARAM] = Path(source.source).name
+        return {DATASET_PARAM: source.bundled}
+    if Path(source.source).parent == workspace_subdir("uploads") and not source.columns and not source.drop_invalid:
+        return {UPLOAD_PARAM: Path(source.source).name}
+    return {}
+
+
+def keep_source_in_address(source: DataSource) -> None:
+    """Make the address name ``source`` (a page switch may have dropped it), writing only what changes."""
+    wanted = source_address(source)
+    for key in (DATASET_PARAM, UPLOAD_PARAM):
+        if key in wanted:
+            if st.query_params.get(key) != wanted[key]:
+                st.query_params[key] = wanted[key]
+        elif key in st.query_params:
+            del st.query_params[key]
 
 
 def source_from_query() -> DataSource | None:

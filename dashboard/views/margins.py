@@ -9,14 +9,16 @@ import streamlit as st
 
 from dashboard.components import escape_markdown, pair_browser
 from dashboard.pair_view import why_this_pair
-from dashboard import figures
-from dashboard.figures import hover_texts, margin_density, margin_scatter, selection_marginals
+from dashboard import figures, margins_cache
+from dashboard import selection_address as address
+from dashboard.figures import hover_texts, selection_marginals
 from dashboard.scoring_form import score_job_panel
 from dashboard.state import (
     computed_margins_path,
     current_source,
     dataset_fingerprint,
     load,
+    keep_source_in_address,
     load_margins,
     margins_path,
 )
@@ -29,7 +31,6 @@ from dpo_engine.selection.rules import (
     column_stats,
     ids_mask,
     margin_correlations,
-    select_pairs,
     selection_summary,
 )
 from dpo_engine.selection.store import Selection, export_selection, list_selections, save_selection, selection_path
@@ -174,25 +175,36 @@ def anchored_ids(figure_key: tuple, dataset_fp: str) -> list[str]:
     return anchor["ids"]
 
 
-def range_slider(label: str, values: pd.Series, key: str) -> tuple[float, float, bool]:
-    """A range slider over a margin; returns (low, high, narrowed)."""
+def range_slider(label: str, values: pd.Series, key: str, saved: str | None = None) -> tuple[float, float, bool]:
+    """A range slider over a margin, starting at ``saved`` (``"low,high"`` from the address) when that lies in its
+    range; returns (low, high, narrowed)."""
     finite = values[np.isfinite(values)]
     low, high = float(np.floor(finite.min() * 10) / 10), float(np.ceil(finite.max() * 10) / 10)
     high = max(high, low + 0.1)  # one value throughout (e.g. equal scores): a slider needs two distinct ends
     step = max(round((high - low) / 200, 3), 0.001)
-    chosen = st.slider(label, min_value=low, max_value=high, value=(low, high), step=step, key=key)
+    start = address.as_range(saved, low, high) or (low, high)
+    chosen = st.slider(label, min_value=low, max_value=high, value=start, step=step, key=key)
     return chosen[0], chosen[1], chosen != (low, high)
 
 
-def rule_controls(rule: str, table: pd.DataFrame, dataset_fp: str) -> tuple[dict, dict]:
-    """The parameters of a rule: (params for select_pairs, threshold lines to draw)."""
+def option_index(options: list, saved: str | None, default: int = 0) -> int:
+    """The position of ``saved`` (from the address) in ``options``, else ``default``."""
+    return options.index(saved) if saved in options else default
+
+
+def rule_controls(rule: str, table: pd.DataFrame, dataset_fp: str, saved: dict | None = None) -> tuple[dict, dict]:
+    """The parameters of a rule: (params for select_pairs, threshold lines to draw). ``saved``: the address's raw
+    values for this rule (`selection_address.address_values`), used as the widgets' defaults when they parse."""
+    saved = saved or {}
     scores = [name for name in SCORE_LABELS if table[name].notna().any()]
     left, middle, right = st.columns(3)
     if rule == "threshold":
         with left:
-            ex_low, ex_high, ex_narrowed = range_slider("External margin between", table.external_margin, f"ex-{dataset_fp}")
+            ex_low, ex_high, ex_narrowed = range_slider("External margin between", table.external_margin,
+                                                        f"ex-{dataset_fp}", saved.get("ex"))
         with middle:
-            im_low, im_high, im_narrowed = range_slider("Implicit margin between", table.implicit_margin, f"im-{dataset_fp}")
+            im_low, im_high, im_narrowed = range_slider("Implicit margin between", table.implicit_margin,
+                                                        f"im-{dataset_fp}", saved.get("im"))
         where = {"external_margin": [ex_low if ex_narrowed else None, ex_high if ex_narrowed else None],
                  "implicit_margin": [im_low if im_narrowed else None, im_high if im_narrowed else None]}
         lines = {column: tuple(bounds) for column, bounds in where.items() if bounds != [None, None]}
@@ -202,52 +214,68 @@ def rule_controls(rule: str, table: pd.DataFrame, dataset_fp: str) -> tuple[dict
     if rule == "manual":
         left.caption("Drag a box or a lasso on the chart; double-click clears it.")
         return {"pair_ids": mirrored_ids(dataset_fp)}, {}
-    percent = right.slider("Share of all pairs (%)", 1, 100, 10, key=f"pct-{rule}-{dataset_fp}")
+    percent = right.slider("Share of all pairs (%)", 1, 100, address.as_int(saved.get("pct"), 1, 100) or 10,
+                           key=f"pct-{rule}-{dataset_fp}")
     params = {"frac": percent / 100}
     if rule == "top_k":
-        params["score"] = left.selectbox("Score", scores, format_func=SCORE_LABELS.get, key=f"score-{dataset_fp}")
-        if middle.checkbox("Only pairs with both margins ≥ 0 (BeeS filter)", key=f"pos-{dataset_fp}"):
+        params["score"] = left.selectbox("Score", scores, index=option_index(scores, saved.get("score")),
+                                         format_func=SCORE_LABELS.get, key=f"score-{dataset_fp}")
+        if middle.checkbox("Only pairs with both margins ≥ 0 (BeeS filter)", value=saved.get("pos") == "1",
+                           key=f"pos-{dataset_fp}"):
             params["where"] = {"external_margin": [0.0, None], "implicit_margin": [0.0, None]}
     elif rule == "random":
-        params["seed"] = int(left.number_input("Seed", value=DEFAULT_RANDOM_SEED, step=1, key=f"seed-{dataset_fp}",
+        seed = address.as_int(saved.get("seed"), 0, address.SEED_MAX)
+        params["seed"] = int(left.number_input("Seed", value=DEFAULT_RANDOM_SEED if seed is None else seed, step=1,
+                                               key=f"seed-{dataset_fp}",
                                                help="Not 42 by default: the warm-up proxy's seed subset is drawn "
                                                     "with 42, and random at 42 would be exactly those pairs."))
     elif rule == "hypothesis":
-        params.update(hypothesis_controls(table, dataset_fp, (left, middle)))
+        params.update(hypothesis_controls(table, dataset_fp, (left, middle), saved))
         if params["rule"] == "selective_dpo":  # its size is tau, the hardest share dropped, not a share kept
             params.pop("frac")
     else:
-        params["score"] = left.selectbox("Margin", scores, format_func=SCORE_LABELS.get, key=f"pscore-{dataset_fp}")
-        params["part"] = middle.radio("Part", ["top", "mid", "bot"], horizontal=True, key=f"part-{dataset_fp}",
-                                      help="mid: a random sample from the band −τ ≤ margin ≤ τ")
+        params["score"] = left.selectbox("Margin", scores, index=option_index(scores, saved.get("score")),
+                                         format_func=SCORE_LABELS.get, key=f"pscore-{dataset_fp}")
+        parts = ["top", "mid", "bot"]
+        params["part"] = middle.radio("Part", parts, index=option_index(parts, saved.get("part")), horizontal=True,
+                                      key=f"part-{dataset_fp}", help="mid: a random sample from the band −τ ≤ margin ≤ τ")
         if params["part"] == "mid":
-            params["tau"] = float(middle.number_input("τ", value=1.0, min_value=0.0, step=0.1, key=f"tau-{dataset_fp}"))
+            tau = address.as_number(saved.get("tau"), 0.0, 1e9)
+            params["tau"] = float(middle.number_input("τ", value=1.0 if tau is None else tau, min_value=0.0, step=0.1,
+                                                      key=f"tau-{dataset_fp}"))
     return params, {}
 
 
-def hypothesis_controls(table: pd.DataFrame, dataset_fp: str, columns) -> dict:
-    """A field selector and its own parameters; ``rule`` is the `select_pairs` rule to run."""
+def hypothesis_controls(table: pd.DataFrame, dataset_fp: str, columns, saved: dict | None = None) -> dict:
+    """A field selector and its own parameters; ``rule`` is the `select_pairs` rule to run. ``saved``: the
+    address's raw values (defaults when they parse)."""
+    saved = saved or {}
     left, middle = columns
     numeric = [name for name in table.columns if pd.api.types.is_numeric_dtype(table[name]) and table[name].notna().any()
                and name not in ("in_warmup",)]
     offered = [rule for rule, (_, needs) in HYPOTHESIS_LABELS.items() if all(column in numeric for column in needs)]
-    rule = left.selectbox("Hypothesis", offered, format_func=lambda name: HYPOTHESIS_LABELS[name][0],
-                          key=f"hyp-{dataset_fp}")
+    rule = left.selectbox("Hypothesis", offered, index=option_index(offered, saved.get("hyp")),
+                          format_func=lambda name: HYPOTHESIS_LABELS[name][0], key=f"hyp-{dataset_fp}")
     params: dict = {"rule": rule}
     if rule in ("smallest_gap", "medium_band"):
-        params["score"] = middle.selectbox("Score", numeric, index=numeric.index("implicit_margin")
-                                           if "implicit_margin" in numeric else 0, key=f"hscore-{dataset_fp}")
+        implicit = numeric.index("implicit_margin") if "implicit_margin" in numeric else 0
+        params["score"] = middle.selectbox("Score", numeric, index=option_index(numeric, saved.get("score"), implicit),
+                                           key=f"hscore-{dataset_fp}")
     elif rule == "alignment_potential":
-        params["weight"] = float(middle.number_input("Weight of the implicit term", value=1.0, min_value=0.0,
-                                                     step=0.1, key=f"apw-{dataset_fp}"))
+        weight = address.as_number(saved.get("w"), 0.0, 1e9)
+        params["weight"] = float(middle.number_input("Weight of the implicit term", value=1.0 if weight is None else weight,
+                                                     min_value=0.0, step=0.1, key=f"apw-{dataset_fp}"))
     elif rule == "bees_k":
         margins = [name for name in numeric if "margin" in name]
-        defaults = [name for name in DEFAULT_COLUMNS["bees_k"] if name in margins]
+        defaults = address.as_choices(saved.get("cols"), margins) or [
+            name for name in DEFAULT_COLUMNS["bees_k"] if name in margins]
         params["scores"] = middle.multiselect("Margin columns (K sources)", margins, default=defaults,
                                               key=f"bees-{dataset_fp}")
     elif rule == "selective_dpo":
-        params["tau"] = float(middle.slider("Hardest share dropped (τ)", 0.0, 0.9, SELECTIVE_DPO_TAU, 0.05,
-                                            key=f"tau-sdpo-{dataset_fp}"))
+        tau = address.as_number(saved.get("tau"), 0.0, 0.9)
+        params["tau"] = float(middle.slider("Hardest share dropped (τ)", 0.0, 0.9,
+                                            SELECTIVE_DPO_TAU if tau is None else round(round(tau / 0.05) * 0.05, 2),
+                                            0.05, key=f"tau-sdpo-{dataset_fp}"))
     return params
 
 
@@ -290,7 +318,8 @@ def select_section(table: pd.DataFrame, pairs: pd.DataFrame, dataset_fp: str, ca
     """Rule, chart, summary, selected pairs, save and export. A fragment: interactions rerun only this part."""
     rule_column, draw_column, color_column = st.columns([3, 1, 1], vertical_alignment="bottom")
     rule = rule_column.segmented_control(
-        "Selection rule", list(RULE_LABELS), format_func=RULE_LABELS.get, default="threshold", required=True,
+        "Selection rule", list(RULE_LABELS), format_func=RULE_LABELS.get,
+        default=address.address_rule(RULE_LABELS) or "threshold", required=True,
         key=f"rule-{dataset_fp}", persist_state="session",
     )
     color_label = color_column.selectbox(
@@ -300,17 +329,19 @@ def select_section(table: pd.DataFrame, pairs: pd.DataFrame, dataset_fp: str, ca
         key="color_by",
         persist_state="session",
     )
-    params, lines = rule_controls(rule, table, dataset_fp)
+    params, lines = rule_controls(rule, table, dataset_fp, address.address_values(rule))
+    address.write_address(address.encode(rule, params))  # a reload or a shared link opens this selection
     rule = params.pop("rule", rule)  # "hypothesis" names the field selector it runs
+    whole = table_statistics(table, cache_key)
     try:
-        ids = select_pairs(table, rule, params) if rule != "manual" or params["pair_ids"] else []
+        ids, selected, summary = margins_cache.picked(table, cache_key, rule, params, whole["columns"])
     except UserError as error:
         st.error(str(error))
         ids = []
-    selected = ids_mask(table, ids)
+        selected = ids_mask(table, ids)
+        summary = selection_summary(table, ids, selected=selected, overall=whole["columns"])
 
     color_column = COLOR_OPTIONS[color_label]
-    color = None if color_column is None else table[color_column].to_numpy(float)
     color_title = color_label.split(" (")[0]
     density = rule != "manual" and draw_column.segmented_control(
         "Chart", ["points", "binned"], format_func=str.capitalize, required=True,
@@ -323,23 +354,25 @@ def select_section(table: pd.DataFrame, pairs: pd.DataFrame, dataset_fp: str, ca
     hover = cached_hover(table, cache_key)
     if density:
         st.caption(f"{len(table):,} pairs, binned: grey cells hold pairs, coloured cells selected pairs "
-                   f"({'their count' if color is None else 'the mean ' + color_title}); hover a cell for its counts.")
+                   f"({'their count' if color_column is None else 'the mean ' + color_title}); hover a cell for its counts.")
     elif len(table) > HOVER_TEXT_LIMIT:
         st.caption(f"With more than {HOVER_TEXT_LIMIT:,} pairs the hover shows the pair id and margins; "
                    "read a pair in full in the table of selected pairs below.")
+    figure_inputs = dict(color_column=color_column, color_label=color_title, hover=hover)
     if density:
-        st.plotly_chart(margin_density(table, selected=selected, color=color, color_label=color_title, thresholds=lines))
+        st.plotly_chart(margins_cache.chart_figure("binned", table, cache_key, selected=selected, thresholds=lines,
+                                                   **figure_inputs))
     elif rule == "manual":  # the same figure, byte for byte, whatever the box/lasso selects: see anchored_ids
         drawn = ids_mask(table, anchored_ids((cache_key, color_label), dataset_fp))
-        figure = margin_scatter(table, hover, selected=drawn if drawn.any() else None, color=color, color_label=color_title,
-                                selected_marginals=False)
+        figure = margins_cache.chart_figure("box", table, cache_key, selected=drawn if drawn.any() else None,
+                                            **figure_inputs)
         st.plotly_chart(
             figure, key=CHART_KEY, on_select=lambda: mirror_chart_selection(dataset_fp), selection_mode=("box", "lasso")
         )
     else:
         warmup = warmup_mask(table)
-        clicked = st.plotly_chart(margin_scatter(table, hover, selected=selected, color=color, color_label=color_title,
-                                                 thresholds=lines, warmup=warmup),
+        clicked = st.plotly_chart(margins_cache.chart_figure("points", table, cache_key, selected=selected, thresholds=lines,
+                                                             warmup=warmup, **figure_inputs),
                                   key="rule_chart", on_select="rerun", selection_mode="points")
         points = [point for point in clicked.selection.points if point.get("curve_number", 0) == 0]
         if points:  # a click on a point opens that pair
@@ -349,9 +382,7 @@ def select_section(table: pd.DataFrame, pairs: pd.DataFrame, dataset_fp: str, ca
         else:
             st.caption("Click a point to open its pair.")
 
-    whole = table_statistics(table, cache_key)
     size, share, pearson, spearman = st.columns(4)
-    summary = selection_summary(table, ids, selected=selected, overall=whole["columns"])
     size.metric("Selected pairs", f"{summary['size']:,}")
     share.metric("Share of dataset", f"{summary['share']:.1%}")
     pearson.metric("Pearson r (external, implicit)", "–" if whole["pearson"] is None else f"{whole['pearson']:.3f}")
@@ -372,7 +403,7 @@ def select_section(table: pd.DataFrame, pairs: pd.DataFrame, dataset_fp: str, ca
                    "save or export the selection for all of them.")
         chosen = chosen.iloc[:TABLE_ROW_LIMIT]
     pair_browser(chosen, ["pair_id", "prompt", "external_margin", "implicit_margin", "dm_mul"], key="selected_pairs",
-                 ranked_in=table)
+                 ranked_in=table, ranked_key=cache_key)
 
 
 def save_and_export(rule: str, params: dict, ids: list[str], dataset_fp: str, pairs: pd.DataFrame) -> None:
@@ -444,6 +475,7 @@ if path is None:
     st.stop()
 
 table, meta = load_margins(path)
+keep_source_in_address(source)  # with the rule's keys (select_section), the address opens this selection
 st.caption(f"**{escape_markdown(source.label)}**: {len(table):,} pairs with margins")
 with st.expander("How these margins were computed"):
     st.markdown(provenance(meta, path))
