@@ -249,6 +249,21 @@ def test_bad_configs_are_rejected_before_launch_naming_the_field(tmp_path, overr
     assert error.value.field == field
 
 
+def test_drop_invalid_trains_on_the_usable_rows_and_names_the_rest(tmp_path, capsys):
+    from dpo_engine.training.config import load_subset
+
+    rows = [{"prompt": f"q{i}", "chosen": f"good {i}", "rejected": f"bad {i}"} for i in range(4)]
+    rows[2]["chosen"] = None  # no text: a row that cannot be used
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    with pytest.raises(ConfigError) as refused:
+        load_subset(TrainConfig(subset=str(path)))
+    assert refused.value.field == "subset"
+    pairs = load_subset(TrainConfig(subset=str(path), drop_invalid=True))
+    assert pairs.prompt.tolist() == ["q0", "q1", "q3"]
+    assert "rows left out: 1 (data rows 2)" in capsys.readouterr().err
+
+
 def test_config_from_yaml_round_trips_and_rejects_unknown_keys(tmp_path):
     path = tmp_path / "config.yaml"
     path.write_text("model: tiny-random\nsubset: pairs.jsonl\nloss: simpo\nloss_params: {beta: 2.0}\n"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -70,6 +71,9 @@ class TrainConfig:
         f"Base model: '{DEFAULT_MODEL}', 'tiny-random' (tests), a local model directory or a Hub id."))
     subset: str = field(default="", metadata=_help(
         "Path to the training pairs: any file dpo_engine.data.load_pairs reads (jsonl, json, csv, parquet)."))
+    drop_invalid: bool = field(default=False, metadata=_help(
+        "Train on the subset file's usable rows, leaving out (and listing on stderr) the rows that cannot be used, "
+        "instead of refusing the file. Saved selections hold usable rows only."))
     max_length: int = field(default=512, metadata=_help(
         "Tokens per sequence (prompt + one response); responses are cut to fit."))
     max_prompt_length: int = field(default=256, metadata=_help(
@@ -385,9 +389,15 @@ def load_subset(config: TrainConfig) -> pd.DataFrame:
     if not Path(config.subset).expanduser().exists():
         raise ConfigError("subset", f"file {config.subset} not found")
     try:
-        pairs = load_pairs(Path(config.subset).expanduser()).pairs
+        loaded = load_pairs(Path(config.subset).expanduser(), drop_invalid=config.drop_invalid)
     except DataError as error:
         raise ConfigError("subset", str(error)) from None
+    dropped = loaded.report.dropped_provenance()
+    if dropped:
+        rows = ", ".join(map(str, dropped["dropped_rows"][:20])) + (" ..." if dropped["dropped_count"] > 20 else "")
+        print(f"{config.subset}: {dropped['dropped_reason']}; rows left out: {dropped['dropped_count']} (data rows "
+              f"{rows})", file=sys.stderr)
+    pairs = loaded.pairs
     if len(pairs) == 0:
         raise ConfigError("subset", f"{config.subset} has no pairs")
     return pairs
