@@ -169,3 +169,18 @@ def test_the_summary_estimates_the_time_from_a_finished_run_of_the_same_shape(wo
     button(at, "Review launch").click().run()
     summary = next(item.value for item in at.markdown if item.value.startswith("**Will launch:**"))
     assert f"as {run_id} took)" in summary and "time ≈ " in summary and "40 steps" in summary
+
+
+def test_a_run_from_a_selection_with_rows_left_out_says_so(workspace, tmp_path):
+    from dpo_engine import runs
+    from dpo_engine.selection.store import Selection, save_selection
+
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text('{"prompt": "p", "chosen": "a", "rejected": "b"}\n')
+    provenance = {"dropped_rows": [3, 7], "dropped_count": 2, "dropped_reason": "rows that cannot be used were left out"}
+    save_selection(Selection("cleaned", "manual", {}, "fp", ["x"], provenance=provenance))
+    runs.create_run({"model": "tiny-random", "subset": str(pairs), "max_steps": 2}, selection_name="cleaned")
+    at = page("views/runs.py")
+    notes = [item.value for item in at.caption if "left out" in item.value]
+    assert notes == ["Selection **cleaned** was made with 2 rows of its dataset left out: rows that cannot be used were "
+                     "left out."]

@@ -21,7 +21,7 @@ from dpo_engine.errors import UserError
 from dpo_engine.losses.catalog import LOSS_DEFAULTS, LOSS_DOCS, LOSS_NAMES
 from dpo_engine import runs
 from dpo_engine.runs.annotations import Annotations, parse_tags, read_annotations, write_annotations
-from dpo_engine.selection.store import list_selections
+from dpo_engine.selection.store import list_selections, load_selection
 from dpo_engine.training.config import TrainConfig
 
 FORM_GROUPS = {
@@ -280,11 +280,28 @@ def confirm_delete(run_ids: list[str]) -> None:
         st.rerun()
 
 
+def dropped_rows_note(selection_name: str | None) -> str | None:
+    """What the run's selection records about dataset rows left out when it was made (its provenance), if any."""
+    if not selection_name:
+        return None
+    try:
+        provenance = load_selection(selection_name).provenance
+    except (UserError, OSError, ValueError):  # the selection was deleted or is unreadable: nothing to add
+        return None
+    if not provenance.get("dropped_count"):
+        return None
+    return (f"Selection **{escape_markdown(selection_name)}** was made with {provenance['dropped_count']:,} rows of its "
+            f"dataset left out: {escape_markdown(provenance.get('dropped_reason', ''))}.")
+
+
 def run_details(run) -> None:
     """One run: status with rate and ETA, actions, tags and notes, metrics CSV, log tail and config."""
     st.markdown(f"**{run.run_id}** · {run.state} · step {run.step}/{run.total_steps or '?'} · subset {escape_markdown(run.subset_name)}")
     if run.is_active:
         st.caption(progress.describe(progress.from_run_status(run.status, time.time()), "step"))
+    dropped = dropped_rows_note(run.selection_name)
+    if dropped:
+        st.caption(dropped)
     resolved = (run.status.get("summary") or {}).get("precision")
     if resolved and run.config.get("precision") != resolved:
         st.caption(f"precision {run.config.get('precision')} resolved to **{resolved}** on this device")
