@@ -20,7 +20,7 @@ def axis(values: pd.Series, label: str) -> dict | None:
         return {"label": label, "values": numeric.to_numpy(float)}
     if values.isna().all():
         return None
-    names = values.fillna("–").astype(str)
+    names = values.astype(object).fillna("–").astype(str)  # object first: a float column takes no text
     categories = sorted(names.unique())
     codes = names.map({name: code for code, name in enumerate(categories)}).to_numpy(float)
     return {"label": label, "values": codes, "tickvals": list(range(len(categories))), "ticktext": categories}
