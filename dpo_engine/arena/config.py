@@ -18,11 +18,11 @@ from dpo_engine.errors import ConfigError, DataError
 from dpo_engine.paths import ASSETS_DIR
 from dpo_engine.selection.rules import RULE_PARAMS
 from dpo_engine.training.config import (
+    check_train_fields,
     check_field_names,
     DEFAULT_MODEL,
     DEVICES,
     PRECISIONS,
-    TrainConfig,
     coerce_field,
     read_config_yaml,
 )
@@ -163,13 +163,7 @@ class ArenaConfig:
                                   f"rule '{rule}' takes {', '.join(sorted(RULE_PARAMS[rule]))}")
 
     def _validate_train(self) -> None:
-        taken = sorted(set(self.train) & set(TRAIN_FIELDS_SET_BY_ARENA))
-        if taken:
-            raise ConfigError(f"train.{taken[0]}", "is set by the arena for every run; use the top-level field")
-        try:
-            TrainConfig.from_dict(self.train)
-        except ConfigError as error:
-            raise ConfigError(f"train.{error.field}", str(error).split(": ", 1)[-1]) from None
+        check_train_fields(self.train, TRAIN_FIELDS_SET_BY_ARENA, "arena for every run")
 
     def _validate_files(self) -> None:
         from dpo_engine.evaluation.generation import load_eval_prompts

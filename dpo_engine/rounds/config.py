@@ -17,11 +17,11 @@ from dpo_engine.errors import ConfigError, DataError
 from dpo_engine.paths import ASSETS_DIR
 from dpo_engine.selection.rules import RULE_PARAMS
 from dpo_engine.training.config import (
+    check_train_fields,
     check_field_names,
     DEFAULT_MODEL,
     DEVICES,
     PRECISIONS,
-    TrainConfig,
     coerce_field,
     read_config_yaml,
 )
@@ -165,13 +165,7 @@ class RoundsConfig:
                                                                 f"{', '.join(sorted(allowed)) or 'no parameters'}")
 
     def _validate_train(self) -> None:
-        taken = sorted(set(self.train) & set(TRAIN_FIELDS_SET_PER_ROUND))
-        if taken:
-            raise ConfigError(f"train.{taken[0]}", "is set by the loop each round; use the top-level field")
-        try:
-            TrainConfig.from_dict(self.train)
-        except ConfigError as error:
-            raise ConfigError(f"train.{error.field}", str(error).split(": ", 1)[-1]) from None
+        check_train_fields(self.train, TRAIN_FIELDS_SET_PER_ROUND, "loop each round")
 
     def _validate_prompts(self) -> None:
         from dpo_engine.evaluation.generation import load_eval_prompts

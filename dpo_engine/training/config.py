@@ -315,6 +315,18 @@ def read_config_yaml(path: str | os.PathLike) -> Any:
         raise UserError(f"config file {path} is not valid YAML: {error}") from None
 
 
+def check_train_fields(train: dict, set_elsewhere: tuple[str, ...], owner: str) -> None:
+    """Check a job's ``train:`` mapping (TrainConfig fields shared by the runs it starts, e.g. a loop's or an arena's):
+    no field the job sets itself (``set_elsewhere``), every value valid; ``ConfigError`` naming ``train.<field>``."""
+    taken = sorted(set(train) & set(set_elsewhere))
+    if taken:
+        raise ConfigError(f"train.{taken[0]}", f"is set by the {owner}; use the top-level field")
+    try:
+        TrainConfig.from_dict(train)
+    except ConfigError as error:
+        raise ConfigError(f"train.{error.field}", str(error).split(": ", 1)[-1]) from None
+
+
 def check_field_names(config_cls, values: Any) -> None:
     """``ConfigError`` unless ``values`` is a mapping whose keys are all fields of the dataclass ``config_cls``."""
     if not isinstance(values, dict):
