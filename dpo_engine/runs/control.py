@@ -109,7 +109,15 @@ def _worker_ended(info: RunInfo, grace_s: float) -> bool:
     if pid is not None and worker_is_ours(info.status):
         # A worker that wrote its final status is still closing its files for a moment.
         wait_for_exit(pid, info.status.get("pid_started"), grace_s)
-    return not worker_is_ours(info.status) and not worker_lock_is_held(info.run_dir)
+    if worker_is_ours(info.status):
+        return False
+    # A SIGKILLed worker's lock was seen still held just after its process had gone (CI): wait, up to the grace.
+    deadline = time.monotonic() + grace_s
+    while worker_lock_is_held(info.run_dir):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.1)
+    return True
 
 
 def _usable(run_id: str) -> RunInfo:
