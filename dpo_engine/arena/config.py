@@ -18,11 +18,11 @@ from dpo_engine.errors import ConfigError, DataError
 from dpo_engine.paths import ASSETS_DIR
 from dpo_engine.selection.rules import RULE_PARAMS
 from dpo_engine.training.config import (
-    check_train_fields,
-    check_field_names,
     DEFAULT_MODEL,
     DEVICES,
     PRECISIONS,
+    check_field_names,
+    check_train_fields,
     coerce_field,
     read_config_yaml,
 )

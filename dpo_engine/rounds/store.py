@@ -25,8 +25,8 @@ from pathlib import Path
 import pandas as pd
 
 from dpo_engine.files import atomic_write_text, read_json, read_jsonl
-from dpo_engine.paths import workspace_subdir
 from dpo_engine.job_directory import CONFIG_FILE, STATUS_FILE
+from dpo_engine.paths import workspace_subdir
 
 EVENTS_FILE = "events.jsonl"
 LOCK_FILE = ".loop.lock"
