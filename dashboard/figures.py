@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import textwrap
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -18,6 +19,10 @@ WARMUP = "#d6336c"  # rings around the warm-up proxy's own pairs
 # points: each selection change draws a new chart, and a software-WebGL browser takes seconds for 60,000 points
 # (docs/benchmarks.md §4).
 DENSITY_ABOVE = 20_000
+# Up to this many points a scatter is drawn as SVG, above it with WebGL: a browser without a GPU (software WebGL)
+# spends about a third less CPU per selection change on an SVG chart of 1,200 points, and SVG falls behind WebGL
+# between 2,000 and 5,000 (docs/benchmarks.md §7).
+SVG_POINTS_UP_TO = 2_500
 PALETTE = ("#3b5bdb", "#e8590c", "#2b8a3e", "#c2255c", "#5f3dc4", "#0b7285", "#e67700", "#495057")
 
 
@@ -125,7 +130,7 @@ def margin_scatter(
     selected_marginals: bool = True,
     warmup: np.ndarray | None = None,
 ) -> go.Figure:
-    """External vs implicit margin, one ``go.Scattergl`` trace (``data[0]``) with pair ids in ``customdata``.
+    """External vs implicit margin, one scatter trace (``data[0]``, `points_trace`) with pair ids in ``customdata``.
 
     ``selected`` is a boolean mask over ``table``, or None to mark no selection (an all-False mask dims every
     point; with None plotly styles only a box/lasso selection the user drags). With ``color`` (numeric, one value
@@ -138,11 +143,37 @@ def margin_scatter(
     `selection_marginals`). ``thresholds`` draws the bounds of a threshold rule as dashed lines. ``warmup`` (a
     boolean mask) rings the warm-up proxy's own pairs, whose implicit margins are in-sample, in a second,
     unselectable trace with a legend entry.
+
+    The same as ``with_selection(margin_scatter_base(...), ...)``: the dashboard keeps the base of a table and
+    colour, and a selection change only assembles its own parts on it.
     """
+    base = margin_scatter_base(table, hover, color=color, color_label=color_label, warmup=warmup)
+    return with_selection(base, selected, thresholds=thresholds, selected_marginals=selected_marginals)
+
+
+@dataclass(frozen=True)
+class ScatterBase:
+    """What `with_selection` completes: ``figure``, a `margin_scatter` without selection or threshold lines as a
+    figure dict (numpy arrays in it), and the margins it draws, shape ``(n_pairs,)``."""
+
+    figure: dict
+    x: np.ndarray
+    y: np.ndarray
+
+
+def margin_scatter_base(
+    table: pd.DataFrame,
+    hover: list[str] | None,
+    *,
+    color: np.ndarray | None = None,
+    color_label: str = "",
+    warmup: np.ndarray | None = None,
+) -> ScatterBase:
+    """`margin_scatter` without a selection or threshold lines. Built through plotly's validated object model, once
+    per table and colour: that takes several times longer than `with_selection`'s assembly per selection."""
     fig = _margins_frame()
     x = table["external_margin"].to_numpy(dtype=float)
     y = table["implicit_margin"].to_numpy(dtype=float)
-    # Plotly's selectedpoints styles the selection from a list of indices: no per-point colour strings to send.
     if color is None:
         marker = dict(color=SELECTED, size=6, opacity=0.85)
         dimming = dict(selected=dict(marker=dict(color=SELECTED)), unselected=dict(marker=dict(color=UNSELECTED, opacity=0.6)))
@@ -151,7 +182,7 @@ def margin_scatter(
         dimming = dict(selected=dict(marker=dict(opacity=0.9)), unselected=dict(marker=dict(opacity=0.12)))
     margins_label = "external %{x:.3g} · implicit %{y:.3g}<extra></extra>"
     fig.add_trace(
-        go.Scattergl(
+        points_trace(len(x))(
             x=x,
             y=y,
             mode="markers",
@@ -161,21 +192,72 @@ def margin_scatter(
             hovertemplate=("%{text}<br>" if hover is not None else "<b>%{customdata}</b><br>") + margins_label,
             name="pairs",
             showlegend=False,
-            # A plain list: plotly.js does not read typed arrays here.
-            selectedpoints=None if selected is None else np.flatnonzero(selected).tolist(),
             **dimming,
         ),
         row=2,
         col=1,
     )
     if warmup is not None and warmup.any():
-        fig.add_trace(_warmup_rings(x[warmup], y[warmup]), row=2, col=1)
-    return _finish_margins_frame(fig, x, y, selected if selected_marginals else None, thresholds)
+        fig.add_trace(_warmup_rings(x[warmup], y[warmup], len(x)), row=2, col=1)
+    fig = _finish_margins_frame(fig, x, y, None, None)
+    # Each part's to_plotly_json keeps numpy arrays (the figure's to_dict would base64-encode them).
+    return ScatterBase({"data": [trace.to_plotly_json() for trace in fig.data], "layout": fig.layout.to_plotly_json()},
+                       x, y)
 
 
-def _warmup_rings(x: np.ndarray, y: np.ndarray) -> go.Scattergl:
-    """Open rings over the warm-up pairs: drawn on top, not hoverable or selectable (the page reads trace 0 only)."""
-    return go.Scattergl(
+def with_selection(
+    base: ScatterBase,
+    selected: np.ndarray | None,
+    *,
+    thresholds: dict[str, tuple[float | None, float | None]] | None = None,
+    selected_marginals: bool = True,
+) -> go.Figure:
+    """A `margin_scatter_base` figure with ``selected`` (boolean mask over its pairs, or None) marked on the points
+    and, unless ``selected_marginals`` is False, counted over the marginal histograms, and ``thresholds`` drawn as
+    dashed lines: the figure plotly's own calls in `_finish_margins_frame` would build, assembled as plain dicts.
+    ``base`` is only read."""
+    points = base.figure["data"][0]
+    # A plain list: plotly.js does not read typed arrays in selectedpoints.
+    data = [dict(points, selectedpoints=None if selected is None else np.flatnonzero(selected).tolist())]
+    for trace in base.figure["data"][1:]:
+        data.append(dict(trace))  # a copy: plotly re-inserts a trace's "type" key when it takes the dict
+        if trace.get("name") == "all pairs" and selected is not None and selected_marginals:
+            data.append(_selected_bars(trace, base.x if trace["orientation"] == "v" else base.y, selected))
+    shapes = [_threshold_line(column, bound, points) for column, (low, high) in (thresholds or {}).items()
+              for bound in (low, high) if bound is not None]
+    layout = dict(base.figure["layout"], **({"shapes": shapes} if shapes else {}))
+    return go.Figure({"data": data, "layout": layout}, skip_invalid=False, _validate=False)
+
+
+def _selected_bars(all_pairs: dict, values: np.ndarray, selected: np.ndarray) -> dict:
+    """The selected layer over an all-pairs bar trace of `_histogram_bars`: same bins (recomputed from the same
+    finite ``values``), the selected pairs' counts, the selection's colour."""
+    finite = np.isfinite(values)
+    edges = np.histogram_bin_edges(values[finite], bins=40)
+    counts = np.histogram(values[finite & selected], bins=edges)[0]
+    axis = "y" if all_pairs["orientation"] == "v" else "x"
+    return dict(all_pairs, **{axis: counts}, marker=dict(all_pairs["marker"], color=SELECTED), name="selected")
+
+
+def _threshold_line(column: str, bound: float, points: dict) -> dict:
+    """A dashed line across the main panel at ``bound``: vertical for the external margin, else horizontal
+    (what ``fig.add_vline`` / ``add_hline`` at row 2, col 1 add to the layout's shapes)."""
+    x_axis, y_axis = points.get("xaxis", "x"), points.get("yaxis", "y")
+    line = dict(color="#e8590c", dash="dash", width=1.5)
+    if column == "external_margin":
+        return dict(type="line", x0=bound, x1=bound, xref=x_axis, y0=0, y1=1, yref=f"{y_axis} domain", line=line)
+    return dict(type="line", y0=bound, y1=bound, yref=y_axis, x0=0, x1=1, xref=f"{x_axis} domain", line=line)
+
+
+def points_trace(n_points: int) -> type[go.Scatter] | type[go.Scattergl]:
+    """The plotly trace class for a scatter of ``n_points``: SVG up to `SVG_POINTS_UP_TO`, WebGL above."""
+    return go.Scatter if n_points <= SVG_POINTS_UP_TO else go.Scattergl
+
+
+def _warmup_rings(x: np.ndarray, y: np.ndarray, n_points: int) -> go.Scatter | go.Scattergl:
+    """Open rings over the warm-up pairs, drawn like the ``n_points`` beneath them: on top, not hoverable or
+    selectable (the page reads trace 0 only)."""
+    return points_trace(n_points)(
         x=x, y=y, mode="markers", name=f"warm-up pairs ({x.size:,}): implicit margin in-sample",
         marker=dict(symbol="circle-open", size=9, color=WARMUP, line=dict(width=1.2)),
         hoverinfo="skip", showlegend=True,

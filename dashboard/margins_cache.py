@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from dashboard.figures import margin_density, margin_scatter
+from dashboard.figures import margin_density, margin_scatter_base, with_selection
 from dpo_engine.selection.rules import ids_mask, select_pairs, selection_summary
 
 
@@ -45,24 +45,32 @@ def picked(table: pd.DataFrame, key: tuple, rule: str, params: dict, overall: di
     return _picked(table, key, rule, params_text(params), params, overall)
 
 
+@st.cache_resource(max_entries=8, show_spinner=False)
+def _scatter_base(kind: str, _table: pd.DataFrame, key: tuple, color_column: str | None, color_label: str, _hover,
+                  _warmup):
+    color = None if color_column is None else _table[color_column].to_numpy(float)
+    return margin_scatter_base(_table, _hover, color=color, color_label=color_label,
+                               warmup=_warmup if kind == "points" else None)
+
+
 @st.cache_resource(max_entries=12, show_spinner=False)
 def _figure(kind: str, _table: pd.DataFrame, key: tuple, selection: str, _selected, color_column: str | None,
             color_label: str, thresholds: tuple, _hover, _warmup):
-    color = None if color_column is None else _table[color_column].to_numpy(float)
     lines = dict(thresholds)
     if kind == "binned":
+        color = None if color_column is None else _table[color_column].to_numpy(float)
         return margin_density(_table, selected=_selected, color=color, color_label=color_label, thresholds=lines)
+    base = _scatter_base(kind, _table, key, color_column, color_label, _hover, _warmup)
     if kind == "box":
-        return margin_scatter(_table, _hover, selected=_selected, color=color, color_label=color_label,
-                              selected_marginals=False)
-    return margin_scatter(_table, _hover, selected=_selected, color=color, color_label=color_label, thresholds=lines,
-                          warmup=_warmup)
+        return with_selection(base, _selected, selected_marginals=False)
+    return with_selection(base, _selected, thresholds=lines)
 
 
 def chart_figure(kind: str, table: pd.DataFrame, key: tuple, *, selected: np.ndarray | None, color_column: str | None,
                  color_label: str, thresholds: dict | None = None, hover: list[str] | None = None,
                  warmup: np.ndarray | None = None):
-    """The margin chart, built once per (table, kind, selection, colour, threshold lines).
+    """The margin chart, built once per (table, kind, selection, colour, threshold lines); the points of a
+    table and colour are built once (`margin_scatter_base`) and each selection assembled on them.
 
     ``kind``: ``"points"`` (`margin_scatter` with threshold lines and warm-up rings), ``"binned"``
     (`margin_density`) or ``"box"`` (the box/lasso chart: `margin_scatter` without its selection's marginals;
@@ -75,4 +83,5 @@ def chart_figure(kind: str, table: pd.DataFrame, key: tuple, *, selected: np.nda
 def clear() -> None:
     """Forget every cached selection and figure (the benchmark's uncached side)."""
     _picked.clear()
+    _scatter_base.clear()
     _figure.clear()

@@ -11,6 +11,9 @@ The address is read only as widget defaults, and only while it names the rule on
 has a value keeps it, and the parameters of a rule the user just left do not leak into the next one. A value that
 does not parse, is out of its widget's range or names an unknown option is ignored (the widget's own default).
 Box / lasso keeps only its rule: the picked ids would not fit in an address.
+
+Two view keys hold how the chart is drawn, whatever the rule: ``color`` (the Colour-by column, or ``selection``)
+and ``chart`` (``points`` or ``binned``). They are read and written the same way.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import streamlit as st
 
 RULE = "rule"
 KEYS = (RULE, "ex", "im", "pct", "score", "pos", "seed", "part", "tau", "hyp", "w", "cols")
+VIEW_KEYS = ("color", "chart")
 SEED_MAX = 2**32 - 1  # numpy's seeds are 0 .. 2**32 - 1
 
 
@@ -35,6 +39,17 @@ def address_values(rule: str) -> dict[str, str]:
     if st.query_params.get(RULE) != rule:
         return {}
     return {key: st.query_params.get(key) for key in KEYS if key != RULE and key in st.query_params}
+
+
+def address_view(key: str, options) -> str | None:
+    """The address's value of the view key ``key`` (one of `VIEW_KEYS`), when it is one of ``options``."""
+    return as_choice(st.query_params.get(key), options)
+
+
+def write_view(key: str, value: str) -> None:
+    """Put the view key ``key`` in the address, written only when it changes."""
+    if st.query_params.get(key) != value:
+        st.query_params[key] = value
 
 
 def write_address(values: dict[str, str]) -> None:

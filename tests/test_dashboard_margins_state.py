@@ -30,6 +30,12 @@ def address_of(at: AppTest) -> dict[str, str]:
     return {key: last(at.query_params[key]) for key in address.KEYS if key in at.query_params}
 
 
+def view_of(at: AppTest) -> dict[str, str]:
+    """The address's view keys (colour, chart kind) after the last run."""
+    return {key: value[-1] if isinstance(value, list) else value
+            for key, value in ((key, at.query_params[key]) for key in address.VIEW_KEYS if key in at.query_params)}
+
+
 def test_a_reload_restores_the_rule_and_its_parameters_from_the_address(with_margins):  # noqa: F811
     first = opened(dataset="ultrafeedback")
     first.button_group[0].set_value("top_k").run()
@@ -106,28 +112,46 @@ def test_the_parameters_of_the_rule_left_do_not_leak_into_the_next(with_margins)
 def test_an_unchanged_table_is_ranked_once_and_its_figure_built_once_across_reruns(with_margins, monkeypatch):  # noqa: F811
     st.cache_data.clear()
     st.cache_resource.clear()
-    calls = {"ranks": 0, "scatter": 0}
-    pair_ranks, margin_scatter = components.pair_ranks, figures.margin_scatter
+    calls = {"ranks": 0, "base": 0, "selection": 0}
+    originals = {"ranks": components.pair_ranks, "base": figures.margin_scatter_base,
+                 "selection": figures.with_selection}
 
-    def counted_ranks(*args, **kwargs):
-        calls["ranks"] += 1
-        return pair_ranks(*args, **kwargs)
+    def counted(name):
+        def call(*args, **kwargs):
+            calls[name] += 1
+            return originals[name](*args, **kwargs)
+        return call
 
-    def counted_scatter(*args, **kwargs):
-        calls["scatter"] += 1
-        return margin_scatter(*args, **kwargs)
-
-    monkeypatch.setattr(components, "pair_ranks", counted_ranks)
-    monkeypatch.setattr(figures, "margin_scatter", counted_scatter)
-    monkeypatch.setattr("dashboard.margins_cache.margin_scatter", counted_scatter)
+    monkeypatch.setattr(components, "pair_ranks", counted("ranks"))
+    monkeypatch.setattr("dashboard.margins_cache.margin_scatter_base", counted("base"))
+    monkeypatch.setattr("dashboard.margins_cache.with_selection", counted("selection"))
     at = opened(rule="top_k", pct="10")
     spec = scatter_spec(at)
-    assert calls == {"ranks": 1, "scatter": 1}
+    assert calls == {"ranks": 1, "base": 1, "selection": 1}
     at.run()  # a rerun that changes nothing
     at.text_input(key="selection_name").set_value("my-name").run()  # a rerun that changes no selection
     assert not at.exception
-    assert calls == {"ranks": 1, "scatter": 1}
+    assert calls == {"ranks": 1, "base": 1, "selection": 1}
     assert scatter_spec(at) == spec
 
-    at.slider(key=f"pct-top_k-{with_margins}").set_value(20).run()  # a new selection: a new figure, a new first row
-    assert calls["scatter"] == 2
+    at.slider(key=f"pct-top_k-{with_margins}").set_value(20).run()  # a new selection: assembled on the same points
+    assert calls == {"ranks": 1, "base": 1, "selection": 2}  # its first row is the same top pair, ranked before
+    assert scatter_spec(at) != spec
+
+
+def test_the_colour_and_the_chart_kind_are_kept_in_the_address(with_margins):  # noqa: F811
+    first = opened(rule="top_k", pct="10")
+    assert view_of(first) == {"color": "dm_mul", "chart": "points"}  # the defaults are written too
+    first.selectbox(key="color_by").set_value("DM-ADD").run()
+    first.button_group(key=f"draw-{with_margins}").set_value("binned").run()
+    view = view_of(first)
+    assert view == {"color": "dm_add", "chart": "binned"}
+
+    reloaded = opened(rule="top_k", pct="10", **view)  # a shared link draws what its sender saw
+    assert reloaded.selectbox(key="color_by").value == "DM-ADD"
+    assert reloaded.button_group(key=f"draw-{with_margins}").value == "binned"
+    assert scatter_spec(reloaded)["data"][0]["type"] == "heatmap"
+
+    garbage = opened(rule="top_k", color="no_such_column", chart="3d")  # unknown values: the defaults
+    assert garbage.selectbox(key="color_by").value == "DM-MUL"
+    assert garbage.button_group(key=f"draw-{with_margins}").value == "points"

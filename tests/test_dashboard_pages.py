@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import plotly.graph_objects as go
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -96,10 +97,10 @@ def plotly_array(value) -> np.ndarray:
 # ---- Margins & Select ----------------------------------------------------------------------------------------------
 
 
-def test_margins_page_plots_every_pair_in_one_webgl_trace(with_margins, demo_pairs):
+def test_margins_page_plots_every_pair_in_one_trace(with_margins, demo_pairs):
     at = app()
     trace = scatter_spec(at)["data"][0]
-    assert trace["type"] == "scattergl"
+    assert trace["type"] == "scatter"  # SVG: 1,200 pairs are below figures.SVG_POINTS_UP_TO
     assert len(trace["customdata"]) == len(demo_pairs)
     assert set(trace["customdata"]) == set(demo_pairs.pair_id)
     assert metric(at, "Selected pairs") == f"{len(demo_pairs):,}"  # thresholds start wide open
@@ -136,17 +137,17 @@ def test_large_tables_open_binned_and_points_are_one_click_away(with_margins, de
     draw = at.button_group(key=f"draw-{with_margins}")
     draw.set_value("points").run()
     trace = scatter_spec(at)["data"][0]
-    assert trace["type"] == "scattergl" and len(trace["selectedpoints"]) == len(demo_pairs) // 10
+    assert trace["type"] == "scatter" and len(trace["selectedpoints"]) == len(demo_pairs) // 10
 
     draw.set_value("binned").run()
     at.button_group[0].set_value("manual").run()  # box/lasso needs the points whatever the choice
-    assert scatter_spec(at)["data"][0]["type"] == "scattergl"
+    assert scatter_spec(at)["data"][0]["type"] == "scatter"
     assert not [group for group in at.button_group if group.key == f"draw-{with_margins}"]
 
 
 def test_small_tables_open_as_points_and_can_be_binned(with_margins, demo_pairs):
     at = app()
-    assert scatter_spec(at)["data"][0]["type"] == "scattergl"
+    assert scatter_spec(at)["data"][0]["type"] == "scatter"
     at.button_group(key=f"draw-{with_margins}").set_value("binned").run()
     cells = np.array(scatter_spec(at)["data"][0]["customdata"])
     assert cells[..., 0].sum() == cells[..., 1].sum() == len(demo_pairs)  # thresholds open: every pair selected
@@ -333,7 +334,7 @@ def test_margin_scatter_is_one_trace_with_ids_and_marks_the_selection():
     selected = np.array([True, False, False])
     figure = margin_scatter(table, ["x", "y", "z"], selected=selected)
     scatter = figure.data[0]
-    assert scatter.type == "scattergl" and [trace.type for trace in figure.data].count("scattergl") == 1
+    assert scatter.type == "scatter" and [trace.type for trace in figure.data].count("scatter") == 1
     assert list(scatter.customdata) == ["a", "b", "c"]
     assert list(scatter.selectedpoints) == [0]
     assert scatter.selected.marker.color == "#3b5bdb" and scatter.unselected.marker.color == "#b8bfcc"
@@ -344,6 +345,39 @@ def test_margin_scatter_is_one_trace_with_ids_and_marks_the_selection():
     assert len(coloured.layout.shapes) == 1
     lean = margin_scatter(table, None, selected=selected)  # large tables: id and margins only, no text per point
     assert lean.data[0].text is None and lean.data[0].hovertemplate.startswith("<b>%{customdata}</b>")
+    many = figures.SVG_POINTS_UP_TO + 1  # above it the points (and the warm-up rings over them) are WebGL
+    large = pd.DataFrame({"pair_id": np.arange(many).astype(str), "external_margin": np.linspace(0, 1, many),
+                          "implicit_margin": np.linspace(1, 0, many)})
+    drawn = margin_scatter(large, None, selected=None, warmup=np.arange(many) < 3)
+    assert [trace.type for trace in drawn.data[:2]] == ["scattergl", "scattergl"]
+
+
+def test_a_selection_assembled_on_the_scatter_base_is_the_figure_plotly_builds():
+    """`with_selection` writes dicts by hand: they must equal what plotly's add_trace / add_vline / add_hline
+    calls make of the same selection and thresholds (the reference: `_finish_margins_frame` over the same points)."""
+    rng = np.random.default_rng(3)
+    n = 300
+    table = pd.DataFrame({"pair_id": [f"p{i}" for i in range(n)], "external_margin": rng.normal(size=n),
+                          "implicit_margin": rng.normal(size=n)})
+    table.loc[5, "external_margin"] = np.nan
+    selected, warmup, color = table.external_margin.to_numpy() > 0.3, np.arange(n) < 20, rng.random(n)
+    thresholds = {"external_margin": (0.3, None), "implicit_margin": (-1.0, 2.0)}
+    assembled = margin_scatter(table, None, selected=selected, thresholds=thresholds, warmup=warmup, color=color,
+                               color_label="score")
+
+    reference = figures._margins_frame()
+    points = assembled.data[0].to_plotly_json()
+    reference.add_trace(go.Scatter({k: v for k, v in points.items() if k not in ("xaxis", "yaxis")}), row=2, col=1)
+    reference.add_trace(assembled.data[1], row=2, col=1)  # the warm-up rings
+    figures._finish_margins_frame(reference, table.external_margin.to_numpy(float),
+                                  table.implicit_margin.to_numpy(float), selected, thresholds)
+    assert json.loads(assembled.to_json()) == json.loads(reference.to_json())
+    assert len(assembled.layout.shapes) == 3 and list(assembled.data[0].selectedpoints) == list(np.flatnonzero(selected))
+
+    base = figures.margin_scatter_base(table, None)
+    before = json.dumps(base.figure, default=str)
+    figures.with_selection(base, selected, thresholds=thresholds)
+    assert json.dumps(base.figure, default=str) == before  # the cached base is only read
 
 
 def test_hover_texts_escape_and_truncate():

@@ -27,7 +27,7 @@ def test_margin_scatter_rings_the_warmup_pairs_in_a_second_trace():
     assert list(rings.x) == [2.0, 3.0] and list(rings.y) == [-1.0, 2.0]
     assert rings.marker.symbol == "circle-open" and rings.hoverinfo == "skip" and "2" in rings.name
     plain = margin_scatter(table, None, selected=None, warmup=np.zeros(3, bool))
-    assert [trace.type for trace in plain.data].count("scattergl") == 1
+    assert [trace.type for trace in plain.data].count("scatter") == 1
 
 
 @pytest.fixture

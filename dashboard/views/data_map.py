@@ -9,6 +9,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from dashboard.components import escape_markdown
+from dashboard.figures import points_trace
 from dashboard.pair_view import why_this_pair
 from dashboard.state import current_source, dataset_fingerprint, load, load_margins, margins_path
 from dpo_engine import runs
@@ -23,7 +24,7 @@ CHART_KEY = "data_map_chart"
 
 def data_map_figure(summary, variability_cut: float, confidence_cut: float) -> go.Figure:
     """Confidence (y) against variability (x), coloured by correctness, with the region cut-offs drawn."""
-    figure = go.Figure(go.Scattergl(
+    figure = go.Figure(points_trace(len(summary))(
         x=summary.variability, y=summary.confidence, mode="markers", customdata=summary.pair_id,
         marker={"color": summary.correctness, "colorscale": "RdYlGn", "cmin": 0, "cmax": 1, "size": 7,
                 "colorbar": {"title": "correctness"}},

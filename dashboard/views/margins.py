@@ -66,6 +66,7 @@ SCORE_LABELS = {
     "external_margin": "external margin",
     "implicit_margin": "implicit margin",
 }
+CHART_KINDS = ["points", "binned"]
 COLOR_OPTIONS = {
     "Selection": None,
     "DM-MUL": "dm_mul",
@@ -322,13 +323,16 @@ def select_section(table: pd.DataFrame, pairs: pd.DataFrame, dataset_fp: str, ca
         default=address.address_rule(RULE_LABELS) or "threshold", required=True,
         key=f"rule-{dataset_fp}", persist_state="session",
     )
+    colors = [label for label, column in COLOR_OPTIONS.items() if column is None or table[column].notna().any()]
+    color_names = {label: COLOR_OPTIONS[label] or "selection" for label in colors}
+    color_default = address.address_view("color", color_names.values())
     color_label = color_column.selectbox(
-        "Colour by",
-        [label for label, column in COLOR_OPTIONS.items() if column is None or table[column].notna().any()],
-        index=1,
+        "Colour by", colors,
+        index=list(color_names.values()).index(color_default) if color_default else 1,
         key="color_by",
         persist_state="session",
     )
+    address.write_view("color", color_names[color_label])
     params, lines = rule_controls(rule, table, dataset_fp, address.address_values(rule))
     address.write_address(address.encode(rule, params))  # a reload or a shared link opens this selection
     rule = params.pop("rule", rule)  # "hypothesis" names the field selector it runs
@@ -343,14 +347,18 @@ def select_section(table: pd.DataFrame, pairs: pd.DataFrame, dataset_fp: str, ca
 
     color_column = COLOR_OPTIONS[color_label]
     color_title = color_label.split(" (")[0]
-    density = rule != "manual" and draw_column.segmented_control(
-        "Chart", ["points", "binned"], format_func=str.capitalize, required=True,
-        default="binned" if len(table) > figures.DENSITY_ABOVE else "points", key=f"draw-{dataset_fp}",
-        persist_state="session",
+    chart = rule != "manual" and draw_column.segmented_control(
+        "Chart", CHART_KINDS, format_func=str.capitalize, required=True,
+        default=address.address_view("chart", CHART_KINDS)
+        or ("binned" if len(table) > figures.DENSITY_ABOVE else "points"),
+        key=f"draw-{dataset_fp}", persist_state="session",
         help=f"Binned counts the pairs in cells: a new selection draws in under a second at any size (the default "
              f"above {figures.DENSITY_ABOVE:,} pairs). Points draws every pair with its own hover: several seconds "
              "per change at 60,000 pairs. Box / lasso always draws points.",
-    ) == "binned"
+    )
+    if chart:
+        address.write_view("chart", chart)
+    density = chart == "binned"
     hover = cached_hover(table, cache_key)
     if density:
         st.caption(f"{len(table):,} pairs, binned: grey cells hold pairs, coloured cells selected pairs "

@@ -39,7 +39,7 @@ def test_a_deep_link_to_the_data_page_works_on_a_fresh_server(page):
 
 def test_demo_scatter_shows_every_pair_and_a_threshold_slider_selects(page):
     open_margins(page)
-    assert page.evaluate("() => document.querySelector('.js-plotly-plot').data[0].type") == "scattergl"
+    assert page.evaluate("() => document.querySelector('.js-plotly-plot').data[0].type") == "scatter"  # SVG below figures.SVG_POINTS_UP_TO
     assert scatter_points(page) == N_DEMO_PAIRS
     assert selected_count(page) == N_DEMO_PAIRS  # thresholds start wide open
     screenshot(page, "margins", shows_margins=True)
