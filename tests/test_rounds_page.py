@@ -15,11 +15,11 @@ APP = str(Path(__file__).resolve().parent.parent / "dashboard" / "app.py")
 TIMEOUT = 180
 
 
-def write_loop(home: Path, name: str, win_rates: list[float], selected: int) -> None:
+def write_loop(home: Path, name: str, win_rates: list[float], selected: int, **config) -> None:
     """A finished loop's files as `dpo_engine.rounds.loop` writes them (margins, selection, eval; no training run)."""
     directory = home / "rounds" / name
     directory.mkdir(parents=True)
-    atomic_write_json(directory / "config.json", RoundsConfig(name=name).to_dict())
+    atomic_write_json(directory / "config.json", RoundsConfig(name=name, **config).to_dict())
     atomic_write_json(directory / "status.json", {"state": "completed", "message": "done", "pid": None})
     for number, win_rate in enumerate(win_rates, start=1):
         folder = directory / f"round-{number:02d}"
@@ -34,8 +34,9 @@ def write_loop(home: Path, name: str, win_rates: list[float], selected: int) -> 
 
 
 def test_rounds_page_compares_two_loops_round_by_round(workspace):
-    write_loop(workspace, "dm25", [52.0, 55.0], selected=2)
-    write_loop(workspace, "all", [51.0, 53.0], selected=8)
+    write_loop(workspace, "dm25", [52.0, 55.0], selected=2,
+               selection_params={"score": "dm_add", "frac": 0.25})
+    write_loop(workspace, "all", [51.0, 53.0], selected=8, selection_rule="all", selection_params={})
     at = AppTest.from_file(APP, default_timeout=TIMEOUT)
     at.run()
     at.switch_page("views/rounds.py")
@@ -49,6 +50,8 @@ def test_rounds_page_compares_two_loops_round_by_round(workspace):
     assert tables == {(2, 2), (8, 8)}
     assert len(charts) == 3  # win rates, and one margins scatter per loop for the last round
     assert any("2 of 8 pairs selected" in caption.value for caption in at.caption)
+    rules = [caption.value for caption in at.caption if caption.value.startswith("Selection:")]
+    assert sorted(rule.split(" · ")[0] for rule in rules) == ["Selection: every online pair", "Selection: top 25% by dm_add"]
 
 
 def test_rounds_page_reports_a_bad_config_without_starting(workspace):

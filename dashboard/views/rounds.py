@@ -18,8 +18,20 @@ from dpo_engine.runs import read_metrics
 
 PRESETS = {
     "DM-MUL, top 25 %": {"selection_rule": "top_k", "selection_params": {"score": "dm_mul", "frac": 0.25}},
+    # With the stand-in scorer's small margins DM-MUL ties on every pair (docs/rounds.md): DM-ADD still ranks them.
+    "DM-ADD, top 25 %": {"selection_rule": "top_k", "selection_params": {"score": "dm_add", "frac": 0.25}},
     "All online pairs (baseline)": {"selection_rule": "all", "selection_params": {}},
 }
+
+
+def selection_text(config: dict) -> str:
+    """How a loop's config selects each round's pairs, in a few words."""
+    rule, params = config.get("selection_rule"), config.get("selection_params") or {}
+    if rule == "all":
+        return "every online pair"
+    if rule == "top_k" and {"score", "frac"} <= set(params):
+        return f"top {params['frac']:.0%} by {params['score']}"
+    return f"{rule} {params}" if params else str(rule)
 
 
 def start_loop(values: dict) -> None:
@@ -58,8 +70,11 @@ def launch_form() -> None:
 
 
 def loop_header(name: str) -> None:
-    if job_state_line(name, loop_status(name), lambda: start_loop(loop_config(name)), key=f"resume_{name}"):
+    config = loop_config(name)
+    if job_state_line(name, loop_status(name), lambda: start_loop(config), key=f"resume_{name}"):
         st.rerun()
+    st.caption(f"Selection: {selection_text(config)} · {config.get('prompts_per_round', '?')} prompts × "
+               f"K = {config.get('samples_per_prompt', '?')} per round · adapter {config.get('adapter_mode', '?')}")
 
 
 @st.fragment(run_every=3)
@@ -101,7 +116,8 @@ def round_details(name: str, number: int) -> None:
 st.title("Rounds")
 st.caption("Iterative DPO as in *Less is More* §3.2: each round the current policy answers K times per prompt, a "
            "reward model scores the answers, best-vs-worst pairs are built, the policy's implicit margins are "
-           "measured, DM-MUL keeps 25 % (or everything), and the next policy is trained. Win rates are against the "
+           "measured, a rule keeps some of the pairs (DM-MUL's top 25 % in the paper) or all of them, and the next "
+           "policy is trained. Win rates are against the "
            "base model on held-out prompts, judged by the offline stand-in judge.")
 launch_form()
 loops = list_loops()
