@@ -68,8 +68,10 @@ def score(config: ScoreConfig) -> tuple[Path | None, int]:
         return None, 0
     external, meta["external"] = _external(config, pairs, reporter)
     from dpo_engine.training.warmup import warmup_seed_ids  # torch: imported after the workers have started
-    in_sample = warmup_seed_ids(pairs, config.seed_size, config.seed) if meta["implicit"] and \
-        meta["implicit"]["source"] == "warmup" else None
+    source = meta["implicit"]["source"] if meta["implicit"] else None
+    in_sample = warmup_seed_ids(pairs, config.seed_size, config.seed) if source == "warmup" else None
+    if source == "lossdiff-irm":
+        in_sample = meta["implicit"].pop("validation_ids")
     table = build_margins_table(pairs, external, implicit, warmup_ids=in_sample)
     path = save_margins_table(table, config.out, {k: v for k, v in meta.items() if v is not None})
     reporter.finish(str(path))
@@ -118,7 +120,7 @@ def _implicit(config: ScoreConfig, pairs, reporter, shard: Shard | None) -> tupl
     source = implicit_source(config, len(pairs), multi_process=shard is not None)
     if source == "none":
         return None, None
-    if source in ("crossfit", "selective") and (shard is not None or config.num_processes > 1):
+    if source in ("crossfit", "selective", "lossdiff-irm") and (shard is not None or config.num_processes > 1):
         raise ConfigError("num_processes", f"shards the scoring of one policy, and implicit '{source}' trains and "
                           "scores its own fold proxies: use --num-processes 1, or --implicit warmup or --policy")
     scoring = {"dtype": config.dtype, "device": config.device, "batch_size": config.batch_size,
@@ -128,6 +130,8 @@ def _implicit(config: ScoreConfig, pairs, reporter, shard: Shard | None) -> tupl
         implicit, meta = _crossfit(config, pairs, reporter, scoring)
     elif source == "selective":
         implicit, meta = _selective(config, pairs, reporter, scoring)
+    elif source == "lossdiff-irm":
+        implicit, meta = _lossdiff_irm(config, pairs, reporter, scoring)
     else:
         policy = _implicit_policy(config, pairs, reporter, source, train_missing=shard is None)
         implicit = _implicit_table(config, pairs, reporter, shard, policy)
@@ -144,6 +148,7 @@ def _implicit(config: ScoreConfig, pairs, reporter, shard: Shard | None) -> tupl
         "in_sample": source == "warmup",
         "description": "DM implicit margin: [log pi(y_w) - log pi(y_l)] - [log ref(y_w) - log ref(y_l)], "
         "summed response log-probs, no beta",
+        **meta,  # a source's own description and in_sample (lossdiff-irm) win
     }
     return implicit, meta
 
@@ -265,6 +270,40 @@ def _selective(config: ScoreConfig, pairs, reporter, scoring: dict) -> tuple[obj
         "reference": "each proxy's base model (LoRA adapters disabled)",
         "method": "Selective DPO (Gao et al.): per seed, proxy j trains on every fold but j and scores fold j; "
                   "implicit_margin is the first seed's, learning_order the mean of -log sigmoid(beta h) over seeds",
+    }
+
+
+def _lossdiff_irm(config: ScoreConfig, pairs, reporter, scoring: dict) -> tuple[object, dict]:
+    """Zhang et al.'s LossDiff and IRM: one proxy DPO-trained on a validation split, as a run through the runs
+    queue, then scoring every pair. The metadata's ``validation_ids`` (popped by `score`) fill ``in_warmup``."""
+    from dpo_engine.runs.fold_proxies import train_fold_proxies
+    from dpo_engine.training import lossdiff_irm
+
+    proxy = lossdiff_irm.validation_proxy(len(pairs), config.lossdiff_validation_size, config.seed)
+    training = lossdiff_irm.proxy_overrides(config.lossdiff_beta, config.warmup_epochs, model=config.model,
+                                            **_proxy_training(config))
+    directory = _proxy_dir(config, "lossdiff-irm")
+    reporter.stage(f"LossDiff-IRM validation proxy ({len(proxy.training_rows)} pairs, a run through the runs queue)")
+    [adapter] = train_fold_proxies(pairs, [proxy], training, directory, progress=reporter.update,
+                                   tag="lossdiff-irm", run_prefix="ldirm")
+    reporter.stage("LossDiff and IRM (validation proxy and reference log-probs)")
+    implicit = lossdiff_irm.lossdiff_irm_table(pairs, proxy, adapter, beta=config.lossdiff_beta,
+                                               per_token=config.lossdiff_per_token, scoring=scoring,
+                                               progress=reporter.update)
+    validation_ids = pairs.pair_id.astype(str).to_numpy()[proxy.training_rows].tolist()
+    return implicit, {
+        "validation_size": len(validation_ids), "validation_seed": config.seed, "beta": config.lossdiff_beta,
+        "per_token_lossdiff": config.lossdiff_per_token, "epochs": config.warmup_epochs,
+        "proxies": str(directory), "proxy_runs": [Path(adapter).parent.name],
+        "reference": "the proxy's base model (LoRA adapters disabled)", "in_sample": False,
+        "validation_ids": validation_ids,
+        "method": "LossDiff-IRM (Zhang et al., ICLR 2026, arXiv 2510.13212): a LoRA proxy DPO-trained on a seeded "
+                  "validation split scores every pair; validation pairs (in_validation, also in_warmup: their "
+                  "implicit_margin is in-sample) get NaN loss_diff and irm and no rule selects them. Definitions "
+                  "partly assumed: see dpo_engine/training/lossdiff_irm.py",
+        "description": "irm = beta [(log pi_val(y_w) - log ref(y_w)) - (log pi_val(y_l) - log ref(y_l))], summed; "
+                       "loss_diff = log 2 - log(1 + exp(-beta m)), m the same margin on per-token mean log-ratios "
+                       "(summed when per_token_lossdiff is false); implicit_margin = irm / beta (DM's, no beta)",
     }
 
 

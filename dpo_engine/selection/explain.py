@@ -37,7 +37,7 @@ SELECTOR_ORDERS = (
 JOINT_MEDIUM = ("LossDiff-IRM medium band (Zhang et al.)", ("loss_diff", "irm"))
 # Columns that describe a pair but are no selector's score: shown as lengths or log-probs, never ranked.
 NOT_SCORES = frozenset({
-    "row", "in_warmup", "chosen_tokens", "rejected_tokens", "chosen_chars", "rejected_chars", "policy_chosen_logps",
+    "row", "in_warmup", "in_validation", "chosen_tokens", "rejected_tokens", "chosen_chars", "rejected_chars", "policy_chosen_logps",
     "policy_rejected_logps", "ref_chosen_logps", "ref_rejected_logps", "score_chosen", "score_rejected", "length_gap",
     "fold",
 })
