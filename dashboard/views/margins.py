@@ -287,6 +287,12 @@ def warmup_mask(table: pd.DataFrame) -> np.ndarray | None:
     if "in_warmup" not in table.columns or not table["in_warmup"].any():
         return None
     warmup = table["in_warmup"].to_numpy(bool)
+    if "in_validation" in table.columns and table["in_validation"].any():
+        st.caption(f"Ringed: the {warmup.sum():,} validation pairs the LossDiff-IRM proxy trained on. They are "
+                   f"in-sample for it (implicit margin mean {table.implicit_margin[warmup].mean():.2f} against "
+                   f"{table.implicit_margin[~warmup].mean():.2f} for the rest), so they have no loss_diff or irm, "
+                   "and no selection rule picks them.")
+        return warmup
     st.caption(f"Ringed: the {warmup.sum():,} pairs the warm-up proxy trained on. Their implicit margins are "
                f"in-sample (mean {table.implicit_margin[warmup].mean():.2f} against "
                f"{table.implicit_margin[~warmup].mean():.2f} for the rest), so rules on the implicit margin "
