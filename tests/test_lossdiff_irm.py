@@ -131,3 +131,14 @@ def test_score_lossdiff_irm_end_to_end_then_select(tmp_path):
     assert sorted(chosen) == sorted(scored.pair_id[expected]) and not set(chosen) & validation
     assert not set(select_pairs(table, "random", {"k": 24})) & validation  # no rule selects them
     assert len(select_pairs(table, "random", {"k": 24})) == 18
+
+
+def test_the_scoring_form_offers_the_source_and_names_it():
+    from typing import get_args, get_type_hints
+
+    from dashboard.scoring_form import IMPLICIT_LABELS, score_summary
+
+    assert set(IMPLICIT_LABELS) <= set(get_args(get_type_hints(ScoreConfig)["implicit"]))
+    assert "lossdiff-irm" in IMPLICIT_LABELS
+    config = ScoreConfig(pairs="p.jsonl", out="m.parquet", implicit="lossdiff-irm")
+    assert "LossDiff and IRM" in score_summary(config, 1200)
