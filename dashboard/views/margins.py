@@ -284,15 +284,15 @@ def warmup_mask(table: pd.DataFrame) -> np.ndarray | None:
     if "crossfit_fold" in table.columns and table["crossfit_fold"].notna().all():
         st.caption("Cross-fitted: no pair scored in-sample (each implicit margin comes from a proxy on another fold).")
         return None
+    if "in_validation" in table.columns and table["in_validation"].any():
+        validation = table["in_validation"].to_numpy(bool)
+        st.caption(f"Ringed: the {validation.sum():,} validation pairs LossDiff-IRM's validation model trained on "
+                   "(the warm-up model trained on every other pair). They have no loss_diff or irm, and no "
+                   "selection rule picks them.")
+        return validation
     if "in_warmup" not in table.columns or not table["in_warmup"].any():
         return None
     warmup = table["in_warmup"].to_numpy(bool)
-    if "in_validation" in table.columns and table["in_validation"].any():
-        st.caption(f"Ringed: the {warmup.sum():,} validation pairs the LossDiff-IRM proxy trained on. They are "
-                   f"in-sample for it (implicit margin mean {table.implicit_margin[warmup].mean():.2f} against "
-                   f"{table.implicit_margin[~warmup].mean():.2f} for the rest), so they have no loss_diff or irm, "
-                   "and no selection rule picks them.")
-        return warmup
     st.caption(f"Ringed: the {warmup.sum():,} pairs the warm-up proxy trained on. Their implicit margins are "
                f"in-sample (mean {table.implicit_margin[warmup].mean():.2f} against "
                f"{table.implicit_margin[~warmup].mean():.2f} for the rest), so rules on the implicit margin "

@@ -68,10 +68,8 @@ def score(config: ScoreConfig) -> tuple[Path | None, int]:
         return None, 0
     external, meta["external"] = _external(config, pairs, reporter)
     from dpo_engine.training.warmup import warmup_seed_ids  # torch: imported after the workers have started
-    source = meta["implicit"]["source"] if meta["implicit"] else None
-    in_sample = warmup_seed_ids(pairs, config.seed_size, config.seed) if source == "warmup" else None
-    if source == "lossdiff-irm":
-        in_sample = meta["implicit"].pop("validation_ids")
+    in_sample = warmup_seed_ids(pairs, config.seed_size, config.seed) if meta["implicit"] and \
+        meta["implicit"]["source"] == "warmup" else None
     table = build_margins_table(pairs, external, implicit, warmup_ids=in_sample)
     path = save_margins_table(table, config.out, {k: v for k, v in meta.items() if v is not None})
     reporter.finish(str(path))
@@ -274,36 +272,35 @@ def _selective(config: ScoreConfig, pairs, reporter, scoring: dict) -> tuple[obj
 
 
 def _lossdiff_irm(config: ScoreConfig, pairs, reporter, scoring: dict) -> tuple[object, dict]:
-    """Zhang et al.'s LossDiff and IRM: one proxy DPO-trained on a validation split, as a run through the runs
-    queue, then scoring every pair. The metadata's ``validation_ids`` (popped by `score`) fill ``in_warmup``."""
+    """Zhang et al.'s LossDiff and IRM: a warm-up model on every pair but a seeded validation split and a model on
+    that split, both runs through the runs queue, then both scoring every pair (`dpo_engine.training.lossdiff_irm`)."""
     from dpo_engine.runs.fold_proxies import train_fold_proxies
     from dpo_engine.training import lossdiff_irm
 
-    proxy = lossdiff_irm.validation_proxy(len(pairs), config.lossdiff_validation_size, config.seed)
-    training = lossdiff_irm.proxy_overrides(config.lossdiff_beta, config.warmup_epochs, model=config.model,
+    proxies = lossdiff_irm.lossdiff_irm_proxies(len(pairs), config.lossdiff_validation_size, config.seed)
+    training = lossdiff_irm.proxy_overrides(config.lossdiff_beta, config.lossdiff_epochs, model=config.model,
                                             **_proxy_training(config))
     directory = _proxy_dir(config, "lossdiff-irm")
-    reporter.stage(f"LossDiff-IRM validation proxy ({len(proxy.training_rows)} pairs, a run through the runs queue)")
-    [adapter] = train_fold_proxies(pairs, [proxy], training, directory, progress=reporter.update,
-                                   tag="lossdiff-irm", run_prefix="ldirm")
-    reporter.stage("LossDiff and IRM (validation proxy and reference log-probs)")
-    implicit = lossdiff_irm.lossdiff_irm_table(pairs, proxy, adapter, beta=config.lossdiff_beta,
-                                               per_token=config.lossdiff_per_token, scoring=scoring,
+    reporter.stage(f"LossDiff-IRM: warm-up model on {len(proxies[0].training_rows)} pairs and validation model on "
+                   f"{len(proxies[1].training_rows)} (runs through the runs queue)")
+    adapters = train_fold_proxies(pairs, proxies, training, directory, progress=reporter.update, tag="lossdiff-irm",
+                                  run_prefix="ldirm")
+    reporter.stage("LossDiff and IRM (warm-up, validation and reference log-probs)")
+    implicit = lossdiff_irm.lossdiff_irm_table(pairs, proxies, adapters, beta=config.lossdiff_beta, scoring=scoring,
                                                progress=reporter.update)
-    validation_ids = pairs.pair_id.astype(str).to_numpy()[proxy.training_rows].tolist()
     return implicit, {
-        "validation_size": len(validation_ids), "validation_seed": config.seed, "beta": config.lossdiff_beta,
-        "per_token_lossdiff": config.lossdiff_per_token, "epochs": config.warmup_epochs,
-        "proxies": str(directory), "proxy_runs": [Path(adapter).parent.name],
-        "reference": "the proxy's base model (LoRA adapters disabled)", "in_sample": False,
-        "validation_ids": validation_ids,
-        "method": "LossDiff-IRM (Zhang et al., ICLR 2026, arXiv 2510.13212): a LoRA proxy DPO-trained on a seeded "
-                  "validation split scores every pair; validation pairs (in_validation, also in_warmup: their "
-                  "implicit_margin is in-sample) get NaN loss_diff and irm and no rule selects them. Definitions "
-                  "partly assumed: see dpo_engine/training/lossdiff_irm.py",
-        "description": "irm = beta [(log pi_val(y_w) - log ref(y_w)) - (log pi_val(y_l) - log ref(y_l))], summed; "
-                       "loss_diff = log 2 - log(1 + exp(-beta m)), m the same margin on per-token mean log-ratios "
-                       "(summed when per_token_lossdiff is false); implicit_margin = irm / beta (DM's, no beta)",
+        "validation_size": len(proxies[1].training_rows), "validation_seed": config.seed, "beta": config.lossdiff_beta,
+        "epochs": config.lossdiff_epochs, "proxies": str(directory),
+        "proxy_runs": {proxy.label: Path(adapter).parent.name for proxy, adapter in zip(proxies, adapters)},
+        "reference": "the base model (LoRA adapters disabled), for both models", "in_sample": True,
+        "method": "LossDiff-IRM (Zhang et al., ICLR 2026, arXiv 2510.13212): a LoRA DPO warm-up model theta on "
+                  "every pair but a seeded validation split (in_validation) and a model theta_val on that split; "
+                  "validation pairs get NaN loss_diff and irm and no rule selects them; every other pair is "
+                  "in-sample for theta by design. Read from paper notes, partly assumed: see "
+                  "dpo_engine/training/lossdiff_irm.py",
+        "description": "irm = beta h, loss_diff = log(1 + exp(-beta h)) - log(1 + exp(-beta h_val)): h and h_val the "
+                       "DM implicit margins (summed log-probs) of theta and theta_val against the base; "
+                       "implicit_margin = h, val_implicit_margin = h_val",
     }
 
 

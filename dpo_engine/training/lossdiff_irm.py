@@ -1,55 +1,54 @@
-"""LossDiff and IRM (Zhang et al., ICLR 2026): per-pair scores from a proxy DPO-trained on a held-out validation split.
+"""LossDiff and IRM (Zhang et al., ICLR 2026): per-pair scores from a warm-up model and a validation-trained model.
 
 Source: Zhang, Wang, Ye, Zhu, Yao, Han, Sugiyama, "Towards Understanding Valuable Preference Data for Large
 Language Model Alignment", ICLR 2026, arXiv 2510.13212 (code: github tmlr-group/TIF_LossDiff-IRM).
 
-What could be read here, and where:
+What was read, and where:
 
-- The reference code could not be had (the ``fetch`` tool has no snapshot of tmlr-group/TIF_LossDiff-IRM).
-- The stored arXiv HTML (https://arxiv.org/html/2510.13212v1 and v2) and two summaries of it
-  (en.papernotes.org's ICLR 2026 note, arxivlens.com) were searchable only through their openings: the abstract,
-  the start of the introduction and the summaries' TL;DR. Twelve queries with the method section's words
-  ("LossDiff", "implicit reward margin", "validation", "scoring function", "equation", "TIF") returned no
-  passage of the method section, so **no equation of the paper was read**.
-- What those openings do say: data quality is measured by each training pair's influence on *validation* data
-  (the truncated influence function, TIF); medium-TIF pairs help most, not the highest (hence the medium band);
-  LossDiff and IRM are two "candidate scoring functions" that are cheaper than TIF, positively correlated with
-  it and *model dependent*; each has errors against TIF from different sources, and the LossDiff-IRM rule
-  combines them to offset those errors (50-64 % of the data, +13.58 % average WinRate, per the papernotes TL;DR).
-  The combined rule is `dpo_engine.selection.hypotheses.select_joint_medium_band` (pairs central in both).
+- Not the code: the ``fetch`` tool has no snapshot of tmlr-group/TIF_LossDiff-IRM.
+- Not the method section itself: the stored arXiv HTML (https://arxiv.org/html/2510.13212v1, v2) answered the
+  ``search`` tool (corpus ``pages``) only with its abstract and the start of its introduction.
+- The method, second hand, from paper notes found with ``find_string`` in the code index: an English and a Chinese
+  "[Paper Note]" of the ICLR 2026 paper (the en.papernotes.org note, its "Method" / "Key Designs" / "Loss &
+  Training" sections, in two English versions and a Chinese one), and the OpenReview reviews (reviewer 4:
+  "LossDiff: the difference of loss between pi_theta and a validation model pi_val; IRM: the implicit reward
+  margin"; reviewer 3: the thresholds are not specified in the paper). From the notes:
 
-What is therefore ASSUMED here (our reading, to be checked against the paper's method section):
+  * pipeline: 1 epoch of DPO warm-up on the full data gives the current model ``theta``; an auxiliary model
+    ``theta_val`` is trained (1 epoch, "concurrently") on a validation set; LossDiff and IRM are computed per
+    pair; the pairs whose LossDiff and IRM both fall in the intermediate percentile ranges are kept (50-64 % of
+    the data); DPO training continues on that subset for 2 epochs;
+  * ``LossDiff(d) = l(theta; d) - l(theta_val; d)``: large when moving from theta towards theta_val lowers the
+    pair's loss, i.e. the pair agrees with the validation objective (Pearson 0.77 with the influence function);
+  * ``IRM(d) = beta log pi_theta(y_w|x)/pi_ref(y_w|x) - beta log pi_theta(y_l|x)/pi_ref(y_l|x)``, "the argument
+    inside the sigmoid in the DPO loss", of the *current* model, validation-free (Pearson 0.67);
+  * the combined rule keeps the intersection of both middle bands (TIF overlap 0.73-0.78 against 0.60-0.70 for
+    either alone): `dpo_engine.selection.hypotheses.select_joint_medium_band`.
 
-1. The proxy: a LoRA DPO run from the base model (which is also its reference) on a seeded random validation
-   split of the user's pairs, ``min(1000, 10 %)`` pairs by default (at least 2), ``beta`` 0.1, the warm-up
-   proxy's other settings (2 epochs, its learning rate). The paper's split sizes and training settings were not
-   read. Validation pairs are in-sample for the proxy: they get no LossDiff or IRM (NaN), their implicit margin
-   is marked in-sample (``in_warmup``, as the warm-up proxy's seed pairs), and ``in_validation`` keeps every
-   rule of `dpo_engine.selection.select_pairs` from selecting them.
-2. IRM: the implicit reward margin of that validation-trained proxy on a training pair,
-   ``beta * [(log pi_val(y_w) - log ref(y_w)) - (log pi_val(y_l) - log ref(y_l))]``, log-probs summed over
-   response tokens (DPO's implicit reward, Rafailov et al.). Positive: the validation data taught the proxy to
-   prefer this pair's chosen response.
-3. LossDiff: the drop in the pair's DPO loss from the reference to the proxy, ``l(ref) - l(pi_val)`` with
-   ``l = -log sigmoid(beta * margin)``; positive when training on the validation data made this pair easier (a
-   first-order stand-in for the pair's gradient agreeing with the validation gradient, which is what influence
-   measures). With the *summed* margin this is ``log 2 - softplus(-IRM)``, a monotone function of IRM: its
-   percentile ranks would equal IRM's and the joint band would collapse into IRM's band, contradicting the
-   paper's "different error sources". So LossDiff is taken on the **per-token mean** log-ratios (the
-   length-normalised DPO loss) by default, making the two scores differ through response lengths.
-   ``per_token=False`` gives the summed form.
+What is ASSUMED here (not in those sources, or not precisely):
 
-Both scores are in nats (IRM times beta is a reward in nats; LossDiff a loss difference in nats). The margins
-table's ``implicit_margin`` stays DM's margin of the same proxy, ``IRM / beta`` (no beta), so every rule that
-reads it (smallest gap, DM fusions, medium band) sees the validation proxy's margin.
+1. ``l`` is the DPO loss ``-log sigmoid(margin)`` with the same ``beta`` and reference (the base model) for both
+   models, response log-probs summed over tokens; ``beta`` 0.1 (TRL's default; the paper's was not read).
+2. theta_val is trained from the base model, not from theta: "concurrently" in the notes suggests so, and a run
+   here cannot start from a LoRA adapter. Both are LoRA DPO runs, 1 epoch each, the warm-up proxy's learning rate.
+3. The validation set is held out from the user's own pairs (the paper uses a separate validation set): a seeded
+   random split, ``min(1000, 10 %)`` pairs by default (at least 2). theta warms up on every other pair.
+4. Validation pairs get no LossDiff or IRM (NaN), are marked ``in_validation``, and `dpo_engine.selection`'s
+   ``select_pairs`` never picks them. Every other pair is in-sample for theta by the method's design (the warm-up
+   model is the model being selected for), so ``in_warmup`` is not used.
 
-The proxy trains as a run through the runs queue (`dpo_engine.runs.fold_proxies.train_fold_proxies`, as
-Selective DPO's proxies do); ``dpo-engine score --implicit lossdiff-irm`` plans it with `validation_proxy` and scores it
-with `lossdiff_irm_table`.
+Units: nats (IRM is beta times a log-ratio margin, LossDiff a difference of DPO losses). The margins table's
+``implicit_margin`` is DM's margin (no beta) of theta, ``IRM / beta``, and ``val_implicit_margin`` the same for
+theta_val, so ``loss_diff`` can be recomputed from the table.
+
+Both models train as runs through the runs queue (`dpo_engine.runs.fold_proxies.train_fold_proxies`, as
+Selective DPO's fold proxies): ``dpo-engine score --implicit lossdiff-irm`` plans them with `lossdiff_irm_proxies`
+and scores them with `lossdiff_irm_table`.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -62,83 +61,101 @@ from dpo_engine.training.selective_dpo import FoldProxy
 
 DEFAULT_BETA = 0.1
 VALIDATION_CAP = 1000
-VALIDATION_COLUMN = HELD_OUT_COLUMN  # "in_validation": the proxy trained on this pair (no scores, not selectable)
+VALIDATION_COLUMN = HELD_OUT_COLUMN  # "in_validation": theta_val trained on this pair (no scores, not selectable)
 SCORE_COLUMNS = ("loss_diff", "irm")
+VAL_MARGIN_COLUMN = "val_implicit_margin"
+
+
+@dataclass(frozen=True)
+class NamedProxy(FoldProxy):
+    """A `FoldProxy` whose work directory is ``label`` (``current``, ``validation``) instead of seed/fold."""
+
+    label: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.label
 
 
 def validation_size(n_pairs: int, size: int | None = None) -> int:
-    """Pairs held out for the validation proxy: ``size``, else ``min(1000, round(10 %))``, at least 2."""
+    """Pairs held out for theta_val: ``size``, else ``min(1000, round(10 %))``, at least 2."""
     return size or max(2, min(VALIDATION_CAP, round(0.1 * n_pairs)))
 
 
-def validation_proxy(n_pairs: int, size: int | None = None, seed: int = 42) -> FoldProxy:
-    """The plan: the proxy trains on a seeded random validation split (``training_rows``) and scores every other
-    pair (``held_out_rows``), both sorted int64 row positions. Raises ``UserError`` when no pair would be left."""
+def lossdiff_irm_proxies(n_pairs: int, size: int | None = None, seed: int = 42) -> tuple[NamedProxy, NamedProxy]:
+    """The plan, ``(current, validation)``: theta warms up on every pair but a seeded random validation split,
+    theta_val trains on that split; both then score the pairs theta trained on. Rows are sorted int64 positions.
+    Raises ``UserError`` when the split would leave no pair to score."""
     count = validation_size(n_pairs, size)
     if count >= n_pairs:
         raise UserError(f"a validation split of {count} pairs leaves none of the {n_pairs} to score: lower "
                         "lossdiff_validation_size")
-    validation = np.sort(select_random(n_pairs, count, seed))
+    validation = np.sort(select_random(n_pairs, count, seed)).astype(np.int64)
     rest = np.setdiff1d(np.arange(n_pairs, dtype=np.int64), validation)
-    return FoldProxy(seed=seed, fold=0, training_rows=validation.astype(np.int64), held_out_rows=rest)
+    return (NamedProxy(seed=seed, fold=0, training_rows=rest, held_out_rows=rest, label="current"),
+            NamedProxy(seed=seed, fold=1, training_rows=validation, held_out_rows=rest, label="validation"))
 
 
-def proxy_overrides(beta: float = DEFAULT_BETA, num_epochs: int = 2, **train_overrides) -> dict:
-    """`TrainConfig` fields of the validation proxy: DPO at ``beta`` for ``num_epochs``, then overrides."""
+def proxy_overrides(beta: float = DEFAULT_BETA, num_epochs: int = 1, **train_overrides) -> dict:
+    """`TrainConfig` fields of both models: DPO at ``beta`` for ``num_epochs`` (the paper's 1), then overrides."""
     return {"num_epochs": num_epochs, "loss": "dpo", "loss_params": {"beta": beta}, **train_overrides}
 
 
-def lossdiff_irm_scores(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
-                        chosen_tokens, rejected_tokens, beta: float = DEFAULT_BETA,
-                        per_token: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """LossDiff and IRM of each pair from the validation proxy's and the reference's log-probs.
+def lossdiff_irm_scores(current_chosen_logps, current_rejected_logps, val_chosen_logps, val_rejected_logps,
+                        ref_chosen_logps, ref_rejected_logps, beta: float = DEFAULT_BETA) -> tuple[np.ndarray, np.ndarray]:
+    """LossDiff and IRM of each pair from its response log-probs under theta, theta_val and the reference.
 
-    Inputs are ``(n_pairs,)`` array-likes: log-probs summed over response tokens (nats) under the proxy
-    (``policy_*``) and its reference (``ref_*``), and the response lengths in tokens. With
-    ``d_w = policy_chosen - ref_chosen`` and ``d_l = policy_rejected - ref_rejected``:
+    Inputs are ``(n_pairs,)`` array-likes of log-probs summed over response tokens (nats): under the current
+    (warm-up) model theta, the validation-trained model theta_val and their common reference. With
+    ``h = (theta_chosen - ref_chosen) - (theta_rejected - ref_rejected)`` and ``h_val`` the same for theta_val:
 
-    - ``irm = beta * (d_w - d_l)``;
-    - ``loss_diff = l(0) - l(m) = log 2 - log(1 + exp(-beta * m))`` with ``m = d_w / chosen_tokens -
-      d_l / rejected_tokens`` (``per_token``, the default) or ``m = d_w - d_l``: the DPO loss the pair had under
-      the reference (margin 0) minus the one it has under the proxy. In ``(-inf, log 2)``.
+    - ``irm = beta * h``, the current model's implicit reward margin;
+    - ``loss_diff = l(beta * h) - l(beta * h_val)`` with the DPO loss ``l(m) = -log sigmoid(m) = log(1 + e^-m)``:
+      how much lower the pair's loss is under theta_val than under theta.
 
-    Returns ``(loss_diff, irm)``, float64 ``(n_pairs,)`` each, in nats; NaN anywhere in a pair's inputs gives
-    NaN in both. See the module docstring for which parts of these definitions are assumed.
+    Returns ``(loss_diff, irm)``, float64 ``(n_pairs,)`` each; NaN in a pair's inputs gives NaN in both.
     """
-    pc, pr, rc, rr, nc, nr = (np.asarray(values, dtype=np.float64) for values in (
-        policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, chosen_tokens,
-        rejected_tokens))
-    if len({array.shape for array in (pc, pr, rc, rr, nc, nr)}) != 1 or pc.ndim != 1:
+    arrays = [np.asarray(values, dtype=np.float64) for values in (
+        current_chosen_logps, current_rejected_logps, val_chosen_logps, val_rejected_logps, ref_chosen_logps,
+        ref_rejected_logps)]
+    if len({array.shape for array in arrays}) != 1 or arrays[0].ndim != 1:
         raise ValueError("expected six 1-D arrays of the same shape (n_pairs,)")
-    d_w, d_l = pc - rc, pr - rr
-    irm = beta * (d_w - d_l)
-    with np.errstate(divide="ignore", invalid="ignore"):  # NaN inputs (a pair not scored) stay NaN
-        margin = d_w / nc - d_l / nr if per_token else d_w - d_l
-        loss_diff = np.log(2.0) - np.logaddexp(0.0, -beta * margin)
-    loss_diff[np.isnan(irm)] = np.nan
+    cc, cr, vc, vr, rc, rr = arrays
+    irm = beta * ((cc - rc) - (cr - rr))
+    val_margin = beta * ((vc - rc) - (vr - rr))
+    with np.errstate(invalid="ignore"):  # NaN inputs (a pair not scored) stay NaN
+        loss_diff = np.logaddexp(0.0, -irm) - np.logaddexp(0.0, -val_margin)
+    loss_diff[np.isnan(irm) | np.isnan(val_margin)] = np.nan
+    irm[np.isnan(loss_diff)] = np.nan
     return loss_diff, irm
 
 
-def lossdiff_irm_table(pairs: pd.DataFrame, proxy: FoldProxy, adapter: str | Path, *, beta: float = DEFAULT_BETA,
-                       per_token: bool = True, scoring: dict | None = None,
-                       progress: Progress | None = None) -> pd.DataFrame:
-    """The proxy's scores on every pair, rows in ``pairs`` order: `implicit_margins`' columns (``implicit_margin``
-    is DM's margin of the proxy, nats, no beta), ``loss_diff``, ``irm`` and ``in_validation`` (bool).
+def lossdiff_irm_table(pairs: pd.DataFrame, proxies: tuple[NamedProxy, NamedProxy],
+                       adapters: tuple[str | Path, str | Path], *, beta: float = DEFAULT_BETA,
+                       scoring: dict | None = None, progress: Progress | None = None) -> pd.DataFrame:
+    """Every pair scored by both models, rows in ``pairs`` order: `implicit_margins`' columns for theta
+    (``implicit_margin``: its DM margin, nats, no beta), ``val_implicit_margin`` (theta_val's), ``loss_diff``,
+    ``irm`` and ``in_validation`` (bool).
 
-    Validation pairs (``proxy.training_rows``) keep their log-probs and their in-sample implicit margin, as the
-    warm-up proxy's seed pairs do, but get NaN ``loss_diff`` and ``irm``: the scores are defined for training
-    pairs only. ``scoring``: keyword arguments for `implicit_margins`; ``progress(done, total)`` counts pairs.
+    ``proxies`` and ``adapters``: ``(current, validation)``, as `lossdiff_irm_proxies` plans them. Validation
+    pairs keep their log-probs and margins but get NaN ``loss_diff`` and ``irm``. ``scoring``: keyword arguments
+    for `implicit_margins`; ``progress(done, total)`` counts pairs over both models.
     """
-    def report(step: int, steps: int) -> None:
-        if progress is not None:
-            progress(step // 2, len(pairs))  # implicit_margins counts both passes
+    def report(offset: int):
+        def step(done: int, total: int) -> None:
+            if progress is not None:
+                progress(offset + done // 2, 2 * len(pairs))  # implicit_margins counts its two passes
+        return step
 
-    table = implicit_margins(pairs, str(adapter), progress=report, **(scoring or {}))
+    current, validation = proxies
+    table = implicit_margins(pairs, str(adapters[0]), progress=report(0), **(scoring or {}))
+    val = implicit_margins(pairs, str(adapters[1]), progress=report(len(pairs)), **(scoring or {}))
     loss_diff, irm = lossdiff_irm_scores(
-        table.policy_chosen_logps, table.policy_rejected_logps, table.ref_chosen_logps, table.ref_rejected_logps,
-        table.chosen_tokens, table.rejected_tokens, beta, per_token)
-    validation = np.zeros(len(table), dtype=bool)
-    validation[proxy.training_rows] = True
-    loss_diff[validation], irm[validation] = np.nan, np.nan
-    table["loss_diff"], table["irm"], table[VALIDATION_COLUMN] = loss_diff, irm, validation
+        table.policy_chosen_logps, table.policy_rejected_logps, val.policy_chosen_logps, val.policy_rejected_logps,
+        table.ref_chosen_logps, table.ref_rejected_logps, beta)
+    held_out = np.zeros(len(table), dtype=bool)
+    held_out[validation.training_rows] = True
+    loss_diff[held_out], irm[held_out] = np.nan, np.nan
+    table[VAL_MARGIN_COLUMN] = val.implicit_margin.to_numpy()
+    table["loss_diff"], table["irm"], table[VALIDATION_COLUMN] = loss_diff, irm, held_out
     return table
