@@ -252,7 +252,7 @@ def hypothesis_controls(table: pd.DataFrame, dataset_fp: str, columns, saved: di
     saved = saved or {}
     left, middle = columns
     numeric = [name for name in table.columns if pd.api.types.is_numeric_dtype(table[name]) and table[name].notna().any()
-               and name not in ("in_warmup",)]
+               and name not in ("in_warmup", "in_validation")]
     offered = [rule for rule, (_, needs) in HYPOTHESIS_LABELS.items() if all(column in numeric for column in needs)]
     rule = left.selectbox("Hypothesis", offered, index=option_index(offered, saved.get("hyp")),
                           format_func=lambda name: HYPOTHESIS_LABELS[name][0], key=f"hyp-{dataset_fp}")
