@@ -143,3 +143,40 @@ def test_the_scoring_form_offers_the_source_and_names_it():
     assert "lossdiff-irm" in IMPLICIT_LABELS
     config = ScoreConfig(pairs="p.jsonl", out="m.parquet", implicit="lossdiff-irm")
     assert "LossDiff and IRM" in score_summary(config, 1200)
+
+
+def test_the_margins_page_selects_lossdiff_irm_and_rings_the_validation_pairs(workspace):
+    """A LossDiff-IRM table for the UltraFeedback demo (random scores, the real columns): the Margins page offers
+    the rule, its pick leaves the validation pairs out, and the chart's caption says why they are ringed."""
+    from streamlit.testing.v1 import AppTest
+
+    from dpo_engine.data.pairs import bundled_datasets, fingerprint, load_pairs
+    from dpo_engine.margins.scoring import external_margins
+    from dpo_engine.margins.table import build_margins_table, save_margins_table
+    from test_dashboard_pages import APP, TIMEOUT, metric
+
+    pairs = load_pairs(bundled_datasets()["ultrafeedback"]).pairs
+    dataset_fp, n, rng = fingerprint(pairs), len(pairs), np.random.default_rng(0)
+    implicit = pd.DataFrame({"pair_id": pairs.pair_id, "implicit_margin": rng.normal(0.0, 2.0, n),
+                             "val_implicit_margin": rng.normal(0.0, 2.0, n)})
+    for column in ("policy_chosen_logps", "policy_rejected_logps", "ref_chosen_logps", "ref_rejected_logps"):
+        implicit[column] = rng.normal(-300.0, 50.0, n)
+    implicit["chosen_tokens"], implicit["rejected_tokens"] = rng.integers(20, 500, n), rng.integers(20, 500, n)
+    implicit["in_validation"] = np.arange(n) < 120
+    implicit["irm"] = np.where(implicit.in_validation, np.nan, 0.1 * implicit.implicit_margin)
+    implicit["loss_diff"] = np.where(implicit.in_validation, np.nan, rng.normal(0.0, 0.1, n))
+    table = build_margins_table(pairs, external_margins(pairs, "dataset")[0], implicit)
+    save_margins_table(table, workspace / "margins" / f"{dataset_fp}.parquet",
+                       {"dataset_fingerprint": dataset_fp, "implicit": {"source": "lossdiff-irm"}})
+
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    for key, value in {"dataset": "ultrafeedback", "rule": "hypothesis", "hyp": "lossdiff_irm", "pct": "50"}.items():
+        at.query_params[key] = value
+    at.switch_page("views/margins.py")
+    at.run()
+    assert not at.exception, [error.message for error in at.exception]
+    assert at.selectbox(key=f"hyp-{dataset_fp}").value == "lossdiff_irm"
+    assert metric(at, "Selected pairs") == "600"
+    assert any("120 validation pairs" in caption.value for caption in at.caption)
+    assert len(select_pairs(table, "lossdiff_irm", {"frac": 0.5})) == 600
+    assert not set(select_pairs(table, "top_k", {"score": "dm_mul", "k": 1200})) & set(pairs.pair_id[:120])
