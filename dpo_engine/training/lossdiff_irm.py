@@ -84,8 +84,8 @@ def validation_size(n_pairs: int, size: int | None = None) -> int:
 
 def lossdiff_irm_proxies(n_pairs: int, size: int | None = None, seed: int = 42) -> tuple[NamedProxy, NamedProxy]:
     """The plan, ``(current, validation)``: theta warms up on every pair but a seeded random validation split,
-    theta_val trains on that split; both then score the pairs theta trained on. Rows are sorted int64 positions.
-    Raises ``UserError`` when the split would leave no pair to score."""
+    theta_val trains on that split; ``held_out_rows`` of both are the pairs that get scores (theta's training
+    pairs). Rows are sorted int64 positions. Raises ``UserError`` when the split would leave no pair to score."""
     count = validation_size(n_pairs, size)
     if count >= n_pairs:
         raise UserError(f"a validation split of {count} pairs leaves none of the {n_pairs} to score: lower "
