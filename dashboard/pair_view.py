@@ -13,6 +13,7 @@ WARNING_TEXT = {
     "empty_response": "a response is empty",
     "truncated_at_max_length": "a response reaches the token budget (max_length − max_prompt_length): probably cut",
     "in_warmup": "the warm-up proxy trained on it: its implicit margin is in-sample",
+    "in_validation": "in LossDiff-IRM's validation split: it has no LossDiff or IRM and no rule selects it",
 }
 
 

@@ -29,7 +29,10 @@ EXTERNAL_LABELS = {
     "none": "none",
 }
 IMPLICIT_LABELS = {"crossfit": "cross-fitted: 2 warm-up proxies on disjoint folds (no pair scored in-sample)",
-                   "warmup": "train a warm-up proxy on a random seed subset (DM step 1)", "none": "none"}
+                   "warmup": "train a warm-up proxy on a random seed subset (DM step 1)",
+                   "lossdiff-irm": "LossDiff and IRM (Zhang et al.): a proxy DPO-trained on a held-out validation "
+                                   "split scores the rest",
+                   "none": "none"}
 PENDING_KEY = "pending_score"
 # What makes two scoring jobs take comparable time per pair.
 TIMING_SHAPE = ("external", "implicit", "model", "dtype", "device", "max_length", "batch_size", "seed_size")
@@ -109,7 +112,8 @@ def review_score(config: ScoreConfig, n_pairs: int) -> None:
 def score_summary(config: ScoreConfig, n_pairs: int) -> str:
     """One line: pairs, external and implicit sources, model, precision and device, and the expected time."""
     external = {"dataset": "the data's scores", "builtin": "stand-in reward head"}.get(config.external, config.external)
-    implicit = {"warmup": "warm-up proxy (DM)", "crossfit": "cross-fitted warm-up proxies"}.get(config.implicit, config.implicit)
+    implicit = {"warmup": "warm-up proxy (DM)", "crossfit": "cross-fitted warm-up proxies",
+                "lossdiff-irm": "LossDiff and IRM (validation proxy)"}.get(config.implicit, config.implicit)
     return (f"{n_pairs:,} pairs · external: {external} · implicit: {implicit} · {config.model} · "
             f"{config.dtype} on {config.device} · max {config.max_length} tokens · {expected_score_time(config, n_pairs)}")
 

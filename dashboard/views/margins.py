@@ -253,7 +253,7 @@ def hypothesis_controls(table: pd.DataFrame, dataset_fp: str, columns, saved: di
     saved = saved or {}
     left, middle = columns
     numeric = [name for name in table.columns if pd.api.types.is_numeric_dtype(table[name]) and table[name].notna().any()
-               and name not in ("in_warmup",)]
+               and name not in ("in_warmup", "in_validation")]
     offered = [rule for rule, (_, needs) in HYPOTHESIS_LABELS.items() if all(column in numeric for column in needs)]
     rule = left.selectbox("Hypothesis", offered, index=option_index(offered, saved.get("hyp")),
                           format_func=lambda name: HYPOTHESIS_LABELS[name][0], key=f"hyp-{dataset_fp}")
@@ -285,6 +285,12 @@ def warmup_mask(table: pd.DataFrame) -> np.ndarray | None:
     if "crossfit_fold" in table.columns and table["crossfit_fold"].notna().all():
         st.caption("Cross-fitted: no pair scored in-sample (each implicit margin comes from a proxy on another fold).")
         return None
+    if "in_validation" in table.columns and table["in_validation"].any():
+        validation = table["in_validation"].to_numpy(bool)
+        st.caption(f"Ringed: the {validation.sum():,} validation pairs LossDiff-IRM's validation model trained on "
+                   "(the warm-up model trained on every other pair). They have no loss_diff or irm, and no "
+                   "selection rule picks them.")
+        return validation
     if "in_warmup" not in table.columns or not table["in_warmup"].any():
         return None
     warmup = table["in_warmup"].to_numpy(bool)

@@ -118,7 +118,7 @@ def _implicit(config: ScoreConfig, pairs, reporter, shard: Shard | None) -> tupl
     source = implicit_source(config, len(pairs), multi_process=shard is not None)
     if source == "none":
         return None, None
-    if source in ("crossfit", "selective") and (shard is not None or config.num_processes > 1):
+    if source in ("crossfit", "selective", "lossdiff-irm") and (shard is not None or config.num_processes > 1):
         raise ConfigError("num_processes", f"shards the scoring of one policy, and implicit '{source}' trains and "
                           "scores its own fold proxies: use --num-processes 1, or --implicit warmup or --policy")
     scoring = {"dtype": config.dtype, "device": config.device, "batch_size": config.batch_size,
@@ -128,6 +128,8 @@ def _implicit(config: ScoreConfig, pairs, reporter, shard: Shard | None) -> tupl
         implicit, meta = _crossfit(config, pairs, reporter, scoring)
     elif source == "selective":
         implicit, meta = _selective(config, pairs, reporter, scoring)
+    elif source == "lossdiff-irm":
+        implicit, meta = _lossdiff_irm(config, pairs, reporter, scoring)
     else:
         policy = _implicit_policy(config, pairs, reporter, source, train_missing=shard is None)
         implicit = _implicit_table(config, pairs, reporter, shard, policy)
@@ -144,6 +146,7 @@ def _implicit(config: ScoreConfig, pairs, reporter, shard: Shard | None) -> tupl
         "in_sample": source == "warmup",
         "description": "DM implicit margin: [log pi(y_w) - log pi(y_l)] - [log ref(y_w) - log ref(y_l)], "
         "summed response log-probs, no beta",
+        **meta,  # a source's own description and in_sample (lossdiff-irm) win
     }
     return implicit, meta
 
@@ -265,6 +268,39 @@ def _selective(config: ScoreConfig, pairs, reporter, scoring: dict) -> tuple[obj
         "reference": "each proxy's base model (LoRA adapters disabled)",
         "method": "Selective DPO (Gao et al.): per seed, proxy j trains on every fold but j and scores fold j; "
                   "implicit_margin is the first seed's, learning_order the mean of -log sigmoid(beta h) over seeds",
+    }
+
+
+def _lossdiff_irm(config: ScoreConfig, pairs, reporter, scoring: dict) -> tuple[object, dict]:
+    """Zhang et al.'s LossDiff and IRM: a warm-up model on every pair but a seeded validation split and a model on
+    that split, both runs through the runs queue, then both scoring every pair (`dpo_engine.training.lossdiff_irm`)."""
+    from dpo_engine.runs.fold_proxies import train_fold_proxies
+    from dpo_engine.training import lossdiff_irm
+
+    proxies = lossdiff_irm.lossdiff_irm_proxies(len(pairs), config.lossdiff_validation_size, config.seed)
+    training = lossdiff_irm.proxy_overrides(config.lossdiff_beta, config.lossdiff_epochs, model=config.model,
+                                            **_proxy_training(config))
+    directory = _proxy_dir(config, "lossdiff-irm")
+    reporter.stage(f"LossDiff-IRM: warm-up model on {len(proxies[0].training_rows)} pairs and validation model on "
+                   f"{len(proxies[1].training_rows)} (runs through the runs queue)")
+    adapters = train_fold_proxies(pairs, proxies, training, directory, progress=reporter.update, tag="lossdiff-irm",
+                                  run_prefix="ldirm")
+    reporter.stage("LossDiff and IRM (warm-up, validation and reference log-probs)")
+    implicit = lossdiff_irm.lossdiff_irm_table(pairs, proxies, adapters, beta=config.lossdiff_beta, scoring=scoring,
+                                               progress=reporter.update)
+    return implicit, {
+        "validation_size": len(proxies[1].training_rows), "validation_seed": config.seed, "beta": config.lossdiff_beta,
+        "epochs": config.lossdiff_epochs, "proxies": str(directory),
+        "proxy_runs": {proxy.label: Path(adapter).parent.name for proxy, adapter in zip(proxies, adapters)},
+        "reference": "the base model (LoRA adapters disabled), for both models", "in_sample": True,
+        "method": "LossDiff-IRM (Zhang et al., ICLR 2026, arXiv 2510.13212): a LoRA DPO warm-up model theta on "
+                  "every pair but a seeded validation split (in_validation) and a model theta_val on that split; "
+                  "validation pairs get NaN loss_diff and irm and no rule selects them; every other pair is "
+                  "in-sample for theta by design. Read from paper notes, partly assumed: see "
+                  "dpo_engine/training/lossdiff_irm.py",
+        "description": "irm = beta h, loss_diff = log(1 + exp(-beta h)) - log(1 + exp(-beta h_val)): h and h_val the "
+                       "DM implicit margins (summed log-probs) of theta and theta_val against the base; "
+                       "implicit_margin = h, val_implicit_margin = h_val",
     }
 
 

@@ -32,11 +32,15 @@ class ScoreConfig:
         "external margin source; auto = the data's scores if it has them, else the built-in stand-in head"))
     reward_model: str | None = field(default=None, metadata=_help(
         "local AutoModelForSequenceClassification dir (--external reward-model)"))
-    implicit: Literal["auto", "crossfit", "warmup", "selective", "policy", "none"] = field(default="auto", metadata=_help(
+    implicit: Literal["auto", "crossfit", "warmup", "selective", "lossdiff-irm", "policy", "none"] = field(
+        default="auto", metadata=_help(
         "implicit margin source. crossfit: K warm-up proxies on disjoint folds, each pair scored by one that never "
         "trained on it; warmup: one warm-up proxy (DM step 1; its seed pairs are scored in-sample); selective: "
         "Selective DPO's K x seeds fold proxies as runs through the runs queue, adding val_loss_seed<s> and "
-        "learning_order; policy: --policy. auto = --policy if given, else crossfit whenever each fold can hold "
+        "learning_order; lossdiff-irm: Zhang et al.'s LossDiff and IRM from a warm-up model on every pair but a "
+        "held-out validation split and a model on that split (two runs through the runs queue), adding loss_diff, "
+        "irm, val_implicit_margin and in_validation (validation pairs get no scores and are never selected); "
+        "policy: --policy. auto = --policy if given, else crossfit whenever each fold can hold "
         "the seed subset, else warmup. The budget: crossfit costs K warm-ups (each on seed-size pairs, "
         "min(2000, 10 percent) by default) plus the same one scoring pass over every pair as warmup, so with "
         "K = 2 one extra warm-up, itself capped at 2000 pairs x warmup-epochs"))
@@ -57,8 +61,16 @@ class ScoreConfig:
         "--implicit selective: one fold split and K proxies per seed; learning_order is the mean over seeds"))
     selective_beta: float = field(default=0.1, metadata=_help(
         "--implicit selective: the proxies' DPO beta, and the beta of each validation loss -log sigmoid(beta h)"))
+    lossdiff_validation_size: int | None = field(default=None, metadata=_help(
+        "--implicit lossdiff-irm: pairs held out to train the validation model on (default min(1000, 10 percent), "
+        "at least 2)"))
+    lossdiff_beta: float = field(default=0.1, metadata=_help(
+        "--implicit lossdiff-irm: both models' DPO beta, and the beta of IRM and LossDiff"))
+    lossdiff_epochs: int = field(default=1, metadata=_help(
+        "--implicit lossdiff-irm: epochs of the warm-up model and of the validation model (the paper's 1)"))
     proxy_max_steps: int | None = field(default=None, metadata=_help(
-        "optimizer steps per proxy (warm-up, crossfit or selective); default: warmup-epochs epochs (1 for selective)"))
+        "optimizer steps per proxy (warm-up, crossfit, selective or lossdiff-irm); default: warmup-epochs epochs (1 for "
+        "selective, lossdiff-epochs for lossdiff-irm)"))
     dtype: Literal["auto", "fp32", "bf16"] = field(default="auto", metadata=_help(
         "precision of every model of the job; auto = bf16 on a CUDA GPU that has it, else fp32"))
     device: str = field(default="auto", metadata=_help("cuda, mps, cpu or auto"))
@@ -97,6 +109,10 @@ class ScoreConfig:
         require(len(self.selective_seeds) >= 1 and len(set(self.selective_seeds)) == len(self.selective_seeds),
                 "selective_seeds", "one or more distinct seeds")
         require(self.selective_beta > 0, "selective_beta", "> 0")
+        require(self.lossdiff_validation_size is None or self.lossdiff_validation_size >= 2, "lossdiff_validation_size",
+                ">= 2 (or unset)")
+        require(self.lossdiff_beta > 0, "lossdiff_beta", "> 0")
+        require(self.lossdiff_epochs >= 1, "lossdiff_epochs", ">= 1")
         require(self.proxy_max_steps is None or self.proxy_max_steps >= 1, "proxy_max_steps", ">= 1 (or unset)")
         require(self.device in DEVICES or self.device.startswith("cuda:"), "device", f"one of {', '.join(DEVICES)}")
         if self.external == "reward-model":

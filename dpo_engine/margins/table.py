@@ -35,7 +35,8 @@ def build_margins_table(pairs: pd.DataFrame, external: pd.DataFrame | None, impl
     gives NaN columns. Rows follow ``pairs``. Alignment potential (Huang et al., methods §6) uses the per-token
     log-probs of the model about to be trained, i.e. the reference. ``warmup_ids``, the pairs the implicit margin's
     proxy trained on, fill the ``in_warmup`` column (see `mark_warmup`). Any further columns of ``implicit`` (the
-    folds of cross-fitted margins, Selective DPO's validation losses and ``learning_order``) are carried over.
+    folds of cross-fitted margins, Selective DPO's validation losses and ``learning_order``, LossDiff-IRM's
+    ``loss_diff``, ``irm``, ``val_implicit_margin`` and ``in_validation``) are carried over.
     """
     table = pd.DataFrame({"pair_id": pairs.pair_id.to_numpy()})
     table["external_margin"] = np.nan if external is None else table.pair_id.map(external.set_index("pair_id").external_margin)

@@ -1,8 +1,10 @@
-"""Selective DPO's fold proxies as runs: each a LoRA DPO run launched through the runs queue, waited on together.
+"""Proxies as runs (Selective DPO's fold proxies, LossDiff-IRM's validation proxy): each a LoRA DPO run launched
+through the runs queue, waited on together.
 
-`dpo_engine.training.selective_dpo` plans the proxies and scores them; this module only trains them, the way
-every other run is trained: ``create_run`` + ``launch`` (a detached worker, device slots, ``train.log``, stop and
-resume from the Runs page), each tagged ``selective-dpo`` and ``proxies:<group>``. A proxy whose run already
+`dpo_engine.training.selective_dpo` (and `dpo_engine.training.lossdiff_irm`) plan the proxies and score them; this
+module only trains them, the way every other run is trained: ``create_run`` + ``launch`` (a detached worker, device
+slots, ``train.log``, stop and resume from the Runs page), each tagged ``selective-dpo`` (or the caller's tag) and
+``proxies:<group>``. A proxy whose run already
 exists for the same config and pairs is waited on or reused instead of launched again, so a scoring job that was
 interrupted while its proxies trained picks them up where they are.
 """
@@ -39,20 +41,26 @@ def train_fold_proxies(
     *,
     timeout_s: float | None = None,
     progress: Callable[[int, int], None] | None = None,
+    tag: str = "selective-dpo",
+    run_prefix: str = "sdpo",
 ) -> list[Path]:
     """Launch one run per proxy (``config``: `TrainConfig` fields but ``subset`` and ``seed``), wait for all of
     them, and return their adapter directories in ``proxies`` order.
 
     Proxy ``p``'s training pairs go to ``work_dir/<p.name>/train.jsonl``. ``progress(done, total)`` counts the
     proxies' optimizer steps. A run that fails or is stopped raises ``UserError`` naming it and its last message.
+    Runs are named ``<run_prefix>-<group>-s<seed>-f<fold>`` and tagged ``tag`` (Selective DPO's by default; the
+    LossDiff-IRM validation proxy passes its own).
     """
     group = slug(Path(work_dir).name, max_length=30) or "proxies"
-    run_ids = [_proxy_run(pairs, proxy, config, Path(work_dir) / proxy.name, group) for proxy in proxies]
+    run_ids = [_proxy_run(pairs, proxy, config, Path(work_dir) / proxy.name, group, tag, run_prefix)
+               for proxy in proxies]
     _wait_for_runs(run_ids, timeout_s, progress)
     return [get_run(run_id).run_dir / "adapter" for run_id in run_ids]
 
 
-def _proxy_run(pairs: pd.DataFrame, proxy: FoldProxy, config: dict, directory: Path, group: str) -> str:
+def _proxy_run(pairs: pd.DataFrame, proxy: FoldProxy, config: dict, directory: Path, group: str, tag: str,
+               run_prefix: str) -> str:
     """The run id training ``proxy``: the recorded one when it trains the same config on the same pairs and has
     not failed, else a new run, launched."""
     training = pairs.iloc[proxy.training_rows]
@@ -62,8 +70,8 @@ def _proxy_run(pairs: pd.DataFrame, proxy: FoldProxy, config: dict, directory: P
     if record.get("stamp") == stamp and _reusable(record.get("run_id")):
         return record["run_id"]
     save_pairs(training, directory / "train.jsonl")
-    run_id = create_run(run_config, name=f"sdpo-{group}-s{proxy.seed}-f{proxy.fold}")
-    write_annotations(get_run(run_id).run_dir, Annotations(tags=("selective-dpo", f"proxies:{group}")))
+    run_id = create_run(run_config, name=f"{run_prefix}-{group}-s{proxy.seed}-f{proxy.fold}")
+    write_annotations(get_run(run_id).run_dir, Annotations(tags=(tag, f"proxies:{group}")))
     atomic_write_json(directory / PROXY_RECORD, {"run_id": run_id, "stamp": stamp})
     launch(run_id)
     return run_id

@@ -37,7 +37,7 @@ SELECTOR_ORDERS = (
 JOINT_MEDIUM = ("LossDiff-IRM medium band (Zhang et al.)", ("loss_diff", "irm"))
 # Columns that describe a pair but are no selector's score: shown as lengths or log-probs, never ranked.
 NOT_SCORES = frozenset({
-    "row", "in_warmup", "chosen_tokens", "rejected_tokens", "chosen_chars", "rejected_chars", "policy_chosen_logps",
+    "row", "in_warmup", "in_validation", "chosen_tokens", "rejected_tokens", "chosen_chars", "rejected_chars", "policy_chosen_logps",
     "policy_rejected_logps", "ref_chosen_logps", "ref_rejected_logps", "score_chosen", "score_rejected", "length_gap",
     "fold",
 })
@@ -95,7 +95,8 @@ def with_alignment_potential(table: pd.DataFrame) -> pd.DataFrame:
 def pair_warnings(pair: pd.Series, row: pd.Series, max_length: int | None, max_prompt_length: int | None) -> list[str]:
     """Warning codes of one pair: the data's own (``warnings``), then ``identical_responses``, ``empty_response``,
     ``truncated_at_max_length`` (a response of at least ``max_length - max_prompt_length`` tokens, the budget left
-    when the prompt fills its share: probably cut) and ``in_warmup`` (its implicit margin is in-sample)."""
+    when the prompt fills its share: probably cut), ``in_warmup`` (its implicit margin is in-sample) and
+    ``in_validation`` (LossDiff-IRM's validation model trained on it: no scores, never selected)."""
     codes = [code for code in str(pair.get("warnings") or "").split(";") if code]
     chosen, rejected = str(pair.get("chosen") or ""), str(pair.get("rejected") or "")
     if chosen.strip() == rejected.strip():
@@ -109,6 +110,8 @@ def pair_warnings(pair: pd.Series, row: pd.Series, max_length: int | None, max_p
             codes.append("truncated_at_max_length")
     if bool(row.get("in_warmup", False)):
         codes.append("in_warmup")
+    if bool(row.get("in_validation", False)):
+        codes.append("in_validation")
     return list(dict.fromkeys(codes))
 
 

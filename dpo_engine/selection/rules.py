@@ -28,6 +28,8 @@ DEFAULT_SCORE = "dm_mul"
 # The random rule's default seed. Not 42: the warm-up proxy draws its seed subset with seed 42 from the same
 # permutation, so random at 42 would be exactly the warm-up pairs, whose implicit margins are in-sample.
 DEFAULT_RANDOM_SEED = 20250219
+# Rows a scoring proxy trained on (`dpo_engine.training.lossdiff_irm`): never candidates of a rule but manual.
+HELD_OUT_COLUMN = "in_validation"
 # Parameters each rule accepts in `select_pairs`; anything else is a typo worth reporting.
 RULE_PARAMS: dict[str, frozenset[str]] = {
     "top_k": frozenset({"score", "k", "frac", "where"}),
@@ -169,6 +171,9 @@ def select_pairs(table: pd.DataFrame, rule: str, params: dict) -> list[str]:
       [chosen_score]), each with ``k`` or ``frac``; ``selective_dpo`` (``score`` [learning_order], ``tau`` [0.5]:
       the hardest share dropped, no k), ids easy to hard.
 
+    Rows with ``in_validation`` true (the validation split a LossDiff-IRM proxy trained on,
+    `dpo_engine.training.lossdiff_irm`) are never candidates of any rule but ``manual``.
+
     Every rule but ``manual`` takes an optional ``where`` ({column: [low, high]}, see `select_threshold`) that
     restricts the candidates first, e.g. BeeS' "both margins > 0". ``frac`` is always a share of the whole table,
     so ``frac=0.1`` asks for 10 % of the data however many pairs pass ``where``. A fused score column (dm_add,
@@ -194,8 +199,7 @@ def select_pairs(table: pd.DataFrame, rule: str, params: dict) -> list[str]:
             table = fused_scores(table)
         check_score_column(table, score_name)
     n_total = len(table)
-    if params.get("where"):
-        table = table[select_threshold(table, params["where"])]
+    table = _candidates(table, params.get("where"))
     pair_ids = table["pair_id"].astype(str).to_numpy()
 
     if rule == "threshold":
@@ -215,6 +219,13 @@ def select_pairs(table: pd.DataFrame, rule: str, params: dict) -> list[str]:
     else:
         indices = select_partition(score, params.get("part", "top"), count, params.get("tau", 1.0), params.get("seed", 42))
     return pair_ids[indices].tolist()
+
+
+def _candidates(table: pd.DataFrame, where: dict | None) -> pd.DataFrame:
+    """The rows a rule may pick: not ``in_validation`` (a scoring proxy trained on them), then inside ``where``."""
+    if HELD_OUT_COLUMN in table.columns:
+        table = table[~table[HELD_OUT_COLUMN].astype("boolean").fillna(False).to_numpy(dtype=bool)]
+    return table[select_threshold(table, where)] if where else table
 
 
 def _manual_ids(table: pd.DataFrame, pair_ids) -> list[str]:
