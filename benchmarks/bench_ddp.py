@@ -4,9 +4,11 @@ Both runs train the same small random Llama (``make_tiny_model``, wider than the
 gradient all-reduce) on the same pairs for the same steps through ``python -m dpo_engine.cli train``. Throughput
 is pairs per second of training, read from each run's ``metrics.jsonl`` (``elapsed_seconds``) from the end of the
 first step to the last, so process start-up, model loading and the reference pass are left out. The ratio is
-printed next to the largest loss difference between the two runs (they should agree to ~1e-6).
+printed next to the largest loss difference between the two runs (they should agree to ~1e-6). With
+``--repeats`` the two contenders alternate (1, 2, 1, 2, ...) and the ratio of the median speeds is reported, so
+the load other jobs put on the machine falls on both alike.
 
-    python benchmarks/bench_ddp.py [--pairs 64] [--batch-size 8] [--steps 8] [--hidden 256] [--layers 4]
+    python benchmarks/bench_ddp.py [--pairs 64] [--batch-size 8] [--steps 8] [--hidden 256] [--layers 4] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import argparse
 import json
 import os
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -35,12 +38,13 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def train(work: Path, config: Path, processes: int) -> list[dict]:
-    """Metrics records of one run of ``config`` with ``processes`` ranks (one thread each)."""
-    run_dir = work / f"run_{processes}"
+def train(work: Path, config: Path, processes: int, repeat: int = 0) -> list[dict]:
+    """Metrics records of one run of ``config`` with ``processes`` ranks (one thread each), in its own directories."""
+    tag = f"{processes}_{repeat}"
+    run_dir = work / f"run_{tag}"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "HF_HUB_OFFLINE": "1",
-           "PYTHONPATH": str(REPO_ROOT), "MARGIN_LAB_HOME": str(work / f"home_{processes}"),
-           "DPO_ENGINE_CACHE": str(work / f"cache_{processes}")}
+           "PYTHONPATH": str(REPO_ROOT), "MARGIN_LAB_HOME": str(work / f"home_{tag}"),
+           "DPO_ENGINE_CACHE": str(work / f"cache_{tag}")}
     train_args = ["-m", "dpo_engine.cli", "train", str(config), "--run-dir", str(run_dir)]
     if processes == 1:
         command = [sys.executable] + train_args
@@ -67,6 +71,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=1, help="runs of each contender, alternating")
     args = parser.parse_args()
     sys.path.insert(0, str(REPO_ROOT))
     from dpo_engine.models.loading import make_tiny_model
@@ -82,10 +87,16 @@ def main() -> None:
             "max_steps": args.steps, "learning_rate": 1e-3, "lr_scheduler": "constant", "warmup_ratio": 0.0,
             "max_length": 256, "max_prompt_length": 128, "save_steps": args.steps,
         }))
-        one, two = train(work, config, 1), train(work, config, 2)
+        runs = {1: [], 2: []}
+        for repeat in range(args.repeats):
+            for processes in (1, 2):
+                runs[processes].append(train(work, config, processes, repeat))
+    one, two = runs[1][0], runs[2][0]
     gap = max(abs(a["loss"] - b["loss"]) for a, b in zip(one, two))
-    speed_one, speed_two = pairs_per_second(one, args.batch_size), pairs_per_second(two, args.batch_size)
-    print(f"1 process: {speed_one:.1f} pairs/s; 2 processes: {speed_two:.1f} pairs/s")
+    speeds = {n: [pairs_per_second(records, args.batch_size) for records in runs[n]] for n in runs}
+    speed_one, speed_two = statistics.median(speeds[1]), statistics.median(speeds[2])
+    print(f"1 process: {speed_one:.1f} pairs/s; 2 processes: {speed_two:.1f} pairs/s (medians of "
+          f"{args.repeats}: {', '.join(f'{v:.1f}' for v in speeds[1])} and {', '.join(f'{v:.1f}' for v in speeds[2])})")
     print(f"DDP 2 vs 1 process: {speed_two / speed_one:.2f}x pairs/s, max loss difference {gap:.2e} "
           f"over {len(one)} steps")
 

@@ -134,6 +134,29 @@ def test_score_lossdiff_irm_end_to_end_then_select(tmp_path, monkeypatch):
     assert len(everything) == 18 and not set(everything) & validation
 
 
+@pytest.mark.slow
+def test_the_default_model_scores_lossdiff_irm(tmp_path, monkeypatch):
+    """The real SmolLM2-135M: both models train as runs (two optimizer steps each: the first is the warm-up's, at a
+    learning rate of 0) and every scored pair gets both columns, consistent with the two models' margins; a
+    lossdiff_irm selection comes out of the table."""
+    from dpo_engine.models.loading import DEFAULT_MODEL
+
+    monkeypatch.setenv(runs.RUNS_PER_DEVICE_ENV, "2")
+    out = tmp_path / "margins.parquet"
+    assert main(["score", str(bundled_pairs_file(tmp_path, 8)), "--out", str(out), "--implicit", "lossdiff-irm",
+                 "--lossdiff-validation-size", "2", "--proxy-max-steps", "2", "--external", "none", "--model",
+                 DEFAULT_MODEL, "--max-length", "128", "--max-prompt-length", "64", "--device", "cpu",
+                 "--dtype", "fp32", "--warmup-lr", "0.001"]) == 0
+    assert [run.state for run in runs.list_runs()] == ["completed", "completed"]
+    table, _ = load_margins_table(out)
+    scored = table[~table.in_validation.to_numpy(bool)]
+    assert len(scored) == 6 and scored.loss_diff.notna().all() and scored.irm.notna().all()
+    np.testing.assert_allclose(scored.irm, 0.1 * scored.implicit_margin, rtol=1e-9)
+    assert np.abs(scored.implicit_margin).max() > 0 and not np.allclose(scored.implicit_margin,
+                                                                        scored.val_implicit_margin)
+    assert len(select_pairs(table, "lossdiff_irm", {"k": 3})) == 3
+
+
 def test_the_scoring_form_offers_the_source_and_names_it():
     from typing import get_args, get_type_hints
 
