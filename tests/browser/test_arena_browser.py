@@ -42,15 +42,14 @@ def _event(directory: Path, step: str, contestant: str | None, event: str) -> No
 
 
 def finish_an_arena(name: str, tmp_path: Path) -> Path:
-    """The files of a finished arena in the current workspace, written by the engine's own steps where they train
-    nothing: the select step itself; runs created as the arena creates them and driven by the test trainer
-    (`run_training`, the worker's own bookkeeping, around a stand-in trainer: metrics, no model); a saved evaluation of seeded preferences through the engine's
-    results table; then the report step (`write_summary`) and the completed status."""
+    """The files of a finished arena in the current workspace, written by the engine's own steps wherever they train
+    nothing: the arena's select step; runs created as the arena creates them and finished by the worker's own
+    `run_training` around a stand-in trainer (metrics, no model); a saved evaluation of seeded preferences through
+    the engine's results table; then the arena's report step (`write_summary`) and the completed status."""
     from dpo_engine import runs
     from dpo_engine.arena.config import ArenaConfig
     from dpo_engine.arena.loop import _run_step
     from dpo_engine.arena.store import CONFIG_FILE, CONTESTANT_STEP_FILES, EVAL_FILE, arena_dir, contestant_dir
-    from dpo_engine.arena.summary import write_summary
     from dpo_engine.evaluation.generation import load_eval_prompts
     from dpo_engine.evaluation.report import describe_run
     from dpo_engine.evaluation.results import results_table
@@ -102,9 +101,7 @@ def finish_an_arena(name: str, tmp_path: Path) -> Path:
     atomic_write_json(directory / EVAL_FILE, {"eval_id": saved.eval_id, "run_ids": run_ids,
                                               "n_prompts": len(prompts)})
     _event(directory, "eval", None, "finished")
-    _event(directory, "report", None, "started")
-    write_summary(config, directory)  # results.csv, overlap.csv, mix.json and report/, as the report step writes
-    _event(directory, "report", None, "finished")
+    _run_step(config, directory, "report", None, None)  # write_summary: results.csv, overlap.csv, mix.json, report/
     set_status(directory, state="completed", step=None, pid=os.getpid(),
                message=f"{len(contestants)} contestants trained and evaluated")
     return directory
@@ -151,7 +148,7 @@ def _grid_rows(frame) -> list[list[str]]:
 
 def test_a_finished_arena_shows_its_table_differences_overlaps_figures_and_report(page, server_env, monkeypatch,
                                                                                  tmp_path):
-    from dpo_engine.arena.store import arena_results, report_path
+    from dpo_engine.arena.store import arena_events, arena_results, arena_status, report_path
 
     monkeypatch.setenv("MARGIN_LAB_HOME", server_env["MARGIN_LAB_HOME"])  # the served app's workspace
     directory = finish_an_arena("finished", tmp_path)
@@ -159,6 +156,8 @@ def test_a_finished_arena_shows_its_table_differences_overlaps_figures_and_repor
     contestants = ["dm-mul", "smallest-gap", "alignment-potential", "random-s1", "random-s2"]
     assert table.contestant.tolist() == [*contestants, "random (mean)"]
     assert table.vs_random.iloc[:3].notna().all() and table.vs_random.iloc[3:].isna().all()
+    finished = [(event["step"], event["contestant"]) for event in arena_events("finished") if event["event"] == "finished"]
+    assert len(finished) == len(set(finished)) == 5 + 5 + 2 and arena_status("finished")["state"] == "completed"
 
     page.goto("/arena")
     wait_for_app(page)
