@@ -13,7 +13,7 @@ from dpo_engine import jobs
 from dpo_engine.arena import ArenaConfig, arena_results, arena_status, contestant_steps, list_arenas
 from dpo_engine.arena.config import ArenaRequest
 from dpo_engine.arena.figures import arena_figure, overlap_figure, source_mix_figure
-from dpo_engine.arena.store import arena_config, arena_dir, write_config_yaml
+from dpo_engine.arena.store import arena_config, arena_dir, report_path, write_config_yaml
 from dpo_engine.errors import UserError
 
 # Selectors offered by the form: label -> {name, rule, params}.
@@ -25,6 +25,49 @@ SELECTORS = {
     "Alignment potential": {"name": "alignment-potential", "rule": "alignment_potential", "params": {}},
     "Medium implicit margin": {"name": "medium-band", "rule": "medium_band", "params": {}},
 }
+
+# The arena table as shown: the comparison first, then training dynamics and the subsets (run ids are in the
+# contestants table above it). Units as in `dpo_engine.arena.stats`.
+TABLE_COLUMNS = {
+    "contestant": st.column_config.TextColumn("contestant"),
+    "rule": st.column_config.TextColumn("rule"),
+    "params": st.column_config.TextColumn("params", width="medium"),
+    "win_rate": st.column_config.NumberColumn("win rate %", format="%.1f", help="Against the base model's answers"),
+    "ci_low": st.column_config.NumberColumn("CI low", format="%.1f"),
+    "ci_high": st.column_config.NumberColumn("CI high", format="%.1f"),
+    "vs_random": st.column_config.NumberColumn("vs random (points)", format="%+.1f",
+                                               help="Paired difference with the per-prompt mean of the random runs"),
+    "vs_random_low": st.column_config.NumberColumn("low", format="%+.1f"),
+    "vs_random_high": st.column_config.NumberColumn("high", format="%+.1f"),
+    "vs_random_p": st.column_config.NumberColumn("p", format="%.3f", help="Two-sided sign-flip p"),
+    "n": st.column_config.NumberColumn("prompts"),
+    "final_loss": st.column_config.NumberColumn("loss", format="%.3f"),
+    "reward_accuracy": st.column_config.NumberColumn("reward acc.", format="%.2f"),
+    "reward_margin": st.column_config.NumberColumn("reward margin", format="%.3f"),
+    "steps": st.column_config.NumberColumn("steps"),
+    "subset_size": st.column_config.NumberColumn("pairs"),
+    "chosen_chars": st.column_config.NumberColumn("chosen chars", format="%.0f"),
+    "rejected_chars": st.column_config.NumberColumn("rejected chars", format="%.0f"),
+    "chosen_tokens": st.column_config.NumberColumn("chosen tokens", format="%.0f"),
+    "rejected_tokens": st.column_config.NumberColumn("rejected tokens", format="%.0f"),
+    "top_source": st.column_config.TextColumn("top source"),
+    "top_source_share": st.column_config.NumberColumn("its share", format="percent"),
+}
+
+
+def report_downloads(name: str) -> None:
+    """The exported report (report.md and the offline arena.html), once the report step has written it."""
+    path = report_path(arena_dir(name))
+    if not path.is_file():
+        return
+    html = path.with_name("arena.html")
+    buttons = st.container(horizontal=True)
+    buttons.download_button("Report (.md)", path.read_text(encoding="utf-8"), file_name=f"arena-{name}.md",
+                            mime="text/markdown", icon=":material/download:", key=f"report_md_{name}")
+    if html.is_file():  # several MB (plotly.js inside): read only when clicked
+        buttons.download_button("Figures (.html, offline)", html.read_bytes, file_name=f"arena-{name}.html",
+                                mime="text/html", icon=":material/download:", key=f"report_html_{name}")
+    st.caption(f"Also on disk: {path.parent} (report.md, arena.html and a PNG per figure when kaleido is installed).")
 
 
 def start_arena(values: dict) -> None:
@@ -68,12 +111,22 @@ def arena_view(name: str) -> None:
     if results is None:
         return
     table, overlap, mixes = results
-    st.dataframe(table, hide_index=True)
+    st.subheader("Results")
+    st.caption("Win rate: percent of the held-out prompts won against the base model's answer (a tie counts half), "
+               "95 % bootstrap CI. vs random: each selector minus the mean of the random runs, prompt by prompt, in "
+               "points, with its paired bootstrap 95 % CI and sign-flip p. Loss, reward accuracy and margin: each "
+               "run's last logged step. The random rows have no vs random: they are the reference.")
+    st.dataframe(table.fillna({"params": ""}), hide_index=True, column_order=list(TABLE_COLUMNS),
+                 column_config=TABLE_COLUMNS)
     st.plotly_chart(arena_figure(table), key=f"arena_{name}")
+    st.subheader("Subsets")
     left, right = st.columns(2)
     left.plotly_chart(overlap_figure(overlap), key=f"overlap_{name}")
-    right.plotly_chart(source_mix_figure(mixes), key=f"sources_{name}")
-    st.caption(f"Report: {arena_dir(name) / 'report' / 'report.md'} (arena.html beside it opens offline).")
+    # mix.json keeps its keys sorted: shown in the table's order, like the other two figures.
+    ordered = {contestant: mixes[contestant] for contestant in table.contestant if contestant in mixes}
+    right.plotly_chart(source_mix_figure(ordered), key=f"sources_{name}")
+    st.subheader("Report")
+    report_downloads(name)
 
 
 st.title("Arena")

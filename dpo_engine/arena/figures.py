@@ -52,7 +52,8 @@ def overlap_figure(overlap: pd.DataFrame):
 
 
 def source_mix_figure(mixes: dict[str, dict]):
-    """Stacked horizontal bars: each subset's share of pairs from each source (fractions summing to 1)."""
+    """Stacked horizontal bars: each subset's share of pairs from each source (fractions summing to 1); the legend
+    names the sources even when there is only one."""
     import plotly.graph_objects as go
 
     names = list(mixes)
@@ -62,6 +63,6 @@ def source_mix_figure(mixes: dict[str, dict]):
         figure.add_bar(y=names, x=[(mixes[name].get("sources") or {}).get(source, 0.0) for name in names],
                        name=source[:40], orientation="h")
     figure.update_layout(barmode="stack", title="Source mix of each subset", xaxis={"title": "share", "range": [0, 1]},
-                         yaxis={"autorange": "reversed"}, height=160 + 30 * len(names),
+                         yaxis={"autorange": "reversed"}, height=160 + 30 * len(names), showlegend=True,
                          legend={"orientation": "h", "y": -0.25}, margin={"t": 50})
     return figure
