@@ -103,7 +103,9 @@ def launch_form() -> None:
     st.rerun()
 
 
-@st.fragment(run_every=3)
+FINAL_STATES = ("completed", "failed", "interrupted")  # nothing changes on disk until the user resumes
+
+
 def arena_view(name: str) -> None:
     job_state_line(name, arena_status(name), lambda: start_arena(arena_config(name)), key=f"resume_{name}")
     st.dataframe(contestant_steps(name), hide_index=True)
@@ -138,4 +140,7 @@ arenas = list_arenas()
 if not arenas:
     st.info("No arena yet: start one above, or run `dpo-engine arena CONFIG.yaml` (docs/arena.md).")
 else:
-    arena_view(st.selectbox("Arena", arenas))
+    name = st.selectbox("Arena", arenas)
+    # Redrawn every 3 s while the arena may still change, and no longer once it has finished.
+    live = arena_status(name).get("state") not in FINAL_STATES
+    st.fragment(arena_view, run_every=3 if live else None)(name)
