@@ -198,7 +198,9 @@ def confirmed(pending_key: str, action: str, kind: str, options: dict, summary=N
     return True
 
 
-JOB_STATE_ICONS = {"running": "🟢", "completed": "✅", "failed": "❌", "interrupted": "⏸️"}
+# Streamlit's Material icons, not emoji: they draw on machines without an emoji font.
+JOB_STATE_ICONS = {"running": ":green[:material/play_circle:]", "completed": ":green[:material/check_circle:]",
+                   "failed": ":red[:material/error:]", "interrupted": ":orange[:material/pause_circle:]"}
 
 
 def job_state_line(name: str, status: dict, resume, *, key: str) -> bool:

@@ -1,7 +1,8 @@
 """The shipped demo study (``assets/demo/``), copied into the workspace so the normal engine code shows it.
 
 ``assets/demo/workspace/`` has a workspace's layout (``runs/``, ``evals/``, ``selections/``), written by the study
-runner's export (``experiments/dm_small``). `install_demo` copies it into ``$MARGIN_LAB_HOME`` once per demo
+runner's export (``experiments/dm_small``), and ``rounds/``: two iterative-DPO loops (docs/rounds.md, CPU run 3)
+with their rounds' runs inside them (``round-NN/run/``), registered when installed. `install_demo` copies it into ``$MARGIN_LAB_HOME`` once per demo
 (``manifest.json``'s ``demo_id``), so the Runs and Results pages list it through `dpo_engine.runs` and
 `dpo_engine.evaluation.report` like any other run or evaluation, and a user may delete it there for good:
 
@@ -37,25 +38,32 @@ def demo_manifest(source: str | Path = DEMO_DIR) -> dict | None:
 
 
 def install_demo(source: str | Path = DEMO_DIR, *, force: bool = False) -> dict:
-    """Copy the demo's runs, evaluations and selections into the workspace (once per demo); say what happened.
+    """Copy the demo's runs, evaluations, selections and rounds loops into the workspace (once per demo); say what
+    happened. A workspace that has this demo already gets only the loops it has never been given (they were
+    shipped later); a loop the user deleted is not copied again.
 
-    Returns ``{"installed": bool, "demo_id", "runs", "evals", "selections", "reason"}`` where the lists name what
-    was copied now.
+    Returns ``{"installed": bool, "demo_id", "runs", "evals", "selections", "rounds", "reason"}`` where the lists
+    name what was copied now.
     """
     source = Path(source)
     manifest = demo_manifest(source)
-    result = {"installed": False, "demo_id": None, "runs": [], "evals": [], "selections": [], "reason": ""}
+    result = {"installed": False, "demo_id": None, "runs": [], "evals": [], "selections": [], "rounds": [],
+              "reason": ""}
     if manifest is None or not (source / "workspace").is_dir():
         result["reason"] = f"no demo in {source}"
         return result
     result["demo_id"] = manifest.get("demo_id")
     marker = home_dir() / MARKER_FILE
     previous = read_json(marker, {}) or {}
-    if not force and previous.get("demo_id") == manifest.get("demo_id"):
-        result["reason"] = f"demo {manifest.get('demo_id')} was installed on {previous.get('installed', '?')}"
-        return result
-
     shipped = source / "workspace"
+    if not force and previous.get("demo_id") == manifest.get("demo_id"):
+        new_loops = _install_loops(shipped / "rounds", skip=set(previous.get("rounds", [])))
+        if not new_loops:
+            result["reason"] = f"demo {manifest.get('demo_id')} was installed on {previous.get('installed', '?')}"
+            return result
+        atomic_write_json(marker, {**previous, "rounds": sorted(set(previous.get("rounds", [])) | set(new_loops))})
+        return {**result, "installed": True, "rounds": new_loops}
+
     for run_dir in sorted((shipped / "runs").glob("*")):
         target = workspace_subdir("runs") / run_dir.name
         if not (run_dir / "run.json").is_file() or target.exists():
@@ -76,7 +84,8 @@ def install_demo(source: str | Path = DEMO_DIR, *, force: bool = False) -> dict:
         if not target.exists():
             shutil.copy2(selection, target)
             result["selections"].append(selection.name)
-    if result["runs"]:
+    result["rounds"] = _install_loops(shipped / "rounds")
+    if result["runs"] or result["rounds"]:
         from dpo_engine.runs import rebuild_registry
 
         rebuild_registry()
@@ -88,9 +97,33 @@ def install_demo(source: str | Path = DEMO_DIR, *, force: bool = False) -> dict:
         "profile": manifest.get("profile"),
         "runs": sorted(set(previous.get("runs", [])) | set(result["runs"])),
         "evals": sorted(set(previous.get("evals", [])) | set(result["evals"])),
+        "rounds": sorted(set(previous.get("rounds", [])) | set(result["rounds"])),
     })
     result["installed"] = True
     return result
+
+
+def _install_loops(shipped: Path, skip: set[str] = frozenset()) -> list[str]:
+    """Copy the shipped rounds loops that the workspace lacks (but none named in ``skip``) and register each round's
+    run where it now lies (its ``resolved_config.json`` pointed at the installed ``subset.jsonl``); return the
+    names copied."""
+    from dpo_engine.runs.layout import read_record
+    from dpo_engine.runs.registry import register
+
+    installed = []
+    for loop in sorted(shipped.glob("*")):
+        target = workspace_subdir("rounds") / loop.name
+        if loop.name in skip or not (loop / "config.json").is_file() or target.exists():
+            continue
+        with staged_directory(target) as staging:
+            shutil.copytree(loop, staging, dirs_exist_ok=True)
+        for run_dir in sorted(target.glob("round-*/run")):
+            resolved = read_json(run_dir / "resolved_config.json", {})
+            resolved["subset"] = str(run_dir / "subset.jsonl")
+            atomic_write_json(run_dir / "resolved_config.json", resolved)
+            register(read_record(run_dir), run_dir)
+        installed.append(loop.name)
+    return installed
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -102,8 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     result = install_demo(args.source, force=args.force)
     if result["installed"]:
-        print(f"demo {result['demo_id']}: copied {len(result['runs'])} runs, {len(result['evals'])} evaluations and "
-              f"{len(result['selections'])} selections into {home_dir()}")
+        print(f"demo {result['demo_id']}: copied {len(result['runs'])} runs, {len(result['evals'])} evaluations, "
+              f"{len(result['selections'])} selections and {len(result['rounds'])} rounds loops into {home_dir()}")
     else:
         print(f"demo: nothing to do ({result['reason']})")
     return 0

@@ -112,3 +112,48 @@ def test_dashboard_results_page_shows_the_installed_demo(installed, manifest):
     assert set(table.run_id) == {entry["run_id"] for entry in manifest["runs"]}
     bars = json.loads(at.get("plotly_chart")[0].proto.spec)["data"][0]
     assert len(plotly_array(bars["y"])) == len(manifest["runs"])
+
+
+SHIPPED_LOOPS = {"demo-dm25", "demo-all"}  # docs/rounds.md, CPU run 3
+
+
+def test_installed_demo_loops_load_through_the_engine(installed):
+    from dpo_engine.rounds import list_loops, round_summary
+    from dpo_engine.rounds.store import loop_dir
+
+    assert set(installed["rounds"]) == SHIPPED_LOOPS and SHIPPED_LOOPS <= set(list_loops())
+    for name in SHIPPED_LOOPS:
+        summary = round_summary(name)
+        assert list(summary["round"]) == [1, 2, 3] and summary.win_rate.notna().all()
+        assert (summary.ci_low <= summary.win_rate).all() and (summary.win_rate <= summary.ci_high).all()
+        for run_id in summary.run_id:
+            run = runs.get_run(run_id)  # registered where the install put it, inside the loop
+            assert run.state == "completed" and loop_dir(name) in run.run_dir.parents
+            assert not runs.read_metrics(run_id).empty
+            subset = json.loads((run.run_dir / "resolved_config.json").read_text())["subset"]
+            assert Path(subset) == run.run_dir / "subset.jsonl" and Path(subset).is_file()
+    dm, everything = round_summary("demo-dm25"), round_summary("demo-all")
+    assert (dm.selected < everything.selected).all()  # DM keeps a quarter of each round's pairs
+
+
+def test_a_workspace_that_has_the_demo_gets_the_loops_shipped_later_once(workspace):
+    import shutil
+
+    from dpo_engine.demo import MARKER_FILE
+    from dpo_engine.rounds.store import loop_dir
+
+    assert install_demo()["installed"]
+    marker = workspace / MARKER_FILE
+    older = json.loads(marker.read_text())
+    older.pop("rounds")  # a workspace installed before the loops were shipped, one of its demo runs deleted since
+    marker.write_text(json.dumps(older))
+    for name in SHIPPED_LOOPS:
+        shutil.rmtree(loop_dir(name))
+    deleted_run = sorted((workspace / "runs").iterdir())[0]
+    shutil.rmtree(deleted_run)
+
+    again = install_demo()
+    assert again["installed"] and set(again["rounds"]) == SHIPPED_LOOPS and again["runs"] == []
+    assert not deleted_run.exists()  # what the user deleted stays deleted
+    shutil.rmtree(loop_dir("demo-all"))
+    assert not install_demo()["installed"] and not loop_dir("demo-all").exists()

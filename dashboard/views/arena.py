@@ -107,7 +107,8 @@ FINAL_STATES = ("completed", "failed", "interrupted")  # nothing changes on disk
 
 
 def arena_view(name: str) -> None:
-    job_state_line(name, arena_status(name), lambda: start_arena(arena_config(name)), key=f"resume_{name}")
+    if job_state_line(name, arena_status(name), lambda: start_arena(arena_config(name)), key=f"resume_{name}"):
+        st.rerun()  # the whole page: a resumed arena is live again
     st.dataframe(contestant_steps(name), hide_index=True)
     results = arena_results(name)
     if results is None:
