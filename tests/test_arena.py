@@ -167,7 +167,7 @@ def test_a_tiny_arena_killed_mid_way_resumes_and_reports(tmp_path, tiny_model_di
 
     run_arena(config)
     assert time.perf_counter() - started < 300
-    assert arena_status("tiny")["state"] == "completed"
+    assert arena_status("tiny")["state"] == "completed" and arena_status("tiny")["progress"] is None
     assert {path: path.stat().st_mtime_ns for path in finished} == finished
     done = [(event["step"], event["contestant"]) for event in arena_events("tiny") if event["event"] == "finished"]
     assert len(done) == len(set(done)) == 5 + 5 + 2  # select and train per contestant, eval, report: once each

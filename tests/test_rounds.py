@@ -139,7 +139,7 @@ def test_a_killed_loop_resumes_without_redoing_finished_steps(tmp_path, tiny_mod
     assert {"policy.json", "responses.parquet", "scores.parquet"} <= set(finished)
 
     run_loop(config)
-    assert loop_status("killed")["state"] == "completed"
+    assert loop_status("killed")["state"] == "completed" and loop_status("killed")["progress"] is None  # no stale count
     assert {name: (folder / name).stat().st_mtime_ns for name in finished} == finished
     done = [(event["round"], event["step"]) for event in loop_events("killed") if event["event"] == "finished"]
     assert len(done) == len(set(done)) == 8  # each step finished exactly once, across both processes

@@ -119,8 +119,9 @@ def arena_view(name: str) -> None:
                "95 % bootstrap CI. vs random: each selector minus the mean of the random runs, prompt by prompt, in "
                "points, with its paired bootstrap 95 % CI and sign-flip p. Loss, reward accuracy and margin: each "
                "run's last logged step. The random rows have no vs random: they are the reference.")
-    st.dataframe(table.fillna({"params": ""}), hide_index=True, column_order=list(TABLE_COLUMNS),
-                 column_config=TABLE_COLUMNS)
+    comparison = ["vs_random", "vs_random_low", "vs_random_high", "vs_random_p"]  # None for the random rows
+    shown = table.fillna({"params": ""}).astype({column: "float64" for column in comparison if column in table})
+    st.dataframe(shown, hide_index=True, column_order=list(TABLE_COLUMNS), column_config=TABLE_COLUMNS)
     st.plotly_chart(arena_figure(table), key=f"arena_{name}")
     st.subheader("Subsets")
     left, right = st.columns(2)

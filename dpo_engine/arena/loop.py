@@ -50,7 +50,7 @@ def run_arena(config: ArenaConfig, report: Report | None = None) -> Path:
         except BaseException as error:
             set_status(directory, state="failed", message=f"{type(error).__name__}: {error}")
             raise
-        set_status(directory, state="completed", step=None, pid=os.getpid(),
+        set_status(directory, state="completed", step=None, progress=None, pid=os.getpid(),
                    message=f"{len(config.contestants())} contestants trained and evaluated")
     return directory
 

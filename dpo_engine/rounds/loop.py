@@ -65,7 +65,7 @@ def run_loop(config: RoundsConfig, report: Report | None = None) -> Path:
         except BaseException as error:
             set_status(directory, state="failed", message=f"{type(error).__name__}: {error}")
             raise
-        set_status(directory, state="completed", round=config.rounds, step=None,
+        set_status(directory, state="completed", round=config.rounds, step=None, progress=None,
                    message=f"{config.rounds} rounds completed")
     return directory
 
