@@ -23,6 +23,8 @@ DENSITY_ABOVE = 20_000
 # spends about a third less CPU per selection change on an SVG chart of 1,200 points, and SVG falls behind WebGL
 # between 2,000 and 5,000 (docs/benchmarks.md §7).
 SVG_POINTS_UP_TO = 2_500
+THRESHOLD_LINE = dict(color="#e8590c", dash="dash", width=1.5)  # a threshold rule's bounds on the margin chart
+MARGINAL_BINS = 40
 PALETTE = ("#3b5bdb", "#e8590c", "#2b8a3e", "#c2255c", "#5f3dc4", "#0b7285", "#e67700", "#495057")
 
 
@@ -43,8 +45,14 @@ def hover_texts(pairs: pd.DataFrame) -> list[str]:
     ]
 
 
+def _marginal_edges(values: np.ndarray) -> np.ndarray:
+    """Edges of the `MARGINAL_BINS` equal bins over the finite ``values`` (shape ``(n_pairs,)``; some finite)."""
+    return np.histogram_bin_edges(values[np.isfinite(values)], bins=MARGINAL_BINS)
+
+
 def _histogram_bars(values: np.ndarray, selected: np.ndarray | None, orientation: str) -> list[go.Bar]:
-    """Counts of the finite ``values`` (shape ``(n_pairs,)``) in 40 bins: bars of all pairs, then of the selected.
+    """Counts of the finite ``values`` (shape ``(n_pairs,)``) in `MARGINAL_BINS` bins: bars of all pairs, then of
+    the selected.
 
     Binned here, not by plotly: 40 bars per layer instead of up to 60,000 raw values in the figure. ``selected``:
     boolean mask of shape ``(n_pairs,)``, or None for the all-pairs layer only. ``orientation``: "v" puts the values
@@ -53,7 +61,7 @@ def _histogram_bars(values: np.ndarray, selected: np.ndarray | None, orientation
     finite = np.isfinite(values)
     if not finite.any():
         return []
-    edges = np.histogram_bin_edges(values[finite], bins=40)
+    edges = _marginal_edges(values)
     centers, width = (edges[:-1] + edges[1:]) / 2, edges[1] - edges[0]
     layers = [(finite, UNSELECTED, "all pairs")]
     if selected is not None:
@@ -98,7 +106,7 @@ def _finish_margins_frame(
         add_line = fig.add_vline if column == "external_margin" else fig.add_hline
         for bound in (low, high):
             if bound is not None:
-                add_line(bound, line_dash="dash", line_color="#e8590c", line_width=1.5, row=2, col=1)
+                add_line(bound, line=THRESHOLD_LINE, row=2, col=1)
     fig.update_layout(
         barmode="overlay",
         height=620,
@@ -230,11 +238,9 @@ def with_selection(
 
 
 def _selected_bars(all_pairs: dict, values: np.ndarray, selected: np.ndarray) -> dict:
-    """The selected layer over an all-pairs bar trace of `_histogram_bars`: same bins (recomputed from the same
-    finite ``values``), the selected pairs' counts, the selection's colour."""
-    finite = np.isfinite(values)
-    edges = np.histogram_bin_edges(values[finite], bins=40)
-    counts = np.histogram(values[finite & selected], bins=edges)[0]
+    """The selected layer over an all-pairs bar trace of `_histogram_bars`: same bins (`_marginal_edges` of the
+    same ``values``), the selected pairs' counts, the selection's colour."""
+    counts = np.histogram(values[np.isfinite(values) & selected], bins=_marginal_edges(values))[0]
     axis = "y" if all_pairs["orientation"] == "v" else "x"
     return dict(all_pairs, **{axis: counts}, marker=dict(all_pairs["marker"], color=SELECTED), name="selected")
 
@@ -243,7 +249,7 @@ def _threshold_line(column: str, bound: float, points: dict) -> dict:
     """A dashed line across the main panel at ``bound``: vertical for the external margin, else horizontal
     (what ``fig.add_vline`` / ``add_hline`` at row 2, col 1 add to the layout's shapes)."""
     x_axis, y_axis = points.get("xaxis", "x"), points.get("yaxis", "y")
-    line = dict(color="#e8590c", dash="dash", width=1.5)
+    line = dict(THRESHOLD_LINE)
     if column == "external_margin":
         return dict(type="line", x0=bound, x1=bound, xref=x_axis, y0=0, y1=1, yref=f"{y_axis} domain", line=line)
     return dict(type="line", y0=bound, y1=bound, yref=y_axis, x0=0, x1=1, xref=f"{x_axis} domain", line=line)
