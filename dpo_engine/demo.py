@@ -70,9 +70,7 @@ def install_demo(source: str | Path = DEMO_DIR, *, force: bool = False) -> dict:
             continue
         with staged_directory(target) as staging:
             shutil.copytree(run_dir, staging, dirs_exist_ok=True)
-            resolved = read_json(staging / "resolved_config.json", {})
-            resolved["subset"] = str(target / "subset.jsonl")
-            atomic_write_json(staging / "resolved_config.json", resolved)
+            _point_subset_at(staging, target)
         result["runs"].append(run_dir.name)
     for eval_dir in sorted((shipped / "evals").glob("*")):
         target = workspace_subdir("evals") / eval_dir.name
@@ -103,6 +101,14 @@ def install_demo(source: str | Path = DEMO_DIR, *, force: bool = False) -> dict:
     return result
 
 
+def _point_subset_at(run_files: Path, run_dir: Path) -> None:
+    """Make the ``resolved_config.json`` in ``run_files`` name the training pairs of the run installed at
+    ``run_dir`` (its ``subset.jsonl``), not where the run was exported from."""
+    resolved = read_json(run_files / "resolved_config.json", {})
+    resolved["subset"] = str(run_dir / "subset.jsonl")
+    atomic_write_json(run_files / "resolved_config.json", resolved)
+
+
 def _install_loops(shipped: Path, skip: set[str] = frozenset()) -> list[str]:
     """Copy the shipped rounds loops that the workspace lacks (but none named in ``skip``) and register each round's
     run where it now lies (its ``resolved_config.json`` pointed at the installed ``subset.jsonl``); return the
@@ -118,9 +124,7 @@ def _install_loops(shipped: Path, skip: set[str] = frozenset()) -> list[str]:
         with staged_directory(target) as staging:
             shutil.copytree(loop, staging, dirs_exist_ok=True)
         for run_dir in sorted(target.glob("round-*/run")):
-            resolved = read_json(run_dir / "resolved_config.json", {})
-            resolved["subset"] = str(run_dir / "subset.jsonl")
-            atomic_write_json(run_dir / "resolved_config.json", resolved)
+            _point_subset_at(run_dir, run_dir)
             register(read_record(run_dir), run_dir)
         installed.append(loop.name)
     return installed
