@@ -61,8 +61,6 @@ from dpo_engine.training.selective_dpo import FoldProxy
 
 DEFAULT_BETA = 0.1
 VALIDATION_CAP = 1000
-VALIDATION_COLUMN = HELD_OUT_COLUMN  # "in_validation": theta_val trained on this pair (no scores, not selectable)
-SCORE_COLUMNS = ("loss_diff", "irm")
 VAL_MARGIN_COLUMN = "val_implicit_margin"
 
 
@@ -147,15 +145,15 @@ def lossdiff_irm_table(pairs: pd.DataFrame, proxies: tuple[NamedProxy, NamedProx
                 progress(offset + done // 2, 2 * len(pairs))  # implicit_margins counts its two passes
         return step
 
-    current, validation = proxies
+    validation = proxies[1]
     table = implicit_margins(pairs, str(adapters[0]), progress=report(0), **(scoring or {}))
     val = implicit_margins(pairs, str(adapters[1]), progress=report(len(pairs)), **(scoring or {}))
     loss_diff, irm = lossdiff_irm_scores(
         table.policy_chosen_logps, table.policy_rejected_logps, val.policy_chosen_logps, val.policy_rejected_logps,
         table.ref_chosen_logps, table.ref_rejected_logps, beta)
     held_out = np.zeros(len(table), dtype=bool)
-    held_out[validation.training_rows] = True
+    held_out[validation.training_rows] = True  # HELD_OUT_COLUMN: theta_val trained on it (no scores, not selectable)
     loss_diff[held_out], irm[held_out] = np.nan, np.nan
     table[VAL_MARGIN_COLUMN] = val.implicit_margin.to_numpy()
-    table["loss_diff"], table["irm"], table[VALIDATION_COLUMN] = loss_diff, irm, held_out
+    table["loss_diff"], table["irm"], table[HELD_OUT_COLUMN] = loss_diff, irm, held_out
     return table
