@@ -46,8 +46,8 @@ def address_view(key: str, options) -> str | None:
     return as_choice(st.query_params.get(key), options)
 
 
-def write_view(key: str, value: str) -> None:
-    """Put the view key ``key`` in the address, written only when it changes."""
+def write_key(key: str, value: str) -> None:
+    """Put ``key`` (a selection key or one of `VIEW_KEYS`) in the address, written only when it changes."""
     if st.query_params.get(key) != value:
         st.query_params[key] = value
 
@@ -59,8 +59,7 @@ def write_address(values: dict[str, str]) -> None:
         if key not in values and key in st.query_params:
             del st.query_params[key]
     for key, value in values.items():
-        if st.query_params.get(key) != value:
-            st.query_params[key] = value
+        write_key(key, value)
 
 
 # ---- reading values: None when a value cannot be used ---------------------------------------------------------------

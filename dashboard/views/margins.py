@@ -338,7 +338,7 @@ def select_section(table: pd.DataFrame, pairs: pd.DataFrame, dataset_fp: str, ca
         key="color_by",
         persist_state="session",
     )
-    address.write_view("color", color_names[color_label])
+    address.write_key("color", color_names[color_label])
     params, lines = rule_controls(rule, table, dataset_fp, address.address_values(rule))
     address.write_address(address.encode(rule, params))  # a reload or a shared link opens this selection
     rule = params.pop("rule", rule)  # "hypothesis" names the field selector it runs
@@ -363,7 +363,7 @@ def select_section(table: pd.DataFrame, pairs: pd.DataFrame, dataset_fp: str, ca
              "per change at 60,000 pairs. Box / lasso always draws points.",
     )
     if chart:
-        address.write_view("chart", chart)
+        address.write_key("chart", chart)
     density = chart == "binned"
     hover = cached_hover(table, cache_key)
     if density:
