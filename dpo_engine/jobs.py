@@ -26,6 +26,7 @@ A job is a directory ``$MARGIN_LAB_HOME/jobs/<job_id>/``:
 from __future__ import annotations
 
 import dataclasses
+import re
 import secrets
 import signal
 import sys
@@ -128,10 +129,15 @@ def status(job_dir: str | Path) -> dict:
     return {**info, "state": "failed", "message": "the job's process ended without recording an exit status"}
 
 
+# The line that says why a job failed: the CLI's ``error: ...``, or the last line of a traceback ("KeyError: 'x'").
+FAILURE_LINE = re.compile(r"^(error: |[A-Za-z_][\w.]*(Error|Exception|Interrupt)\b)")
+
+
 def _last_error(job_dir: Path) -> str:
-    """The last non-empty line of the job's output: the CLI prints ``error: ...`` there."""
-    lines = tail_lines(job_dir / "output.log", 40)
-    return lines[-1] if lines else "failed"
+    """The job output's last failure line (a progress bar may have printed after it); else its last line."""
+    lines = tail_lines(job_dir / "output.log", 200)
+    failures = [line for line in lines if FAILURE_LINE.match(line)]
+    return (failures or lines or ["failed"])[-1]
 
 
 def tail(job_dir: str | Path, n_lines: int = 30) -> str:

@@ -99,3 +99,17 @@ def test_the_original_hub_id_is_kept_beside_the_adapter(tmp_path, monkeypatch, m
     assert record == {"model": model, "path": str((tmp_path / "base").resolve()), "hub_id": hub_id}
     assert json.loads((tmp_path / "adapter_config.json").read_text()) == {"base_model_name_or_path": record["path"], "r": 4}
     assert adapter_base(tmp_path) == model
+
+
+@pytest.mark.parametrize("config_text, problem", [("{}", "no 'peft_type' field"), ("{not json", "not readable JSON")])
+def test_a_directory_that_is_not_a_peft_adapter_is_named_before_the_base_loads(tmp_path, monkeypatch, config_text,
+                                                                                problem):
+    from transformers import AutoModelForCausalLM
+
+    from dpo_engine.errors import ModelError
+
+    (tmp_path / "adapter_config.json").write_text(config_text)
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", lambda *a, **k: pytest.fail("the base was loaded"))
+    with pytest.raises(ModelError, match=problem) as raised:
+        load_model(TINY_MODEL, device="cpu", adapter=tmp_path)
+    assert str(tmp_path / "adapter_config.json") in str(raised.value)

@@ -21,6 +21,7 @@ from dashboard import figures
 from dashboard.figures import hover_texts, margin_density, margin_scatter, selection_marginals, training_curves
 from dpo_engine import jobs
 from dpo_engine.data.pairs import bundled_datasets, fingerprint, load_pairs, save_pairs
+from dpo_engine.paths import workspace_subdir
 from dpo_engine.selection.store import list_selections
 
 APP = str(Path(__file__).resolve().parent.parent / "dashboard" / "app.py")
@@ -392,6 +393,22 @@ def test_training_curves_overlay_runs():
     figure = training_curves({"run-a": frame, "run-b": frame})
     assert len(figure.data) == 6
     assert sum(trace.showlegend for trace in figure.data) == 2
+
+
+def test_a_failed_jobs_message_is_its_failure_line_not_a_later_progress_bar(workspace):
+    job_dir = workspace_subdir("jobs") / "eval-1"
+    job_dir.mkdir(parents=True)
+    (job_dir / "job.json").write_text(json.dumps({"kind": "eval", "argv": ["eval"], "created": 1.0}))
+    (job_dir / "exit.json").write_text(json.dumps({"returncode": 1, "finished": 2.0}))
+    (job_dir / "output.log").write_text(
+        "Traceback (most recent call last):\n  File \"peft/config.py\", line 330\n"
+        "    return loaded_attributes[\"peft_type\"]\nKeyError: 'peft_type'\n"
+        "generating: run-a:   0%|          | 0/4 [00:00<?, ?item/s]\n")
+    assert jobs.status(job_dir)["message"] == "KeyError: 'peft_type'"
+    (job_dir / "output.log").write_text("loading\nerror: pairs.jsonl, row 3: no 'chosen' field\nbye\n")
+    assert jobs.status(job_dir)["message"] == "error: pairs.jsonl, row 3: no 'chosen' field"
+    (job_dir / "output.log").write_text("loading\nkilled\n")
+    assert jobs.status(job_dir)["message"] == "killed"
 
 
 def test_jobs_record_how_a_command_ended(workspace, tmp_path):

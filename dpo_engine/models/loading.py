@@ -129,6 +129,20 @@ def adapter_base(path: Path) -> str | None:
     return json.loads(config_file.read_text())["base_model_name_or_path"]
 
 
+def check_adapter_dir(adapter: Path) -> None:
+    """Raise a ModelError naming the file unless ``adapter`` holds a PEFT ``adapter_config.json`` (peft's own error
+    for a config without ``peft_type`` is a bare ``KeyError``)."""
+    config_file = adapter / "adapter_config.json"
+    if not config_file.exists():
+        raise ModelError(f"adapter directory {adapter} has no adapter_config.json")
+    try:
+        fields = json.loads(config_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise ModelError(f"{config_file} is not readable JSON: {error}") from error
+    if not isinstance(fields, dict) or "peft_type" not in fields:
+        raise ModelError(f"{config_file} has no 'peft_type' field: not a PEFT adapter (PEFT's save_pretrained writes one)")
+
+
 def load_tokenizer(name_or_path: str = DEFAULT_MODEL):
     """The tokenizer of a model, with a pad token (EOS when the model has none)."""
     from transformers import AutoTokenizer
@@ -162,15 +176,15 @@ def load_model(
         if adapter is not None:
             raise ModelError(f"{path} is already a LoRA adapter; do not pass another adapter on top")
         adapter, path = path, resolve_model(base)
+    if adapter is not None:
+        adapter = Path(adapter)
+        check_adapter_dir(adapter)  # before the base loads: a bad adapter fails in milliseconds
     device = resolve_device(device)
     enable_tf32(device)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype(device_precision(dtype, device)))
     if adapter is not None:
         from peft import PeftModel
 
-        adapter = Path(adapter)
-        if not (adapter / "adapter_config.json").exists():
-            raise ModelError(f"adapter directory {adapter} has no adapter_config.json")
         model = PeftModel.from_pretrained(model, adapter, is_trainable=trainable_adapter)
     model.to(device).eval()
     return model, load_tokenizer(str(path))

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from browser_helpers import REPO_ROOT, screenshot, wait_for_app
+from playwright.sync_api import expect
 
 JUDGE_ARTIFACT = REPO_ROOT / "assets" / "judge" / "embedding_judge_uf.npz"
 
@@ -52,7 +53,9 @@ def test_tiny_run_completes_with_curves_then_evaluates(page, saved_selection):
     page.get_by_role("button", name="Launch", exact=True).click()
 
     # The run details line reads "<run id> · <state> · step i/n · subset <name>" and follows the run live.
-    page.get_by_text(re.compile(r"· completed · step 2/2 · subset tiny-eight")).wait_for(timeout=300_000)
+    details = page.get_by_text(re.compile(r"· completed · step 2/2 · subset tiny-eight"))
+    details.wait_for(timeout=300_000)
+    run_id = details.inner_text().split(" · ")[0]
     wait_for_app(page)
     page.locator(".js-plotly-plot").first.wait_for(timeout=60_000)
     assert page.evaluate("() => document.querySelector('.js-plotly-plot')._fullData.length") >= 1  # its loss curve
@@ -66,13 +69,27 @@ def test_tiny_run_completes_with_curves_then_evaluates(page, saved_selection):
     prompts.wait_for(state="attached")
     if not prompts.is_visible():  # "New evaluation" opens by itself only with no evaluation (the demo may be installed)
         page.get_by_text("New evaluation", exact=True).click()
+    # Other tests' runs of this session are preselected too (the newest four): evaluate this run alone.
+    picker = page.get_by_test_id("stMultiSelect").filter(has_text="Runs to evaluate")
+    others = picker.locator(f"button[aria-label^='Remove ']:not([aria-label='Remove {run_id}'])")
+    while (left := others.count()) > 0:
+        others.first.click()
+        expect(others).to_have_count(left - 1)
+    expect(picker.get_by_role("button", name=f"Remove {run_id}", exact=True)).to_have_count(1)
     set_number(page, "Prompts (of the 805 AlpacaEval ones; 0 = all)", "4")
     set_number(page, "Max new tokens per answer", "16")
     page.get_by_role("button", name="Review evaluation", exact=True).click()
     page.get_by_role("button", name="Evaluate", exact=True).click()
-    chart = page.locator(".st-key-win_rates .js-plotly-plot")
-    chart.wait_for(timeout=400_000)
+    # Done when the newest evaluation (selected by default) is this run's; a failed one stops the wait at once.
+    page.wait_for_function(
+        "runId => document.querySelector('input[role=combobox][aria-label=Evaluation]')?.value.includes(runId)"
+        " || document.body.innerText.includes('The last evaluation failed')",
+        arg=run_id, timeout=400_000, polling=1000,
+    )
+    assert page.get_by_text("The last evaluation failed").count() == 0, page.get_by_test_id("stMain").inner_text()
     wait_for_app(page)
+    chart = page.locator(".st-key-win_rates .js-plotly-plot")
+    chart.wait_for()
     assert chart.evaluate("node => node._fullData[0].type") == "bar"
     screenshot(page, "results")
 
