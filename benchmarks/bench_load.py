@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -51,11 +52,14 @@ def main(argv=None) -> dict:
     parser.add_argument("--sessions", type=int, default=10)
     parser.add_argument("--changes", type=int, default=5)
     parser.add_argument("--pin", action="store_true", help="server on core 0, browsers on the other cores")
+    parser.add_argument("--clients", choices=["browsers", "protocol"], default="browsers",
+                        help="protocol: sessions that speak Streamlit's WebSocket protocol and draw nothing, as if "
+                             "each browser ran on its visitor's laptop (times the server alone)")
     args = parser.parse_args(argv)
     _common.setup_environment()
     if args.quick:
         args.sessions, args.changes = min(args.sessions, 2), min(args.changes, 2)
-    if not CHROMIUM.exists():
+    if args.clients == "browsers" and not CHROMIUM.exists():
         raise SystemExit("no /usr/bin/chromium: run `make browser` (apt-get install chromium)")
     workdir = Path(tempfile.mkdtemp(prefix="bench-load-"))
     home = workdir / "home"
@@ -66,8 +70,14 @@ def main(argv=None) -> dict:
     with server as url:
         if args.pin:
             pin(server.process.pid)
-        sessions, cpu = asyncio.run(run_sessions(url, data_path, args.pairs, args.sessions, args.changes,
-                                                 lambda: cpu_seconds(server.process.pid)))
+        cpu_now = lambda: cpu_seconds(server.process.pid)  # noqa: E731
+        if args.clients == "protocol":
+            upload = home / "uploads" / data_path.name  # the page opens it from the address (?upload=...)
+            upload.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(data_path, upload)
+            sessions, cpu = asyncio.run(run_protocol_sessions(url, upload.name, args.sessions, args.changes, cpu_now))
+        else:
+            sessions, cpu = asyncio.run(run_sessions(url, data_path, args.pairs, args.sessions, args.changes, cpu_now))
     return report(args, sessions, cpu)
 
 
@@ -117,6 +127,46 @@ async def run_sessions(url: str, data_path: Path, n: int, n_sessions: int, n_cha
                               "wall": time.perf_counter() - started}
         finally:
             await browser.close()
+
+
+async def run_protocol_sessions(url: str, upload: str, n_sessions: int, n_changes: int,
+                                cpu_now) -> tuple[list[dict], dict]:
+    """As `run_sessions`, with `StreamlitSession` clients on the Margins page instead of browsers."""
+    from streamlit_session import StreamlitSession
+
+    sessions = [StreamlitSession(url, "margins", f"upload={upload}") for _ in range(n_sessions)]
+    for session in sessions:  # one at a time, as people arrive: the first one loads the dataset for all
+        await session.__aenter__()
+    try:
+        start = asyncio.Event()
+        runs = [change_protocol_selection(session, number, n_changes, start) for number, session in enumerate(sessions)]
+        before, started = cpu_now(), time.perf_counter()
+        start.set()
+        results = await asyncio.gather(*runs)
+        after = cpu_now()
+        return results, {**{name: after[name] - before[name] for name in after}, "wall": time.perf_counter() - started}
+    finally:
+        for session in sessions:
+            await session.__aexit__()
+
+
+async def change_protocol_selection(session, number: int, n_changes: int, start: asyncio.Event) -> dict:
+    """`change_selection` over the protocol: the external-margin range's low end one slider step up per change."""
+    async def step_up() -> float:
+        slider = session.find("slider", "External margin")
+        low, high = (session.widget_states[slider.id].double_array_value.data if slider.id in session.widget_states
+                     else slider.value or slider.default)
+        session.set_slider(slider, [round(low + slider.step, 6), high])
+        return await session.rerun()
+
+    if number % 2:
+        for _ in range(3):
+            await step_up()
+    await start.wait()
+    seconds = [await step_up() for _ in range(n_changes)]
+    slider = session.find("slider", "External margin")
+    return {"group": number % 2, "seconds": seconds, "count": session.find("metric", "Selected pairs").body,
+            "slider": " ".join(f"{value:g}" for value in session.widget_states[slider.id].double_array_value.data)}
 
 
 async def wait_idle(page) -> None:
@@ -189,20 +239,22 @@ def report(args, sessions: list[dict], cpu: dict) -> dict:
     p95 = percentile_95(seconds)
     # Every change made while the clock ran, the odd sessions' untimed ones too.
     changes = args.sessions * args.changes + 3 * (args.sessions // 2)
-    results = {"settings": {"pairs": args.pairs, "sessions": args.sessions, "changes": args.changes, "pin": args.pin},
+    results = {"settings": {"pairs": args.pairs, "sessions": args.sessions, "changes": args.changes, "pin": args.pin,
+                            "clients": args.clients},
                "median_s": statistics.median(seconds), "p95_s": p95, "max_s": max(seconds), "isolated": isolated,
                "sessions": sessions, "load_avg_1m": round(os.getloadavg()[0], 2),
                "cpu_s_per_change": {name: round(cpu[name] / changes, 3) for name in ("server", "browsers")},
                "cpu_busy_share": round((cpu["server"] + cpu["browsers"]) / (cpu["wall"] * (os.cpu_count() or 1)), 2)}
     verdict = "met" if p95 <= TARGET_P95_S else "MISSED"
     print(f"\n## load: {args.sessions} sessions x {args.changes} selection changes, {args.pairs:,} pairs"
-          + (" (server pinned to core 0, browsers to the others)" if args.pin else ""))
+          + (" (server pinned to core 0, browsers to the others)" if args.pin else "")
+          + (" (protocol clients: nothing drawn, the server timed alone)" if args.clients == "protocol" else ""))
     print(_common.table(["sessions", "changes each", "median s", "p95 s", "max s", "isolated", "load avg 1 min",
                          "server CPU s / change", "browsers' CPU s / change", "cores busy"],
                         [[args.sessions, args.changes, results["median_s"], p95, results["max_s"], isolated,
                           results["load_avg_1m"], results["cpu_s_per_change"]["server"],
                           results["cpu_s_per_change"]["browsers"], results["cpu_busy_share"]]]))
-    results["ratio"] = (f"RATIO load sessions={args.sessions} changes={args.changes} pin={args.pin} p95={p95:.2f}s "
+    results["ratio"] = (f"RATIO load clients={args.clients} sessions={args.sessions} changes={args.changes} pin={args.pin} p95={p95:.2f}s "
                         f"(target<={TARGET_P95_S:.0f}s {verdict}) isolated={isolated}")
     return _common.finish("load", results, args.json_out)
 

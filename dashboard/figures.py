@@ -14,7 +14,7 @@ from plotly.subplots import make_subplots
 SELECTED = "#3b5bdb"
 UNSELECTED = "#b8bfcc"
 GRID = "#e6e9ef"
-WARMUP = "#d6336c"  # rings around the warm-up proxy's own pairs
+RINGS = "#d6336c"  # rings around pairs whose implicit margin needs a caveat (warm-up, validation)
 # Above this many pairs the Margins page draws a rule's selection with `margin_density` unless the user asks for
 # points: each selection change draws a new chart, and a software-WebGL browser takes seconds for 60,000 points
 # (docs/benchmarks.md §4).
@@ -136,7 +136,7 @@ def margin_scatter(
     color_label: str = "",
     thresholds: dict[str, tuple[float | None, float | None]] | None = None,
     selected_marginals: bool = True,
-    warmup: np.ndarray | None = None,
+    rings: Rings | None = None,
 ) -> go.Figure:
     """External vs implicit margin, one scatter trace (``data[0]``, `points_trace`) with pair ids in ``customdata``.
 
@@ -148,15 +148,28 @@ def margin_scatter(
     the figure a few MB at 60,000 pairs instead of tens (every rerun sends the whole figure to the browser).
     Marginal histograms of all pairs sit above and to the right, with the selected pairs' counts over them unless
     ``selected_marginals`` is False (the box/lasso chart, whose figure must not change with the selection: see
-    `selection_marginals`). ``thresholds`` draws the bounds of a threshold rule as dashed lines. ``warmup`` (a
-    boolean mask) rings the warm-up proxy's own pairs, whose implicit margins are in-sample, in a second,
-    unselectable trace with a legend entry.
+    `selection_marginals`). ``thresholds`` draws the bounds of a threshold rule as dashed lines. ``rings`` rings
+    some pairs (e.g. the warm-up proxy's own, whose implicit margins are in-sample) in a second, unselectable
+    trace with a legend entry.
 
     The same as ``with_selection(margin_scatter_base(...), ...)``: the dashboard keeps the base of a table and
     colour, and a selection change only assembles its own parts on it.
     """
-    base = margin_scatter_base(table, hover, color=color, color_label=color_label, warmup=warmup)
+    base = margin_scatter_base(table, hover, color=color, color_label=color_label, rings=rings)
     return with_selection(base, selected, thresholds=thresholds, selected_marginals=selected_marginals)
+
+
+@dataclass(frozen=True)
+class Rings:
+    """Pairs the margin chart rings: ``mask``, bool, shape ``(n_pairs,)``; ``label``, their legend text, where
+    ``{n}`` (e.g. ``{n:,}``) stands for their count."""
+
+    mask: np.ndarray
+    label: str
+
+
+WARMUP_RINGS = "warm-up pairs ({n:,}): implicit margin in-sample"
+VALIDATION_RINGS = "validation pairs ({n:,}): never selected"
 
 
 @dataclass(frozen=True)
@@ -175,7 +188,7 @@ def margin_scatter_base(
     *,
     color: np.ndarray | None = None,
     color_label: str = "",
-    warmup: np.ndarray | None = None,
+    rings: Rings | None = None,
 ) -> ScatterBase:
     """`margin_scatter` without a selection or threshold lines. Built through plotly's validated object model, once
     per table and colour: that takes several times longer than `with_selection`'s assembly per selection."""
@@ -205,8 +218,8 @@ def margin_scatter_base(
         row=2,
         col=1,
     )
-    if warmup is not None and warmup.any():
-        fig.add_trace(_warmup_rings(x[warmup], y[warmup], len(x)), row=2, col=1)
+    if rings is not None and rings.mask.any():
+        fig.add_trace(_rings_trace(x[rings.mask], y[rings.mask], rings.label, len(x)), row=2, col=1)
     fig = _finish_margins_frame(fig, x, y, None, None)
     # Each part's to_plotly_json keeps numpy arrays (the figure's to_dict would base64-encode them).
     return ScatterBase({"data": [trace.to_plotly_json() for trace in fig.data], "layout": fig.layout.to_plotly_json()},
@@ -260,12 +273,12 @@ def points_trace(n_points: int) -> type[go.Scatter] | type[go.Scattergl]:
     return go.Scatter if n_points <= SVG_POINTS_UP_TO else go.Scattergl
 
 
-def _warmup_rings(x: np.ndarray, y: np.ndarray, n_points: int) -> go.Scatter | go.Scattergl:
-    """Open rings over the warm-up pairs, drawn like the ``n_points`` beneath them: on top, not hoverable or
-    selectable (the page reads trace 0 only)."""
+def _rings_trace(x: np.ndarray, y: np.ndarray, label: str, n_points: int) -> go.Scatter | go.Scattergl:
+    """Open rings over some pairs, drawn like the ``n_points`` beneath them: on top, not hoverable or selectable
+    (the page reads trace 0 only); ``label`` with ``{n}`` formatted as their count."""
     return points_trace(n_points)(
-        x=x, y=y, mode="markers", name=f"warm-up pairs ({x.size:,}): implicit margin in-sample",
-        marker=dict(symbol="circle-open", size=9, color=WARMUP, line=dict(width=1.2)),
+        x=x, y=y, mode="markers", name=label.format(n=x.size),
+        marker=dict(symbol="circle-open", size=9, color=RINGS, line=dict(width=1.2)),
         hoverinfo="skip", showlegend=True,
     )
 

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from dashboard.figures import margin_density, margin_scatter_base, with_selection
+from dashboard.figures import Rings, margin_density, margin_scatter_base, with_selection
 from dpo_engine.selection.rules import ids_mask, select_pairs, selection_summary
 
 
@@ -47,20 +47,20 @@ def picked(table: pd.DataFrame, key: tuple, rule: str, params: dict, overall: di
 
 @st.cache_resource(max_entries=8, show_spinner=False)
 def _scatter_base(kind: str, _table: pd.DataFrame, key: tuple, color_column: str | None, color_label: str, _hover,
-                  _warmup):
+                  _rings):
     color = None if color_column is None else _table[color_column].to_numpy(float)
     return margin_scatter_base(_table, _hover, color=color, color_label=color_label,
-                               warmup=_warmup if kind == "points" else None)
+                               rings=_rings if kind == "points" else None)
 
 
 @st.cache_resource(max_entries=12, show_spinner=False)
 def _figure(kind: str, _table: pd.DataFrame, key: tuple, selection: str, _selected, color_column: str | None,
-            color_label: str, thresholds: tuple, _hover, _warmup):
+            color_label: str, thresholds: tuple, _hover, _rings):
     lines = dict(thresholds)
     if kind == "binned":
         color = None if color_column is None else _table[color_column].to_numpy(float)
         return margin_density(_table, selected=_selected, color=color, color_label=color_label, thresholds=lines)
-    base = _scatter_base(kind, _table, key, color_column, color_label, _hover, _warmup)
+    base = _scatter_base(kind, _table, key, color_column, color_label, _hover, _rings)
     if kind == "box":
         return with_selection(base, _selected, selected_marginals=False)
     return with_selection(base, _selected, thresholds=lines)
@@ -68,16 +68,16 @@ def _figure(kind: str, _table: pd.DataFrame, key: tuple, selection: str, _select
 
 def chart_figure(kind: str, table: pd.DataFrame, key: tuple, *, selected: np.ndarray | None, color_column: str | None,
                  color_label: str, thresholds: dict | None = None, hover: list[str] | None = None,
-                 warmup: np.ndarray | None = None):
+                 rings: Rings | None = None):
     """The margin chart, built once per (table, kind, selection, colour, threshold lines); the points of a
     table and colour are built once (`margin_scatter_base`) and each selection assembled on them.
 
-    ``kind``: ``"points"`` (`margin_scatter` with threshold lines and warm-up rings), ``"binned"``
+    ``kind``: ``"points"`` (`margin_scatter` with threshold lines and ``rings``), ``"binned"``
     (`margin_density`) or ``"box"`` (the box/lasso chart: `margin_scatter` without its selection's marginals;
-    ``selected`` None marks no selection). ``hover`` and ``warmup`` depend only on the table, so ``key`` covers them.
+    ``selected`` None marks no selection). ``hover`` and ``rings`` depend only on the table, so ``key`` covers them.
     """
     lines = tuple(sorted((column, tuple(bounds)) for column, bounds in (thresholds or {}).items()))
-    return _figure(kind, table, key, mask_digest(selected), selected, color_column, color_label, lines, hover, warmup)
+    return _figure(kind, table, key, mask_digest(selected), selected, color_column, color_label, lines, hover, rings)
 
 
 def clear() -> None:

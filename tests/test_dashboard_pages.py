@@ -349,7 +349,7 @@ def test_margin_scatter_is_one_trace_with_ids_and_marks_the_selection():
     many = figures.SVG_POINTS_UP_TO + 1  # above it the points (and the warm-up rings over them) are WebGL
     large = pd.DataFrame({"pair_id": np.arange(many).astype(str), "external_margin": np.linspace(0, 1, many),
                           "implicit_margin": np.linspace(1, 0, many)})
-    drawn = margin_scatter(large, None, selected=None, warmup=np.arange(many) < 3)
+    drawn = margin_scatter(large, None, selected=None, rings=figures.Rings(np.arange(many) < 3, figures.WARMUP_RINGS))
     assert [trace.type for trace in drawn.data[:2]] == ["scattergl", "scattergl"]
 
 
@@ -361,9 +361,10 @@ def test_a_selection_assembled_on_the_scatter_base_is_the_figure_plotly_builds()
     table = pd.DataFrame({"pair_id": [f"p{i}" for i in range(n)], "external_margin": rng.normal(size=n),
                           "implicit_margin": rng.normal(size=n)})
     table.loc[5, "external_margin"] = np.nan
-    selected, warmup, color = table.external_margin.to_numpy() > 0.3, np.arange(n) < 20, rng.random(n)
+    selected, color = table.external_margin.to_numpy() > 0.3, rng.random(n)
+    rings = figures.Rings(np.arange(n) < 20, figures.WARMUP_RINGS)
     thresholds = {"external_margin": (0.3, None), "implicit_margin": (-1.0, 2.0)}
-    assembled = margin_scatter(table, None, selected=selected, thresholds=thresholds, warmup=warmup, color=color,
+    assembled = margin_scatter(table, None, selected=selected, thresholds=thresholds, rings=rings, color=color,
                                color_label="score")
 
     reference = figures._margins_frame()

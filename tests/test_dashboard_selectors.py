@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from dashboard.figures import margin_scatter
+from dashboard.figures import VALIDATION_RINGS, WARMUP_RINGS, Rings, margin_scatter
 from dpo_engine.data.pairs import fingerprint as dataset_fingerprint, load_pairs
 from dpo_engine.paths import ASSETS_DIR
 from dpo_engine.selection.rules import select_pairs
@@ -21,12 +21,15 @@ SHIPPED = ASSETS_DIR / "margins" / "ultrafeedback.parquet"
 
 def test_margin_scatter_rings_the_warmup_pairs_in_a_second_trace():
     table = pd.DataFrame({"pair_id": ["a", "b", "c"], "external_margin": [1.0, 2.0, 3.0], "implicit_margin": [0.5, -1.0, 2.0]})
-    figure = margin_scatter(table, None, selected=None, warmup=np.array([False, True, True]))
+    figure = margin_scatter(table, None, selected=None, rings=Rings(np.array([False, True, True]), WARMUP_RINGS))
     main, rings = figure.data[0], figure.data[1]
     assert list(main.customdata) == ["a", "b", "c"]  # the selectable trace stays first and whole
     assert list(rings.x) == [2.0, 3.0] and list(rings.y) == [-1.0, 2.0]
-    assert rings.marker.symbol == "circle-open" and rings.hoverinfo == "skip" and "2" in rings.name
-    plain = margin_scatter(table, None, selected=None, warmup=np.zeros(3, bool))
+    assert rings.marker.symbol == "circle-open" and rings.hoverinfo == "skip"
+    assert rings.name == "warm-up pairs (2): implicit margin in-sample"
+    validation = margin_scatter(table, None, selected=None, rings=Rings(np.array([True, False, False]), VALIDATION_RINGS))
+    assert validation.data[1].name == "validation pairs (1): never selected"
+    plain = margin_scatter(table, None, selected=None, rings=Rings(np.zeros(3, bool), WARMUP_RINGS))
     assert [trace.type for trace in plain.data].count("scatter") == 1
 
 

@@ -176,7 +176,7 @@ def test_the_margins_page_selects_lossdiff_irm_and_rings_the_validation_pairs(wo
     from dpo_engine.data.pairs import bundled_datasets, fingerprint, load_pairs
     from dpo_engine.margins.scoring import external_margins
     from dpo_engine.margins.table import build_margins_table, save_margins_table
-    from test_dashboard_pages import APP, TIMEOUT, metric
+    from test_dashboard_pages import APP, TIMEOUT, metric, scatter_spec
 
     pairs = load_pairs(bundled_datasets()["ultrafeedback"]).pairs
     dataset_fp, n, rng = fingerprint(pairs), len(pairs), np.random.default_rng(0)
@@ -201,5 +201,7 @@ def test_the_margins_page_selects_lossdiff_irm_and_rings_the_validation_pairs(wo
     assert at.selectbox(key=f"hyp-{dataset_fp}").value == "lossdiff_irm"
     assert metric(at, "Selected pairs") == "600"
     assert any("120 validation pairs" in caption.value for caption in at.caption)
+    ringed = [trace["name"] for trace in scatter_spec(at)["data"] if "pairs (" in trace.get("name", "")]
+    assert ringed == ["validation pairs (120): never selected"]  # not the warm-up proxy's in-sample caveat
     assert len(select_pairs(table, "lossdiff_irm", {"frac": 0.5})) == 600
     assert not set(select_pairs(table, "top_k", {"score": "dm_mul", "k": 1200})) & set(pairs.pair_id[:120])

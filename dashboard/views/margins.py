@@ -11,7 +11,7 @@ from dashboard.components import escape_markdown, pair_browser
 from dashboard.pair_view import why_this_pair
 from dashboard import figures, margins_cache
 from dashboard import selection_address as address
-from dashboard.figures import hover_texts, selection_marginals
+from dashboard.figures import VALIDATION_RINGS, WARMUP_RINGS, Rings, hover_texts, selection_marginals
 from dashboard.scoring_form import score_job_panel
 from dashboard.state import (
     computed_margins_path,
@@ -280,8 +280,9 @@ def hypothesis_controls(table: pd.DataFrame, dataset_fp: str, columns, saved: di
     return params
 
 
-def warmup_mask(table: pd.DataFrame) -> np.ndarray | None:
-    """The ``in_warmup`` mask to ring on the chart (None without one), with a caption on why it matters."""
+def chart_rings(table: pd.DataFrame) -> Rings | None:
+    """The pairs to ring on the chart (None without any): LossDiff-IRM's validation pairs, else the warm-up proxy's
+    own; with a caption on why they matter."""
     if "crossfit_fold" in table.columns and table["crossfit_fold"].notna().all():
         st.caption("Cross-fitted: no pair scored in-sample (each implicit margin comes from a proxy on another fold).")
         return None
@@ -290,7 +291,7 @@ def warmup_mask(table: pd.DataFrame) -> np.ndarray | None:
         st.caption(f"Ringed: the {validation.sum():,} validation pairs LossDiff-IRM's validation model trained on "
                    "(the warm-up model trained on every other pair). They have no loss_diff or irm, and no "
                    "selection rule picks them.")
-        return validation
+        return Rings(validation, VALIDATION_RINGS)
     if "in_warmup" not in table.columns or not table["in_warmup"].any():
         return None
     warmup = table["in_warmup"].to_numpy(bool)
@@ -298,7 +299,7 @@ def warmup_mask(table: pd.DataFrame) -> np.ndarray | None:
                f"in-sample (mean {table.implicit_margin[warmup].mean():.2f} against "
                f"{table.implicit_margin[~warmup].mean():.2f} for the rest), so rules on the implicit margin "
                "over-pick them; cross-fitted margins (dpo_engine.training.crossfit) avoid this.")
-    return warmup
+    return Rings(warmup, WARMUP_RINGS)
 
 
 def summary_frame(summary: dict) -> pd.DataFrame:
@@ -384,9 +385,9 @@ def select_section(table: pd.DataFrame, pairs: pd.DataFrame, dataset_fp: str, ca
             figure, key=CHART_KEY, on_select=lambda: mirror_chart_selection(dataset_fp), selection_mode=("box", "lasso")
         )
     else:
-        warmup = warmup_mask(table)
+        rings = chart_rings(table)
         clicked = st.plotly_chart(margins_cache.chart_figure("points", table, cache_key, selected=selected, thresholds=lines,
-                                                             warmup=warmup, **figure_inputs),
+                                                             rings=rings, **figure_inputs),
                                   key="rule_chart", on_select="rerun", selection_mode="points")
         points = [point for point in clicked.selection.points if point.get("curve_number", 0) == 0]
         if points:  # a click on a point opens that pair

@@ -28,6 +28,7 @@ from dpo_engine.files import read_json
 from dpo_engine.margins.config import ScoreConfig
 from dpo_engine.models.shards import Shard
 from dpo_engine.runs.processes import tail_lines
+from dpo_engine.training.distributed import end_process_group
 
 SHARD_WORKER_ENV = "MARGIN_LAB_SCORE_SHARD_WORKER"  # "1": score this process's share of the log-probs, then exit
 POLL_S = 0.5
@@ -118,7 +119,8 @@ def _failure(directory: Path, rank: int, code: int) -> ShardFailed:
 
 
 def wait_for_every_process(shard: Shard, device: str) -> None:
-    """Under a multi-process launch: return when every process has reached this point (accelerate's barrier).
+    """Under a multi-process launch: return when every process has reached this point (accelerate's barrier), out
+    of the process group.
 
     On a CPU the process group is gloo (``PartialState(cpu=True)``; without it accelerate would not join the
     processes and the barrier would not wait). Raises ``ShardFailed`` if the group is not the launch's.
@@ -130,3 +132,4 @@ def wait_for_every_process(shard: Shard, device: str) -> None:
         raise ShardFailed(f"WORLD_SIZE is {shard.world_size} but accelerate joined {state.num_processes} processes: "
                           "launch with `accelerate launch --multi_gpu --num_processes N` or `torchrun`")
     state.wait_for_everyone()
+    end_process_group()  # nothing after the barrier talks to the others

@@ -57,15 +57,24 @@ def run_train(args: argparse.Namespace) -> int:
 
 def run_train_as_rank(args: argparse.Namespace) -> int:
     """One rank under ``accelerate launch``: rank 0 creates the run and tells the others where it is."""
-    from dpo_engine.errors import UserError
     from dpo_engine.runs.devices import resolve_device
-    from dpo_engine.runs.ranks import train_rank
     from dpo_engine.training.config import TrainConfig
-    from dpo_engine.training.distributed import current_world, from_main, start_process_group
+    from dpo_engine.training.distributed import current_world, end_process_group, start_process_group
 
     world = current_world()
     config = TrainConfig.from_yaml(args.config)
     start_process_group(resolve_device(config.device), world)
+    try:
+        return _train_as_rank(args, world)
+    finally:
+        end_process_group()
+
+
+def _train_as_rank(args: argparse.Namespace, world) -> int:
+    from dpo_engine.errors import UserError
+    from dpo_engine.runs.ranks import train_rank
+    from dpo_engine.training.distributed import from_main
+
     created, problem = None, None
     if world.is_main:
         try:

@@ -72,6 +72,16 @@ def start_process_group(device: str, world: World) -> None:
     PartialState(backend=backend_for(device), cpu=not device.startswith("cuda"))
 
 
+def end_process_group() -> None:
+    """Leave the process group, if one was joined: a rank that exits still in a gloo group can abort at
+    interpreter shutdown ("terminate called without an active exception"), failing the launch after its training
+    completed."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def per_device_batch(batch_size: int, world: World) -> int:
     """Pairs per forward on each rank: ``batch_size`` is the global batch, split evenly (``ConfigError`` if not)."""
     if batch_size % world.size:
