@@ -12,6 +12,10 @@ server and the browsers use per change are printed beside the times. With ``--pi
 to the first core and the browsers (and this driver) to the others, so they cannot take the server's core;
 without it they share every core with it.
 
+With ``--clients protocol`` the sessions are `streamlit_session.StreamlitSession` clients instead: they speak
+Streamlit's WebSocket protocol, move the same slider through its widget state and draw nothing, as if each visitor's
+browser ran on their own laptop. Timed per change: from the rerun request until the server's ``script_finished``.
+
 Reported: median and p95 of both over all changes of all sessions (target p95 <= 2 s on 1,200 pairs on 2 idle
 cores); the CPU seconds per change of the server and of all browsers together; and isolation: sessions of one parity
 must end with the same slider value and count, and the two parities with different ones (no session sees another's
