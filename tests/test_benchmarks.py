@@ -69,6 +69,19 @@ def test_dashboard_benchmark_quick_on_a_small_table(tmp_path):
     assert result["settings"]["pairs"] == 300
 
 
+def test_load_benchmark_protocol_sessions_each_see_their_own_selection(tmp_path):
+    """Two protocol sessions (no browser) on the served dashboard: each moves its slider, the server applies it
+    (fewer pairs selected than the 300), and the two end in the states their own changes made."""
+    last, result = run_script("bench_load.py", ["--quick", "--clients", "protocol", "--pairs", "300"], tmp_path)
+    assert last.startswith("RATIO load clients=protocol sessions=2 changes=2"), last
+    sessions = result["sessions"]
+    assert result["isolated"] and [session["group"] for session in sessions] == [0, 1]
+    assert all(0 < int(session["count"].replace(",", "")) < 300 for session in sessions)
+    lows = [float(session["slider"].split()[0]) for session in sessions]
+    assert lows[1] > lows[0]  # the odd session made three changes more
+    assert all(len(session["seconds"]) == 2 and min(session["seconds"]) > 0 for session in sessions)
+
+
 def test_run_all_passes_arguments_on_and_summarises(tmp_path):
     done = subprocess.run(
         [sys.executable, str(BENCH / "run_all.py"), "--only", "generation", "--results-dir", str(tmp_path), *TINY,
