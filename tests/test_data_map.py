@@ -165,10 +165,16 @@ def test_data_map_page_maps_a_run_saves_a_region_and_explains_a_pair(workspace, 
     assert not at.exception, [error.message for error in at.exception]
     hard = expected.pair_id[expected.region == "hard"].tolist()
     assert next(item.value for item in at.metric if item.label == "Picked pairs") == f"{len(hard):,}"
+    drawn = json.loads(at.get("plotly_chart")[0].proto.spec)["data"][0]  # the taken region stands out on the map
+    assert sorted(drawn["selectedpoints"]) == np.flatnonzero(expected.dropna(subset=["confidence"]).region == "hard").tolist()
     next(button for button in at.button if button.label == "Save selection").click().run()
     saved = list_selections()
     assert len(saved) == 1 and sorted(saved[0].pair_ids) == sorted(hard)
+    at.selectbox(key="data_map_pair").set_value(hard[-1]).run()  # opening another pair keeps the confirmation
+    assert [item.value for item in at.success] == [f"Saved {len(hard)} pairs as **{saved[0].name}** (`{saved[0].name}.json`)."]
     texts = " ".join(item.value for item in at.markdown)
     assert "Why this pair" in texts and "Data map: **hard**" in texts
     ranks = at.dataframe[0].value
     assert "top-k external margin" in set(ranks.selector)
+    at.segmented_control(key="data_map_region").set_value("easy").run()  # other pairs picked: not saved yet
+    assert not at.success

@@ -5,6 +5,7 @@ The engine records the margins (`dpo_engine.training.data_map`) and computes the
 selection, and opens "why this pair" for a picked pair.
 """
 
+import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
@@ -20,16 +21,22 @@ from dpo_engine.selection.store import Selection, save_selection, selection_path
 from dpo_engine.training.data_map import DATA_MAP_FILE, read_data_map
 
 CHART_KEY = "data_map_chart"
+SAVED_KEY = "data_map_saved"  # (pair ids, message) of the last save
+REGION_KEY = "data_map_region"
 
 
-def data_map_figure(summary, variability_cut: float, confidence_cut: float) -> go.Figure:
-    """Confidence (y) against variability (x), coloured by correctness, with the region cut-offs drawn."""
+def data_map_figure(summary, variability_cut: float, confidence_cut: float, region: str | None = None) -> go.Figure:
+    """Confidence (y) against variability (x), coloured by correctness, with the region cut-offs drawn; the other
+    regions' points dimmed when ``region`` is taken."""
+    highlight = {} if region is None else {"selectedpoints": np.flatnonzero(summary.region.to_numpy() == region).tolist(),
+                                           "unselected": {"marker": {"opacity": 0.15}}}
     figure = go.Figure(points_trace(len(summary))(
         x=summary.variability, y=summary.confidence, mode="markers", customdata=summary.pair_id,
         marker={"color": summary.correctness, "colorscale": "RdYlGn", "cmin": 0, "cmax": 1, "size": 7,
                 "colorbar": {"title": "correctness"}},
         text=summary.region, hovertemplate="%{customdata}<br>%{text}<br>variability %{x:.3f}<br>"
                                           "confidence %{y:.3f}<extra></extra>",
+        **highlight,
     ))
     figure.add_vline(x=variability_cut, line_dash="dash", line_color="grey")
     figure.add_shape(type="line", x0=0, x1=variability_cut, y0=confidence_cut, y1=confidence_cut,
@@ -44,7 +51,8 @@ def data_map_figure(summary, variability_cut: float, confidence_cut: float) -> g
 
 
 def save_form(ids: list[str], run_id: str, dataset_fp: str) -> None:
-    """Name and save the picked pairs as a selection of the current dataset."""
+    """Name and save the picked pairs as a selection of the current dataset; the confirmation stays while the
+    same pairs are picked (opening another pair below reruns the page)."""
     name_column, save_column = st.columns([4, 1], vertical_alignment="bottom")
     name = name_column.text_input("Selection name", value=f"datamap-{run_id}-{len(ids)}", help=NAME_RULE)
     if save_column.button("Save selection", type="primary"):
@@ -55,7 +63,10 @@ def save_form(ids: list[str], run_id: str, dataset_fp: str) -> None:
         except UserError as error:
             st.error(str(error))
         else:
-            st.success(f"Saved {len(ids):,} pairs as **{escape_markdown(name)}** (`{path.name}`).")
+            st.session_state[SAVED_KEY] = (ids, f"Saved {len(ids):,} pairs as **{escape_markdown(name)}** (`{path.name}`).")
+    saved_ids, message = st.session_state.get(SAVED_KEY, (None, None))
+    if saved_ids == ids:
+        st.success(message)
 
 
 st.title("Data map")
@@ -77,10 +88,13 @@ st.caption(f"{len(summary):,} pairs over {records.step.nunique()} recorded steps
            f"easy {counts.get('easy', 0)}, ambiguous {counts.get('ambiguous', 0)}, hard {counts.get('hard', 0)}. "
            f"Ambiguous: the most variable third (variability > {variability_cut:.3f}); the rest split at their median "
            f"confidence {confidence_cut:.3f} into easy and hard.")
-event = st.plotly_chart(data_map_figure(summary, variability_cut, confidence_cut), key=CHART_KEY, on_select="rerun",
-                        selection_mode=("points", "box", "lasso"))
+# The region control sits under the chart but shapes it (its state is set before the rerun): the other regions dim.
+# A box or lasso pick (read first) still wins over a region.
+region = st.session_state.get(REGION_KEY)
+event = st.plotly_chart(data_map_figure(summary, variability_cut, confidence_cut, region), key=CHART_KEY,
+                        on_select="rerun", selection_mode=("points", "box", "lasso"))
 ids = [point["customdata"] for point in event.selection.points if point.get("curve_number", 0) == 0]
-region = st.segmented_control("Or take a region", ["easy", "ambiguous", "hard"], key="data_map_region")
+region = st.segmented_control("Or take a region", ["easy", "ambiguous", "hard"], key=REGION_KEY)
 if region and not ids:
     ids = summary.pair_id[summary.region == region].tolist()
 source = current_source()
