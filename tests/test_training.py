@@ -285,13 +285,13 @@ def test_config_from_yaml_round_trips_and_rejects_unknown_keys(tmp_path):
 
 @pytest.mark.slow
 def test_default_model_trains_on_ultrafeedback_pairs(tmp_path):
-    """8 UltraFeedback pairs, SmolLM2-135M-Instruct, LoRA, 1 epoch of batch 4, max_length 256, CPU."""
+    """8 UltraFeedback pairs, SmolLM2-135M-Instruct, LoRA, 1 epoch of batch 4, max_length 128, CPU."""
     source = ASSETS_DIR / "data" / "ultrafeedback_binarized_scored_1200.jsonl"
     lines = source.read_text(encoding="utf-8").splitlines()[:8]
     (tmp_path / "pairs.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
     config = TrainConfig(
-        model=DEFAULT_MODEL, subset=str(tmp_path / "pairs.jsonl"), num_epochs=1, batch_size=4, max_length=256,
-        max_prompt_length=128, device="cpu",
+        model=DEFAULT_MODEL, subset=str(tmp_path / "pairs.jsonl"), num_epochs=1, batch_size=4, max_length=128,
+        max_prompt_length=64, device="cpu",
     )
     started = time.perf_counter()
     summary = train(config, tmp_path / "run")
