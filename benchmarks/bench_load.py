@@ -112,6 +112,18 @@ def cpu_seconds(server_pid: int) -> dict[str, float]:
     return used
 
 
+async def all_at_once(make_runs, cpu_now) -> tuple[list[dict], dict]:
+    """Await the coroutines ``make_runs(start)`` returns, which wait for the ``start`` event, released together:
+    their results, and the CPU seconds the server and the browsers used (and the wall seconds) meanwhile."""
+    start = asyncio.Event()
+    runs = make_runs(start)
+    before, started = cpu_now(), time.perf_counter()
+    start.set()
+    results = await asyncio.gather(*runs)
+    after = cpu_now()
+    return results, {**{name: after[name] - before[name] for name in after}, "wall": time.perf_counter() - started}
+
+
 async def run_sessions(url: str, data_path: Path, n: int, n_sessions: int, n_changes: int,
                        cpu_now) -> tuple[list[dict], dict]:
     """Each session's timed changes, and the CPU seconds the server and the browsers used while they were made."""
@@ -121,14 +133,8 @@ async def run_sessions(url: str, data_path: Path, n: int, n_sessions: int, n_cha
         browser = await playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
             pages = await asyncio.gather(*(open_margins_page(browser, url, data_path, n) for _ in range(n_sessions)))
-            start = asyncio.Event()
-            runs = [change_selection(page, number, n_changes, start) for number, page in enumerate(pages)]
-            before, started = cpu_now(), time.perf_counter()
-            start.set()
-            sessions = await asyncio.gather(*runs)
-            after = cpu_now()
-            return sessions, {**{name: after[name] - before[name] for name in after},
-                              "wall": time.perf_counter() - started}
+            return await all_at_once(lambda start: [change_selection(page, number, n_changes, start)
+                                                    for number, page in enumerate(pages)], cpu_now)
         finally:
             await browser.close()
 
@@ -142,13 +148,8 @@ async def run_protocol_sessions(url: str, upload: str, n_sessions: int, n_change
     for session in sessions:  # one at a time, as people arrive: the first one loads the dataset for all
         await session.__aenter__()
     try:
-        start = asyncio.Event()
-        runs = [change_protocol_selection(session, number, n_changes, start) for number, session in enumerate(sessions)]
-        before, started = cpu_now(), time.perf_counter()
-        start.set()
-        results = await asyncio.gather(*runs)
-        after = cpu_now()
-        return results, {**{name: after[name] - before[name] for name in after}, "wall": time.perf_counter() - started}
+        return await all_at_once(lambda start: [change_protocol_selection(session, number, n_changes, start)
+                                                for number, session in enumerate(sessions)], cpu_now)
     finally:
         for session in sessions:
             await session.__aexit__()
