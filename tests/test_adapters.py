@@ -94,10 +94,11 @@ def test_the_original_hub_id_is_kept_beside_the_adapter(tmp_path, monkeypatch, m
 
     (tmp_path / "base").mkdir()
     monkeypatch.setattr(adapters, "resolve_model", lambda name: tmp_path / "base")  # no conversion or download
-    (tmp_path / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": model, "r": 4}))
+    config = {"base_model_name_or_path": model, "peft_type": "LORA", "r": 4}
+    (tmp_path / "adapter_config.json").write_text(json.dumps(config))
     record = adapters.record_base_model(tmp_path, model)
     assert record == {"model": model, "path": str((tmp_path / "base").resolve()), "hub_id": hub_id}
-    assert json.loads((tmp_path / "adapter_config.json").read_text()) == {"base_model_name_or_path": record["path"], "r": 4}
+    assert json.loads((tmp_path / "adapter_config.json").read_text()) == {**config, "base_model_name_or_path": record["path"]}
     assert adapter_base(tmp_path) == model
 
 
@@ -113,3 +114,5 @@ def test_a_directory_that_is_not_a_peft_adapter_is_named_before_the_base_loads(t
     with pytest.raises(ModelError, match=problem) as raised:
         load_model(TINY_MODEL, device="cpu", adapter=tmp_path)
     assert str(tmp_path / "adapter_config.json") in str(raised.value)
+    with pytest.raises(ModelError, match=problem):  # the directory given as the model itself
+        load_model(str(tmp_path), device="cpu")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from dpo_engine.errors import ModelError
 from dpo_engine.files import atomic_write_json, staged_directory
-from dpo_engine.models.loading import BASE_MODEL_FILE, DEFAULT_MODEL, load_model, resolve_model
+from dpo_engine.models.loading import BASE_MODEL_FILE, DEFAULT_MODEL, load_model, read_adapter_config, resolve_model
 
 # The Hub repository each built-in model name was converted from (tiny-random is built locally: none).
 HUB_IDS = {DEFAULT_MODEL: "HuggingFaceTB/SmolLM2-135M-Instruct"}
@@ -47,8 +47,7 @@ def merge_adapter(adapter_dir: str | os.PathLike, out_dir: str | os.PathLike) ->
     written beside itself first and renamed, so a failure leaves nothing half-written.
     """
     adapter_dir, out_dir = Path(adapter_dir), Path(out_dir).expanduser()
-    if not (adapter_dir / "adapter_config.json").exists():
-        raise ModelError(f"{adapter_dir} is not a LoRA adapter directory (no adapter_config.json)")
+    read_adapter_config(adapter_dir)  # a PEFT adapter, or a ModelError naming what is missing
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise ModelError(f"--merged {out_dir} already exists and is not an empty directory; choose a new one")
     model, tokenizer = load_model(str(adapter_dir), dtype="fp32", device="cpu")  # fp32: nothing lost to rounding

@@ -120,18 +120,18 @@ def adapter_base(path: Path) -> str | None:
     The name the adapter was trained with (``BASE_MODEL_FILE``, written by `dpo_engine.models.adapters`) comes
     first: it resolves on any machine, where ``adapter_config.json`` holds this machine's local directory.
     """
-    config_file = Path(path) / "adapter_config.json"
-    if not config_file.exists():
+    if not (Path(path) / "adapter_config.json").exists():
         return None
+    fields = read_adapter_config(Path(path))
     recorded = Path(path) / BASE_MODEL_FILE
     if recorded.exists():
         return json.loads(recorded.read_text())["model"]
-    return json.loads(config_file.read_text())["base_model_name_or_path"]
+    return fields["base_model_name_or_path"]
 
 
-def check_adapter_dir(adapter: Path) -> None:
-    """Raise a ModelError naming the file unless ``adapter`` holds a PEFT ``adapter_config.json`` (peft's own error
-    for a config without ``peft_type`` is a bare ``KeyError``)."""
+def read_adapter_config(adapter: Path) -> dict:
+    """The fields of ``adapter``'s ``adapter_config.json``; a ModelError naming the file unless it is a PEFT one
+    (peft's own error for a config without ``peft_type`` is a bare ``KeyError``)."""
     config_file = adapter / "adapter_config.json"
     if not config_file.exists():
         raise ModelError(f"adapter directory {adapter} has no adapter_config.json")
@@ -141,6 +141,7 @@ def check_adapter_dir(adapter: Path) -> None:
         raise ModelError(f"{config_file} is not readable JSON: {error}") from error
     if not isinstance(fields, dict) or "peft_type" not in fields:
         raise ModelError(f"{config_file} has no 'peft_type' field: not a PEFT adapter (PEFT's save_pretrained writes one)")
+    return fields
 
 
 def load_tokenizer(name_or_path: str = DEFAULT_MODEL):
@@ -171,14 +172,14 @@ def load_model(
     from transformers import AutoModelForCausalLM
 
     path = resolve_model(name_or_path)
-    base = adapter_base(path)
+    base = adapter_base(path)  # checks the adapter when ``path`` is one
     if base is not None:
         if adapter is not None:
             raise ModelError(f"{path} is already a LoRA adapter; do not pass another adapter on top")
         adapter, path = path, resolve_model(base)
-    if adapter is not None:
+    elif adapter is not None:
         adapter = Path(adapter)
-        check_adapter_dir(adapter)  # before the base loads: a bad adapter fails in milliseconds
+        read_adapter_config(adapter)  # before the base loads: a bad adapter fails in milliseconds
     device = resolve_device(device)
     enable_tf32(device)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype(device_precision(dtype, device)))
