@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from browser_helpers import screenshot, wait_for_app
+from playwright.sync_api import expect
 
 
 def test_the_data_map_draws_a_run_s_recorded_margins_and_saves_a_picked_region(page, server_env, monkeypatch,
@@ -49,7 +50,8 @@ def test_the_data_map_draws_a_run_s_recorded_margins_and_saves_a_picked_region(p
 
     # Save it as a selection: the file lands in the served workspace's selections/ with exactly the region's ids.
     name = f"datamap-{run_id}-{len(hard)}"
-    assert page.get_by_test_id("stTextInput").filter(has_text="Selection name").locator("input").input_value() == name
+    # The name field is drawn after the metric in the same rerun: wait for its value rather than read it once.
+    expect(page.get_by_test_id("stTextInput").filter(has_text="Selection name").locator("input")).to_have_value(name)
     page.get_by_role("button", name="Save selection", exact=True).click()
     page.get_by_test_id("stAlertContentSuccess").filter(has_text=f"Saved {len(hard)} pairs").wait_for()
     path = selection_path(name)
