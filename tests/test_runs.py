@@ -366,6 +366,8 @@ def test_real_tiny_model_run_stops_resumes_and_completes(pairs_file, tiny_model_
     assert metric_steps(run_id) == list(range(1, steps + 1))  # the resumed curve continues without duplicates
     assert (final.adapter_dir / "adapter_config.json").is_file()
     assert len(runs.read_metrics(run_id)) == steps and final.pair_rewards_path.is_file()
+    log = (final.run_dir / runs.LOG_FILE).read_text()
+    assert "RuntimeWarning" not in log and "is_gradient_checkpointing" not in log  # no library noise in the log
 
 
 def test_cli_train_in_the_foreground_registers_the_run(pairs_file, tmp_path, tiny_model_dir, capsys):

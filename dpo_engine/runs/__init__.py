@@ -2,7 +2,7 @@
 
     from dpo_engine import runs
     run_id = runs.create_run("config.yaml", name="dm-mul-2k")
-    runs.launch(run_id)                # python -m dpo_engine.runs.worker RUN_DIR, detached
+    runs.launch(run_id)                # python -m dpo_engine.runs RUN_DIR, detached
     runs.list_runs(); runs.stop(run_id); runs.resume(run_id)
 
 One concern per module: `layout` (a run directory's files and their checks), `creation`, `status` (status.json,

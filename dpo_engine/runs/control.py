@@ -1,6 +1,6 @@
 """Acting on runs: launch, resume, stop and delete. Each checks the run's state and its worker first.
 
-`launch` starts ``python -m dpo_engine.runs.worker RUN_DIR`` in its own session, with its output going to
+`launch` starts ``python -m dpo_engine.runs RUN_DIR`` in its own session, with its output going to
 ``train.log``: closing the dashboard or the terminal does not touch it (a job that depends on the UI session stalls
 when the browser sleeps, as LLaMA-Factory's web UI does: hiyouga/LLaMA-Factory#8817).
 """
@@ -129,13 +129,13 @@ def _usable(run_id: str) -> RunInfo:
 
 
 def _spawn_worker(run_dir: Path, *, resume: bool) -> None:
-    """``python -m dpo_engine.runs.worker RUN_DIR`` in a new session, output appended to train.log."""
+    """``python -m dpo_engine.runs RUN_DIR`` in a new session, output appended to train.log."""
     now = time.time()
     update_status(
         run_dir, state="queued", pid=None, pgid=None, pid_started=None, launched=now, heartbeat=now, started=None,
         finished=None, message="starting the worker",
     )
-    command = [sys.executable, "-m", "dpo_engine.runs.worker", str(run_dir)] + (["--resume"] if resume else [])
+    command = [sys.executable, "-m", "dpo_engine.runs", str(run_dir)] + (["--resume"] if resume else [])
     try:
         process = start_detached(command, run_dir / LOG_FILE, env=engine_environment())
     except OSError as error:

@@ -1,4 +1,5 @@
-"""The worker: ``python -m dpo_engine.runs.worker RUN_DIR [--resume]``, started detached by `launch` and `resume`.
+"""The worker: ``python -m dpo_engine.runs RUN_DIR [--resume]`` (`dpo_engine.runs.__main__`), started detached by
+`launch` and `resume`.
 
 It
 
@@ -18,7 +19,6 @@ inherits it and calls ``function(resolved_config: dict, run_dir, *, resume, shou
 
 from __future__ import annotations
 
-import argparse
 import fcntl
 import importlib
 import os
@@ -227,19 +227,3 @@ class Heartbeat:
                 update_status(self.run_dir, heartbeat=time.time(), step=self.step, total_steps=self.total_steps)
             except OSError as error:  # e.g. a full disk: keep training, try again next beat
                 print(f"[margin-lab] heartbeat not written: {error}", file=sys.stderr, flush=True)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m dpo_engine.runs.worker RUN_DIR [--resume]``: started by `launch` and `resume`, not by hand."""
-    parser = argparse.ArgumentParser(
-        prog="python -m dpo_engine.runs.worker",
-        description="Margin Lab's detached training worker. `dpo-engine runs launch` starts it; use that instead.",
-    )
-    parser.add_argument("run_dir", metavar="RUN_DIR", help="a run directory made by create_run")
-    parser.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
-    args = parser.parse_args(argv)
-    return run_worker(args.run_dir, resume=args.resume)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -354,7 +354,9 @@ def _add_lora(model, config: TrainConfig):
         target_modules=config.lora_target_modules,
         task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, lora_config)
+    with warnings.catch_warnings():  # PEFT reads transformers' deprecated property: noise in every run's log
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        return get_peft_model(model, lora_config)
 
 
 def _restore_loss_state(loss_fn, checkpoint: str | None, config: TrainConfig) -> None:
