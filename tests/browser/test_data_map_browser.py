@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from browser_helpers import screenshot, wait_for_app
+from browser_helpers import choose, screenshot, wait_for_app
 from playwright.sync_api import expect
 
 
@@ -63,8 +63,7 @@ def test_the_data_map_draws_a_run_s_recorded_margins_and_saves_a_picked_region(p
 
     # "Why this pair": open the second picked pair through its selectbox.
     second = hard[1] if len(hard) > 1 else hard[0]
-    page.get_by_role("combobox", name="Why this pair").click()
-    page.get_by_role("option", name=second, exact=True).click()
+    choose(page, "Why this pair", second)
     why = page.get_by_text(f"Why this pair: {second}")
     why.wait_for()
     page.get_by_text(re.compile(r"Data map: hard · confidence")).first.wait_for()

@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 import pytest
-from browser_helpers import REPO_ROOT, screenshot, wait_for_app
+from browser_helpers import REPO_ROOT, choose, screenshot, wait_for_app
 from playwright.sync_api import expect
 
 JUDGE_ARTIFACT = REPO_ROOT / "assets" / "judge" / "embedding_judge_uf.npz"
@@ -114,8 +114,7 @@ def test_shipped_demo_study_shows_on_results(page, server_env):
             os.environ["MARGIN_LAB_HOME"] = previous
     page.goto("/results")
     wait_for_app(page, timeout=240_000)
-    page.get_by_role("combobox", name="Evaluation", exact=True).click()  # newest first: the tests' own evaluation is above the demo's
-    page.get_by_role("option", name=re.compile(r"all variants")).click()
+    choose(page, "Evaluation", re.compile(r"all variants"))  # newest first: the tests' own evaluation is above the demo's
     wait_for_app(page)
     # Until the rerun ends the previous evaluation's chart is still on screen: wait for one bar per study variant.
     page.wait_for_function(
