@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from dpo_engine.cli import main
+from dpo_engine.cli import score as score_cli
 from dpo_engine.cli.flags import config_to_argv
 from dpo_engine.cli.score_shards import ShardFailed, score_in_processes, shards_dir, worker_config
 from dpo_engine.data.pairs import load_pairs
@@ -135,6 +136,10 @@ def test_two_process_scoring_gives_the_one_process_table(pairs_file, tmp_path, m
     """--num-processes 2 trains the warm-up once, shards both passes over two workers, and merges: same table."""
     use_cache(monkeypatch, tmp_path / "cache2")
     sharded_out, progress = tmp_path / "sharded.parquet", tmp_path / "progress.json"
+    reports = []
+    update = score_cli._Progress.update
+    monkeypatch.setattr(score_cli._Progress, "update",
+                        lambda self, done, total: reports.append((self.name, done, total)) or update(self, done, total))
     warmup = ["--implicit", "warmup", "--model", str(tiny_model_dir), "--seed-size", "6", "--warmup-epochs", "1",
               "--warmup-lr", "0.05",
               "--warmup-dir", str(tmp_path / "warmup")]
@@ -157,6 +162,8 @@ def test_two_process_scoring_gives_the_one_process_table(pairs_file, tmp_path, m
     assert (sharded.in_warmup == single.in_warmup).all() and np.abs(sharded.implicit_margin).max() > 0
     assert meta["implicit"]["num_processes"] == 2
     assert '"state": "completed"' in progress.read_text()
+    passes = [(done, total) for name, done, total in reports if "2 processes" in name]
+    assert passes[-1][0] == passes[-1][1] == 2 * 24  # both shares' progress, policy and reference pass: all done
 
 
 def test_resume_after_a_killed_shard_redoes_only_its_missing_pairs(pairs_file, tmp_path, monkeypatch,

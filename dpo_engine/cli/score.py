@@ -56,10 +56,12 @@ def score(config: ScoreConfig) -> tuple[Path | None, int]:
     from dpo_engine.margins.table import build_margins_table, save_margins_table
 
     shard = shard_from_env()
-    reporter = _Progress(config.progress_file if shard is None or shard.rank == 0 else None)
+    share_worker = shard is not None and os.environ.get(SHARD_WORKER_ENV) == "1"
+    # A share worker's progress file is its own (rank-named); other ranks of a launch share rank 0's and stay quiet.
+    reporter = _Progress(config.progress_file if shard is None or shard.rank == 0 or share_worker else None)
     loaded = load_pairs(config.pairs, drop_invalid=config.drop_invalid)
     pairs = loaded.pairs
-    if shard is not None and os.environ.get(SHARD_WORKER_ENV) == "1":
+    if share_worker:
         _implicit_share(config, pairs, reporter, shard)
         return None, 0
     meta = {"pairs": str(config.pairs), "dataset_fingerprint": fingerprint(pairs), **loaded.report.dropped_provenance()}
