@@ -22,6 +22,7 @@ BENCHMARKS = {
     "memory": "bench_memory.py",
     "load": "bench_load.py",
     "sharded_scoring": "bench_sharded_scoring.py",
+    "shared_cpu": "bench_shared_cpu.py",
 }
 
 

@@ -19,6 +19,11 @@ import pytest
 
 if os.environ.get("MARGIN_LAB_TEST_CUDA") != "1":
     os.environ["CUDA_VISIBLE_DEVICES"] = ""  # read when CUDA first initialises, which no import here has done
+# Under xdist each worker, and every process it starts, trains on its share of the cores: a worker's 2-thread
+# processes beside the other worker's on 2 cores spin-wait on each other (docs/benchmarks.md, shared CPU).
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    os.environ.setdefault("OMP_NUM_THREADS",
+                          str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
 
 
 @pytest.fixture(autouse=True)
@@ -35,7 +40,7 @@ def one_thread(request):
     """One intra-op torch thread for the tiny model: it gains nothing from more, and on a busy machine they spin-wait.
 
     Modules that train or score the tiny model use it (``pytestmark = pytest.mark.usefixtures("one_thread")``);
-    tests marked slow (the real default model) keep every thread.
+    tests marked slow (the real default model) keep the process's threads (under xdist, its share of the cores).
     """
     if request.node.get_closest_marker("slow"):
         yield

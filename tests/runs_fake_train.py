@@ -3,12 +3,14 @@
 The worker uses it when launched with ``MARGIN_LAB_TRAIN_TARGET=runs_fake_train:train`` and ``tests/`` on
 ``PYTHONPATH``. It runs ``config["max_steps"]`` steps of ``FAKE_STEP_SECONDS`` (environment, default 0.02) each;
 every step appends a metrics record and writes ``checkpoints/checkpoint-<step>/state.json``, like the trainer
-with ``save_steps: 1``.
+with ``save_steps: 1``. Its summary's ``torch_threads`` is the worker's torch thread count when the worker has
+imported torch (it does to give a run its share of a shared CPU), else None.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -29,7 +31,9 @@ def train(config: dict, run_dir, *, resume=False, should_stop=None, on_progress=
         on_progress(step, total)
         if should_stop():
             return {"stopped": True, "steps": step, "total_steps": total}
-    return {"stopped": False, "steps": total, "total_steps": total, "final_loss": 1.0 / total}
+    torch = sys.modules.get("torch")
+    return {"stopped": False, "steps": total, "total_steps": total, "final_loss": 1.0 / total,
+            "torch_threads": torch.get_num_threads() if torch else None}
 
 
 def last_checkpoint_step(checkpoints: Path) -> int:

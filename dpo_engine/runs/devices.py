@@ -47,14 +47,28 @@ def resolve_device(device: str | None) -> str:
 def runs_per_device() -> int:
     """How many runs may train on one device at once: ``$MARGIN_LAB_RUNS_PER_DEVICE``, default 1.
 
-    More than one suits a CPU with cores to spare, each run with a share of them (``OMP_NUM_THREADS``); on a GPU
-    one run at a time is the safe default (memory).
+    More than one suits a CPU with cores to spare, each run on its share of them (`cpu_threads_per_process`); on a
+    GPU one run at a time is the safe default (memory).
     """
     value = os.environ.get(RUNS_PER_DEVICE_ENV, "1")
     try:
         return max(1, int(value))
     except ValueError:
         raise RunError(f"{RUNS_PER_DEVICE_ENV} must be a whole number, got {value!r}") from None
+
+
+def cpu_threads_per_process(processes: int = 1) -> int | None:
+    """Intra-op threads for each process of a CPU run when it shares the cores, or None to keep torch's default.
+
+    The CPU's slots (`runs_per_device`) split its cores, and a run's processes split its share: each process gets
+    ``cpu_count // max(runs_per_device, processes)`` threads, at least 1. Unshared (one slot, one process), or
+    when ``OMP_NUM_THREADS`` is set (the user's choice), None. Two runs that each take every core run several
+    times slower than one after the other (their OpenMP threads wait on each other).
+    """
+    shares = max(runs_per_device(), processes)
+    if shares == 1 or os.environ.get("OMP_NUM_THREADS"):
+        return None
+    return max(1, (os.cpu_count() or 1) // shares)
 
 
 def physical_devices(device: str, count: int = 1, *, visible: str | None = None) -> list[str]:

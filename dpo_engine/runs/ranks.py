@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Callable
 
 from dpo_engine.files import atomic_write_json, read_json
+from dpo_engine.runs.devices import cpu_threads_per_process
 from dpo_engine.runs.layout import RESOLVED_CONFIG_FILE, RunError, read_checked_json
 from dpo_engine.runs.processes import engine_environment, is_alive
 
@@ -50,7 +51,7 @@ def accelerate_command(config: dict, run_dir: Path, *, resume: bool, device: str
     else:
         command += ["--multi_gpu", "--num_machines", "1"]
     if device == "cpu":
-        threads = int(os.environ.get("OMP_NUM_THREADS") or max(1, (os.cpu_count() or 1) // processes))
+        threads = int(os.environ.get("OMP_NUM_THREADS") or cpu_threads_per_process(processes) or 1)
         command += ["--num_cpu_threads_per_process", str(threads)]
     return command + ["-m", "dpo_engine.runs.ranks", str(run_dir)] + (["--resume"] if resume else [])
 

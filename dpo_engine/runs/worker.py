@@ -31,7 +31,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
-from dpo_engine.runs.devices import acquire_device_slots, physical_devices, resolve_device
+from dpo_engine.runs.devices import (
+    RUNS_PER_DEVICE_ENV,
+    acquire_device_slots,
+    cpu_threads_per_process,
+    physical_devices,
+    resolve_device,
+    runs_per_device,
+)
 from dpo_engine.runs.layout import RESOLVED_CONFIG_FILE, WORKER_LOCK_FILE, RunError, read_checked_json, read_stored_status
 from dpo_engine.runs.processes import start_time
 from dpo_engine.runs.status import update_status, update_status_retrying, with_log_tail
@@ -168,6 +175,7 @@ def run_training(run_dir: Path, call_trainer: Callable, stop_requested: threadin
             final = {"state": "stopped", "message": "stopped before training started"}
         else:
             update_status(run_dir, state="running", device=device, started=time.time(), message=f"training on {device}")
+            _share_the_cpu(device, config)
             summary = call_trainer(config, heartbeat.record_progress)
             final = _final_status(summary, heartbeat)
     except KeyboardInterrupt:
@@ -184,6 +192,17 @@ def run_training(run_dir: Path, call_trainer: Callable, stop_requested: threadin
     for slot in device_slots or ():
         slot.close()  # only now: the next run on these devices starts after this one is recorded as finished
     return status
+
+
+def _share_the_cpu(device: str, config: dict) -> None:
+    """A one-process CPU run that shares the CPU with other runs trains on its share of the cores."""
+    threads = cpu_threads_per_process() if device == "cpu" and not _across_processes(config) else None
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+        print(f"[margin-lab] {threads} CPU thread{'s' if threads > 1 else ''} (the CPU is shared by "
+              f"{RUNS_PER_DEVICE_ENV}={runs_per_device()} runs)", flush=True)
 
 
 def _final_status(summary: dict, heartbeat: Heartbeat) -> dict:

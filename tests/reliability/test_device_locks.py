@@ -153,8 +153,28 @@ def test_a_holder_in_another_process_frees_its_gpus_when_it_dies(tmp_path):
         holder.wait()
 
 
+@pytest.mark.parametrize(("cpus", "slots", "processes", "omp", "expected"), [
+    (8, 1, 1, None, None),  # one run on the whole CPU: torch's default
+    (8, 2, 1, None, 4),
+    (8, 4, 2, None, 2),  # a 2-process run holds 2 of 4 slots: half the cores, 2 per process
+    (8, 1, 2, None, 4),  # one slot, taken whole by a 2-process run
+    (2, 4, 1, None, 1),  # never fewer than one thread
+    (8, 2, 1, "3", None),  # the user's OMP_NUM_THREADS stands
+])
+def test_cpu_threads_per_process_splits_the_cores_over_slots_and_processes(cpus, slots, processes, omp, expected,
+                                                                          monkeypatch):
+    monkeypatch.setattr(os, "cpu_count", lambda: cpus)
+    monkeypatch.setenv(runs.RUNS_PER_DEVICE_ENV, str(slots))
+    if omp is None:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("OMP_NUM_THREADS", omp)
+    assert devices.cpu_threads_per_process(processes) == expected
+
+
 def test_two_cpu_runs_go_side_by_side_while_a_third_queues(pairs_file, fake_trainer, monkeypatch):
     monkeypatch.setenv(runs.RUNS_PER_DEVICE_ENV, "2")
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setenv("FAKE_STEP_SECONDS", "0.1")
     first, second = (runs.create_run(config_for(pairs_file, max_steps=20)) for _ in range(2))
     third = runs.create_run(config_for(pairs_file, max_steps=2))
@@ -170,3 +190,5 @@ def test_two_cpu_runs_go_side_by_side_while_a_third_queues(pairs_file, fake_trai
     first_done, second_done, third_done = finals
     assert second_done.status["started"] < first_done.status["finished"]  # the two overlapped
     assert third_done.status["started"] >= min(first_done.status["finished"], second_done.status["finished"])
+    # Each run trained on its share of the cores, not on all of them at once (which thrashes).
+    assert {final.status["summary"]["torch_threads"] for final in finals} == {max(1, os.cpu_count() // 2)}
