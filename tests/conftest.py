@@ -22,8 +22,9 @@ if os.environ.get("MARGIN_LAB_TEST_CUDA") != "1":
 # Under xdist each worker, and every process it starts, trains on its share of the cores: a worker's 2-thread
 # processes beside the other worker's on 2 cores spin-wait on each other (docs/benchmarks.md, shared CPU).
 if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
-    os.environ.setdefault("OMP_NUM_THREADS",
-                          str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
+    from dpo_engine.runs.devices import core_share  # imports no torch, which reads OMP_NUM_THREADS when it loads
+
+    os.environ.setdefault("OMP_NUM_THREADS", str(core_share(int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
 
 
 @pytest.fixture(autouse=True)

@@ -27,6 +27,7 @@ from dpo_engine.errors import UserError
 from dpo_engine.files import read_json
 from dpo_engine.margins.config import ScoreConfig
 from dpo_engine.models.shards import Shard
+from dpo_engine.runs.devices import core_share
 from dpo_engine.runs.processes import tail_lines
 from dpo_engine.training.distributed import end_process_group
 
@@ -89,7 +90,7 @@ def score_in_processes(config: ScoreConfig, policy: str, progress: Progress,
 
 def _start_worker(config: ScoreConfig, rank: int, size: int, directory: Path) -> subprocess.Popen:
     env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": str(size), "LOCAL_RANK": str(rank), SHARD_WORKER_ENV: "1"}
-    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // size)))  # a share of the cores each
+    env.setdefault("OMP_NUM_THREADS", str(core_share(size)))  # a share of the cores each
     argv = [sys.executable, "-m", "dpo_engine.cli", "score", *config_to_argv(config, positional=("pairs",))]
     with open(directory / f"rank{rank}.log", "w") as log:
         return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)

@@ -57,18 +57,23 @@ def runs_per_device() -> int:
         raise RunError(f"{RUNS_PER_DEVICE_ENV} must be a whole number, got {value!r}") from None
 
 
+def core_share(shares: int) -> int:
+    """This machine's cores split ``shares`` ways: ``cpu_count // shares``, at least 1."""
+    return max(1, (os.cpu_count() or 1) // shares)
+
+
 def cpu_threads_per_process(processes: int = 1) -> int | None:
     """Intra-op threads for each process of a CPU run when it shares the cores, or None to keep torch's default.
 
     The CPU's slots (`runs_per_device`) split its cores, and a run's processes split its share: each process gets
-    ``cpu_count // max(runs_per_device, processes)`` threads, at least 1. Unshared (one slot, one process), or
+    ``core_share(max(runs_per_device, processes))`` threads. Unshared (one slot, one process), or
     when ``OMP_NUM_THREADS`` is set (the user's choice), None. Two runs that each take every core run several
     times slower than one after the other (their OpenMP threads wait on each other).
     """
     shares = max(runs_per_device(), processes)
     if shares == 1 or os.environ.get("OMP_NUM_THREADS"):
         return None
-    return max(1, (os.cpu_count() or 1) // shares)
+    return core_share(shares)
 
 
 def physical_devices(device: str, count: int = 1, *, visible: str | None = None) -> list[str]:
