@@ -170,6 +170,7 @@ def test_score_cli_trains_a_warmup_proxy_and_writes_the_table(tmp_path):
     assert len(table) == 12 and table.external_margin.tolist() == make_pairs(12).eval("score_chosen - score_rejected").tolist()
     assert table.implicit_margin.notna().all() and np.abs(table.implicit_margin).max() > 0  # the proxy moved
     assert meta["implicit"]["source"] == "warmup" and meta["external"]["source"] == "dataset"
+    assert table.in_warmup.sum() == 8  # the seed subset the proxy trained on is marked in-sample
     assert (tmp_path / "margins-warmup" / "adapter" / "adapter_config.json").exists()
     assert json.loads(progress.read_text())["state"] == "completed"
 

@@ -69,9 +69,11 @@ def score(config: ScoreConfig) -> tuple[Path | None, int]:
     if shard is not None and shard.rank != 0:
         return None, 0
     external, meta["external"] = _external(config, pairs, reporter)
-    from dpo_engine.training.warmup import warmup_seed_ids  # torch: imported after the workers have started
-    in_sample = warmup_seed_ids(pairs, config.seed_size, config.seed) if meta["implicit"] and \
-        meta["implicit"]["source"] == "warmup" else None
+    in_sample = None
+    if meta["implicit"] and meta["implicit"]["source"] == "warmup":
+        from dpo_engine.training.warmup import warmup_seed_ids  # the trainer and its imports only when needed
+
+        in_sample = warmup_seed_ids(pairs, config.seed_size, config.seed)
     table = build_margins_table(pairs, external, implicit, warmup_ids=in_sample)
     path = save_margins_table(table, config.out, {k: v for k, v in meta.items() if v is not None})
     reporter.finish(str(path))
